@@ -1,0 +1,17 @@
+"""The one error type for bad input, so that users see what is wrong and where, not a traceback."""
+
+
+class FerlitError(ValueError):
+    """Bad input to ferlit: the message names the file (and line) or option, and what was expected."""
+
+
+class DataError(FerlitError):
+    """A data set on disk does not have the layout or content ferlit expects."""
+
+
+class ConfigError(FerlitError):
+    """An option or config value is not acceptable."""
+
+
+class WeightsError(FerlitError):
+    """A weights file cannot be loaded into the chosen backbone."""
