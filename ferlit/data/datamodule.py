@@ -1,0 +1,238 @@
+"""The DataModule: Aff-Wild2 train (+ ExpW) for training, Aff-Wild2 validation for validation.
+
+Cafarelli et al. train on Aff-Wild2 train merged with ExpW and validate on Aff-Wild2 val, with
+a class-weighted cross entropy whose weights are count(most common class) / count(c).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ferlit.data.affwild2 import read_affwild2
+from ferlit.data.expw import read_expw
+from ferlit.data.images import load_face
+from ferlit.data.index import FrameIndex
+from ferlit.data.samplers import EpochShuffleSampler, ShardSampler
+from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
+from ferlit.errors import ConfigError, DataError
+from ferlit.expressions import class_names
+
+ClassWeighting = Literal["inverse_frequency", "sqrt_inverse_frequency", "none"]
+
+
+def class_weights_from_counts(
+    counts: Sequence[int], scheme: ClassWeighting = "inverse_frequency"
+) -> list[float]:
+    """Per-class loss weights from training-set counts.
+
+    ``inverse_frequency`` is the paper's: count(most common class) / count(c), which gave
+    (1, 22.92, 37.5, 50.66, 3.47, 5.79, 13.55) on Aff-Wild2 train + ExpW. ``sqrt_...`` is its
+    square root, a milder option for sweeps; ``none`` weights every class 1. A class with no
+    training sample cannot be weighted by frequency: that is an error, not an infinite weight.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if scheme == "none":
+        return [1.0] * len(counts)
+    if (counts <= 0).any():
+        missing = [class_names(len(counts))[c] for c in np.flatnonzero(counts <= 0)]
+        raise DataError(
+            f"the training set has no sample of {', '.join(missing)}: class weights "
+            f"'{scheme}' need every class (give data.class_weighting explicitly, or 'none')"
+        )
+    weights = counts.max() / counts
+    if scheme == "sqrt_inverse_frequency":
+        weights = np.sqrt(weights)
+    elif scheme != "inverse_frequency":
+        raise ConfigError(f"data.class_weighting: unknown scheme {scheme!r}")
+    return weights.tolist()
+
+
+class FaceDataset(Dataset):
+    """Faces of a FrameIndex as (uint8 3xHxW image, label, sample number) triples."""
+
+    def __init__(self, index: FrameIndex, transform, margin: float = 0.0) -> None:
+        self.index = index
+        self.transform = transform
+        self.margin = margin
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        face = load_face(self.index, i, self.margin)
+        image = self.transform(image=face)["image"]
+        return torch.from_numpy(to_chw_uint8(image)), int(self.index.labels[i]), i
+
+
+class ExpressionDataModule(pl.LightningDataModule):
+    """Aff-Wild2 (+ ExpW) expression frames for training and validation.
+
+    Args:
+        affwild2_dir: Aff-Wild2 root (holding ``cropped_aligned/`` and the annotations). With
+            neither this nor ``expw_dir`` given, ferlit's sample data is used (written if absent).
+        expw_dir: ExpW root (holding ``image/origin/`` and ``label/label.lst``); None = no ExpW.
+        num_classes: 7 (ABAW 2020, the paper) or 8 (with Other, ABAW 2022+).
+        affwild2_layout: annotation layout ("abaw2020", "abaw2022", "abaw2024"); None detects it.
+        use_affwild2_train: train on Aff-Wild2 train (switch off to train on ExpW alone).
+        expw_margin: ExpW face crop enlarged by this fraction of the box on each side.
+        expw_min_confidence: drop ExpW faces whose box confidence is below this.
+        class_weighting: a scheme computed from the training counts, or an explicit list.
+        image_size: side of the square model input (linked from ``model.input_size`` in the CLI).
+        augment: apply the training augmentation (flip, colour jitter) below.
+        batch_size: micro-batch size per process (the paper: 64, with 4 accumulated).
+    """
+
+    def __init__(
+        self,
+        affwild2_dir: str | None = None,
+        expw_dir: str | None = None,
+        num_classes: int = 7,
+        affwild2_layout: Literal["abaw2020", "abaw2022", "abaw2024"] | None = None,
+        use_affwild2_train: bool = True,
+        expw_margin: float = 0.0,
+        expw_min_confidence: float | None = None,
+        class_weighting: ClassWeighting | list[float] = "inverse_frequency",
+        image_size: int = 112,
+        augment: bool = True,
+        hflip: float = 0.5,
+        brightness: float = 0.4,
+        contrast: float = 0.3,
+        saturation: float = 0.25,
+        hue: float = 0.5,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        class_names(num_classes)  # validates 7 or 8
+        if isinstance(class_weighting, list) and len(class_weighting) != num_classes:
+            raise ConfigError(
+                f"data.class_weighting has {len(class_weighting)} weights, expected "
+                f"{num_classes} (one per class: {', '.join(class_names(num_classes))})"
+            )
+        if isinstance(class_weighting, list) and any(w <= 0 for w in class_weighting):
+            raise ConfigError(
+                f"data.class_weighting: weights must be positive, got {class_weighting}"
+            )
+        for option, value in (("image_size", image_size), ("batch_size", batch_size)):
+            if value <= 0:
+                raise ConfigError(f"data.{option} must be positive, got {value}")
+        if affwild2_dir is None and expw_dir is not None:
+            raise ConfigError(
+                "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
+            )
+        self.save_hyperparameters()
+        self.augmentation = (
+            Augmentation(hflip, brightness, contrast, saturation, hue) if augment else None
+        )
+        self._train_index: FrameIndex | None = None
+        self._val_index: FrameIndex | None = None
+
+    # -- data locations ------------------------------------------------------------------------
+
+    @property
+    def uses_sample_data(self) -> bool:
+        return self.hparams.affwild2_dir is None and self.hparams.expw_dir is None
+
+    def _dirs(self) -> tuple[Path, Path | None]:
+        """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set."""
+        if self.uses_sample_data:
+            from ferlit.data.synth import ensure_sample_data
+
+            sample = ensure_sample_data()
+            return Path(sample.affwild2_dir), Path(sample.expw_dir)
+        expw = Path(self.hparams.expw_dir) if self.hparams.expw_dir else None
+        return Path(self.hparams.affwild2_dir), expw
+
+    def prepare_data(self) -> None:
+        self._dirs()
+
+    # -- indexes -------------------------------------------------------------------------------
+
+    @property
+    def train_index(self) -> FrameIndex:
+        if self._train_index is None:
+            affwild2_dir, expw_dir = self._dirs()
+            hp = self.hparams
+            parts = []
+            if hp.use_affwild2_train:
+                parts.append(
+                    read_affwild2(affwild2_dir, "train", hp.num_classes, hp.affwild2_layout)
+                )
+            if expw_dir is not None:
+                parts.append(read_expw(expw_dir, hp.num_classes, hp.expw_min_confidence))
+            if not parts:
+                raise ConfigError(
+                    "no training data: data.use_affwild2_train is false and data.expw_dir is not set"
+                )
+            self._train_index = FrameIndex.concat(parts)
+        return self._train_index
+
+    @property
+    def val_index(self) -> FrameIndex:
+        if self._val_index is None:
+            affwild2_dir, _ = self._dirs()
+            hp = self.hparams
+            self._val_index = read_affwild2(affwild2_dir, "val", hp.num_classes, hp.affwild2_layout)
+        return self._val_index
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training samples per class."""
+        return self.train_index.class_counts().tolist()
+
+    @property
+    def class_weights(self) -> list[float]:
+        """The loss weights the model gets (linked in the CLI): explicit, or from the counts."""
+        weighting = self.hparams.class_weighting
+        if isinstance(weighting, list):
+            return [float(w) for w in weighting]
+        return class_weights_from_counts(self.class_counts, weighting)
+
+    # -- loaders -------------------------------------------------------------------------------
+
+    def _distribution(self) -> tuple[int, int, int]:
+        """(rank, world size, accumulate_grad_batches) from the attached trainer, if any."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1, 1
+        return trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
+
+    def _loader(self, dataset: Dataset, sampler, batch_size: int) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world_size, accumulate = self._distribution()
+        hp = self.hparams
+        sampler = EpochShuffleSampler(
+            len(self.train_index), hp.batch_size, accumulate, hp.seed, rank, world_size
+        )
+        transform = build_transform(hp.image_size, self.augmentation)
+        dataset = FaceDataset(self.train_index, transform, hp.expw_margin)
+        return self._loader(dataset, sampler, hp.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world_size, _ = self._distribution()
+        hp = self.hparams
+        dataset = FaceDataset(self.val_index, build_transform(hp.image_size, None), hp.expw_margin)
+        sampler = ShardSampler(len(dataset), rank, world_size)
+        return self._loader(dataset, sampler, hp.val_batch_size or hp.batch_size)
