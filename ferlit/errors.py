@@ -15,3 +15,7 @@ class ConfigError(FerlitError):
 
 class WeightsError(FerlitError):
     """A weights file cannot be loaded into the chosen backbone."""
+
+
+class TrainingDiverged(FerlitError):
+    """The loss became NaN or infinite; the message names the step."""

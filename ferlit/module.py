@@ -1,0 +1,167 @@
+"""The LightningModule: the paper's method section in code.
+
+SE-ResNet-50 with a new 7-way classifier, class-weighted cross entropy, SGD (momentum 0.9, weight
+decay 0.005) with two learning rates — 1e-3 for the new classifier, 1e-6 for the pre-trained rest —
+and model selection by the ABAW expression criterion (0.67 x macro-F1 + 0.33 x accuracy).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ferlit.errors import ConfigError, TrainingDiverged
+from ferlit.expressions import class_names, metric_key
+from ferlit.metrics import ExpressionCriterion
+from ferlit.models.backbone import create_model
+
+
+class ExpressionModule(pl.LightningModule):
+    """Frame-level expression classifier.
+
+    Args:
+        backbone: a timm model name; ``legacy_seresnet50`` is the paper's SE-ResNet-50.
+        backbone_kwargs: extra timm arguments (e.g. narrower ``channels`` for a demo network).
+        num_classes: 7 (ABAW 2020) or 8 (with Other); linked from ``data.num_classes``.
+        input_size: side of the square input (112 for ``cropped_aligned``; VGGFace2 used 224).
+        pretrained: VGGFace2 weights file (``.pkl``, ``.pth``, ``.safetensors``); None = random.
+        preprocessing: "auto" takes the normalisation the weights were trained with.
+        class_weights: cross-entropy weights; linked from the DataModule's training counts.
+        lr_head, lr_backbone: the two learning rates (new classifier / everything else).
+        freeze_backbone_steps: train the classifier alone for this many optimizer steps.
+        freeze_bn: keep the backbone's BatchNorm statistics fixed (fine-tuning at a tiny lr).
+        channels_last: NHWC memory format, faster with tensor cores (GPU, bf16).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "legacy_seresnet50",
+        backbone_kwargs: dict | None = None,
+        num_classes: int = 7,
+        input_size: int = 112,
+        pretrained: str | None = None,
+        preprocessing: Literal["auto", "vggface2", "imagenet"] = "auto",
+        class_weights: list[float] | None = None,
+        lr_head: float = 1e-3,
+        lr_backbone: float = 1e-6,
+        momentum: float = 0.9,
+        weight_decay: float = 0.005,
+        freeze_backbone_steps: int = 0,
+        freeze_bn: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.class_names = class_names(num_classes)
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ConfigError(
+                f"model.class_weights has {len(class_weights)} weights, expected {num_classes}"
+            )
+        for option, value in (("lr_head", lr_head), ("lr_backbone", lr_backbone)):
+            if value < 0:
+                raise ConfigError(f"model.{option} must be >= 0, got {value}")
+        self.save_hyperparameters()
+        self.net = create_model(backbone, num_classes, backbone_kwargs, pretrained, preprocessing)
+        weights = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
+        self.register_buffer("class_weights", weights.float(), persistent=False)
+        self.val_criterion = ExpressionCriterion(num_classes)
+        self.val_loss = MeanMetric()
+        self.last_val_scores: dict[str, float] = {}
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of uint8 RGB faces (the network normalises them itself)."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels, _ = batch
+        loss = F.cross_entropy(self(images), labels, weight=self.class_weights)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss.item()} at optimizer step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); the checkpoints written so far "
+                "are kept — lower model.lr_head / model.lr_backbone or check the data"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Hold the backbone still (lr 0) for the first ``freeze_backbone_steps`` steps.
+
+        A zero learning rate rather than ``requires_grad=False`` keeps every parameter in the
+        graph, which DDP requires, and needs no optimizer rebuild when the backbone thaws.
+        """
+        if self.hparams.freeze_backbone_steps <= 0:
+            return
+        frozen = self.global_step < self.hparams.freeze_backbone_steps
+        lr = 0.0 if frozen else self.hparams.lr_backbone
+        for group in self.optimizers().optimizer.param_groups:
+            if group["name"] == "backbone":
+                group["lr"] = lr
+
+    def train(self, mode: bool = True) -> ExpressionModule:
+        """With ``freeze_bn``, backbone BatchNorm layers stay in eval mode (statistics fixed)."""
+        super().train(mode)
+        if mode and self.hparams.freeze_bn:
+            for module in self.net.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        return torch.optim.SGD(
+            [
+                {"name": "head", "params": self.net.head_parameters(), "lr": hp.lr_head},
+                {
+                    "name": "backbone",
+                    "params": self.net.backbone_parameters(),
+                    "lr": hp.lr_backbone,
+                },
+            ],
+            lr=hp.lr_head,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+        )
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        # The sanity check's few batches must not leak into the first real validation.
+        self.val_criterion.reset()
+        self.val_loss.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels, _ = batch
+        logits = self(images)
+        losses = F.cross_entropy(logits, labels, weight=self.class_weights, reduction="none")
+        # Weighted by each sample's class weight, the mean over the whole set equals the
+        # weighted cross entropy of the whole set (and is exact across DDP ranks).
+        self.val_loss.update(losses.float(), self.class_weights[labels])
+        self.val_criterion.update(logits.float(), labels)
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_criterion.compute()
+        metrics = {
+            "val/criterion": scores["criterion"],
+            "val/f1": scores["f1"],
+            "val/acc": scores["acc"],
+            "val/loss": self.val_loss.compute(),
+        }
+        for name, f1 in zip(self.class_names, scores["f1_per_class"], strict=True):
+            metrics[f"val/f1_{metric_key(name)}"] = f1
+        metrics = {k: v.float() for k, v in metrics.items()}
+        self.log_dict(metrics)
+        self.last_val_scores = {k: float(v) for k, v in metrics.items()}
+        self.last_val_confusion = scores["confusion"].cpu()
+        self.val_criterion.reset()
+        self.val_loss.reset()
