@@ -83,11 +83,17 @@ class FerlitCLI(LightningCLI):
                 f"model.backbone: timm has no model named {backbone!r}"
                 + (f" (similar: {', '.join(close)})" if close else "")
             )
+        accumulate = config.trainer.accumulate_grad_batches or 1
+        limit = config.trainer.limit_train_batches
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit % accumulate:
+            raise ConfigError(
+                f"trainer.limit_train_batches {limit} is not a multiple of "
+                f"trainer.accumulate_grad_batches {accumulate}: an epoch would end mid-step"
+            )
         n = config.val_every_n_steps
         if n is not None:
             if n <= 0:
                 raise ConfigError(f"--val_every_n_steps must be a positive integer, got {n}")
-            accumulate = config.trainer.accumulate_grad_batches or 1
             config.trainer.val_check_interval = n * accumulate
             config.trainer.check_val_every_n_epoch = None
         if config.data.affwild2_dir is None and config.data.expw_dir is None:

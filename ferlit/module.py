@@ -82,9 +82,13 @@ class ExpressionModule(pl.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Class-weighted cross entropy: sum_i w[y_i] * CE_i / sum_i w[y_i]."""
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels, _ = batch
-        loss = F.cross_entropy(self(images), labels, weight=self.class_weights)
+        loss = self.loss(self(images), labels)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the training loss became {loss.item()} at optimizer step {self.global_step} "
