@@ -1,0 +1,181 @@
+"""The ABAW criterion: equal to sklearn's definition on any input, exact across ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from torchmetrics.functional.classification import multiclass_f1_score
+
+from ferlit.metrics import ACCURACY_WEIGHT, F1_WEIGHT, ExpressionCriterion, scores_from_confusion
+
+
+def sklearn_scores(target: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, object]:
+    labels = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        target, preds, labels=labels, zero_division=0
+    )
+    macro = f1_score(target, preds, labels=labels, average="macro", zero_division=0)
+    acc = accuracy_score(target, preds)
+    return {
+        "criterion": 0.67 * macro + 0.33 * acc,
+        "f1": macro,
+        "acc": acc,
+        "f1_per_class": f1,
+        "precision": precision,
+        "recall": recall,
+        "support": support,
+    }
+
+
+def assert_matches_sklearn(scores: dict[str, torch.Tensor], expected: dict[str, object]) -> None:
+    for key, value in expected.items():
+        np.testing.assert_allclose(scores[key].numpy(), value, atol=1e-6, err_msg=key)
+
+
+@st.composite
+def labelled_frames(draw: st.DrawFn) -> tuple[int, np.ndarray, np.ndarray]:
+    num_classes = draw(st.integers(2, 9))
+    n = draw(st.integers(1, 60))
+    label = st.integers(0, num_classes - 1)
+    target = np.array(draw(st.lists(label, min_size=n, max_size=n)))
+    preds = np.array(draw(st.lists(label, min_size=n, max_size=n)))
+    return num_classes, target, preds
+
+
+@settings(max_examples=150, deadline=None)
+@given(labelled_frames())
+def test_equals_sklearn_macro_f1_and_accuracy_on_any_labels(case) -> None:
+    num_classes, target, preds = case
+    metric = ExpressionCriterion(num_classes)
+    metric.update(torch.from_numpy(preds), torch.from_numpy(target))
+    scores = metric.compute()
+    assert_matches_sklearn(scores, sklearn_scores(target, preds, num_classes))
+    assert scores["criterion"].dtype == torch.float64
+    assert scores["confusion"].shape == (num_classes, num_classes)
+    assert int(scores["confusion"].sum()) == len(target)
+
+
+def test_logits_are_scored_by_their_argmax_over_random_batches() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n, num_classes = int(rng.integers(1, 200)), int(rng.choice([7, 8]))
+        logits = torch.from_numpy(rng.normal(size=(n, num_classes)).astype(np.float32))
+        target = torch.from_numpy(rng.integers(0, num_classes, n))
+        metric = ExpressionCriterion(num_classes)
+        for start in range(0, n, 16):
+            metric.update(logits[start : start + 16], target[start : start + 16])
+        expected = sklearn_scores(target.numpy(), logits.argmax(1).numpy(), num_classes)
+        assert_matches_sklearn(metric.compute(), expected)
+
+
+def test_known_numbers_by_hand() -> None:
+    # rows = target: class 0 once right once as 1; class 1 right; class 2 predicted as 1.
+    metric = ExpressionCriterion(3)
+    metric.update(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 2]))
+    scores = metric.compute()
+    assert scores["confusion"].tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    assert scores["support"].tolist() == [2, 1, 1]
+    torch.testing.assert_close(
+        scores["precision"], torch.tensor([1.0, 1 / 3, 0.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(scores["recall"], torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        scores["f1_per_class"], torch.tensor([2 / 3, 0.5, 0.0], dtype=torch.float64)
+    )
+    assert scores["f1"].item() == pytest.approx(7 / 18)
+    assert scores["acc"].item() == pytest.approx(0.5)
+    assert scores["criterion"].item() == pytest.approx(0.67 * 7 / 18 + 0.33 * 0.5)
+    assert (F1_WEIGHT, ACCURACY_WEIGHT) == (0.67, 0.33)
+
+
+def test_one_class_only_counts_the_six_absent_classes_as_zero() -> None:
+    metric = ExpressionCriterion(7)
+    metric.update(torch.full((10,), 4), torch.full((10,), 4))
+    scores = metric.compute()
+    assert scores["acc"].item() == 1.0
+    assert scores["f1"].item() == pytest.approx(1 / 7)
+    assert scores["criterion"].item() == pytest.approx(0.67 / 7 + 0.33)
+
+
+def test_absent_classes_count_where_torchmetrics_macro_f1_drops_them() -> None:
+    preds = target = torch.tensor([0, 0, 1, 1])
+    metric = ExpressionCriterion(3)
+    metric.update(preds, target)
+    assert metric.compute()["f1"].item() == pytest.approx(2 / 3)
+    assert multiclass_f1_score(preds, target, 3, average="macro").item() == pytest.approx(1.0)
+
+
+def test_all_wrong_scores_zero() -> None:
+    metric = ExpressionCriterion(7)
+    metric.update(torch.tensor([1, 2, 3, 0]), torch.tensor([0, 1, 2, 3]))
+    scores = metric.compute()
+    assert scores["criterion"].item() == 0.0
+    assert scores["f1_per_class"].tolist() == [0.0] * 7
+
+
+def test_no_frames_scores_zero_not_nan() -> None:
+    metric = ExpressionCriterion(7)
+    metric.update(torch.zeros(0, 7), torch.zeros(0, dtype=torch.long))
+    scores = metric.compute()
+    assert [scores[k].item() for k in ("criterion", "f1", "acc")] == [0.0, 0.0, 0.0]
+    assert scores["support"].tolist() == [0] * 7
+    fresh = ExpressionCriterion(8)
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert fresh.compute()["criterion"].item() == 0.0
+
+
+def test_merging_two_ranks_equals_one_metric_over_all_frames() -> None:
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(size=(101, 8)))
+    target = torch.from_numpy(rng.integers(0, 8, 101))
+    whole = ExpressionCriterion(8)
+    whole.update(logits, target)
+    rank0, rank1 = ExpressionCriterion(8), ExpressionCriterion(8)
+    rank0.update(logits[:40], target[:40])
+    rank1.update(logits[40:], target[40:])
+    summed = scores_from_confusion(rank0.confusion + rank1.confusion)
+    rank0.merge_state(rank1)
+    merged = rank0.compute()
+    for key, value in whole.compute().items():
+        assert torch.equal(merged[key], value), key
+        assert torch.equal(summed[key], value), key
+
+
+def test_reset_forgets_earlier_frames() -> None:
+    metric = ExpressionCriterion(7)
+    metric.update(torch.tensor([0, 0]), torch.tensor([1, 1]))
+    metric.reset()
+    metric.update(torch.tensor([3]), torch.tensor([3]))
+    assert metric.compute()["acc"].item() == 1.0
+
+
+def test_scores_from_a_numpy_confusion_matrix_and_bad_shapes() -> None:
+    confusion = np.array([[3, 1], [0, 4]])
+    scores = scores_from_confusion(confusion)
+    target = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    preds = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    assert_matches_sklearn(scores, sklearn_scores(target, preds, 2))
+    with pytest.raises(ValueError, match=r"square \(C, C\) confusion matrix, got \(2, 3\)"):
+        scores_from_confusion(np.zeros((2, 3)))
+
+
+def test_a_target_outside_the_classes_is_refused() -> None:
+    metric = ExpressionCriterion(7)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 7\), got values from 0 to 7"):
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 7\), got values from -1 to 1"):
+        metric.update(torch.tensor([-1, 1]), torch.tensor([0, 1]))
+    with pytest.raises(
+        ValueError, match=r"preds must be scores \(2, 7\) .* got torch.float32 \(2, 8\)"
+    ):
+        metric.update(torch.zeros(2, 8), torch.tensor([0, 1]))
+    assert metric.confusion.sum().item() == 0
+
+
+def test_fewer_than_two_classes_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_classes must be at least 2, got 1"):
+        ExpressionCriterion(1)
