@@ -8,18 +8,45 @@ On disk (as distributed)::
         face_box_cofidence expression_label
 
 ``expression_label`` is ExpW's own code (0 angry ... 6 neutral), mapped to the ABAW order by
-``ferlit.expressions.EXPW_TO_ABAW``. The face is the box crop of the image.
+``ferlit.expressions.EXPW_TO_ABAW``. The face is the box crop of the image (Zhang et al., "From
+Facial Expression Recognition to Interpersonal Relation Prediction", IJCV 2018, and the data
+set's readme, which spells the confidence field ``face_box_cofidence``).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import numbers
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+from rich.progress import track
+
+from ferlit.data.index import BOXED_IMAGE, FrameIndex
+from ferlit.errors import ConfigError, DataError
+from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
+
 IMAGES_DIR = "image/origin"
 LABEL_FILE = "label/label.lst"
+
+#: The fields of a ``label.lst`` line, in order, as the ExpW readme names them.
+FIELDS = (
+    "image_name",
+    "face_id_in_image",
+    "face_box_top",
+    "face_box_left",
+    "face_box_right",
+    "face_box_bottom",
+    "face_box_cofidence",
+    "expression_label",
+)
+#: Show a progress bar when label.lst has more lines than this (ExpW itself lists ~92k faces).
+PROGRESS_MIN_LINES = 200_000
+_CHUNK_LINES = 50_000
 
 
 class ExpWFace(NamedTuple):
@@ -43,3 +70,214 @@ def write_label_list(path: str | os.PathLike, faces: Iterable[ExpWFace]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(face.line() + "\n" for face in faces))
+
+
+def read_expw(
+    expw_dir: str | os.PathLike,
+    num_classes: int = 7,
+    min_confidence: float | None = None,
+    progress: bool = True,
+) -> FrameIndex:
+    """Index every labelled face of ExpW, in ``label.lst`` order.
+
+    ExpW has no train/val split and no ``Other`` class, so the same index serves 7- and 8-class
+    runs. A line repeated verbatim (same image, face id, box and label) counts once
+    (``skipped["duplicate"]``); with ``min_confidence``, faces whose detector confidence is below
+    it are dropped (``skipped["low_confidence"]``). Every listed image must exist: unlike an
+    Aff-Wild2 frame without a face, a missing ExpW image means an incomplete download.
+    """
+    if num_classes not in (7, 8):
+        raise ConfigError(f"num_classes must be 7 (ABAW 2020) or 8 (ABAW 2022+), got {num_classes}")
+    if min_confidence is not None and not (
+        isinstance(min_confidence, numbers.Real) and math.isfinite(min_confidence)
+    ):
+        raise ConfigError(f"min_confidence must be a finite number or None, got {min_confidence!r}")
+    root = os.fspath(expw_dir)
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: ExpW folder does not exist")
+    label_path = os.path.join(root, LABEL_FILE)
+    if not os.path.isfile(label_path):
+        raise DataError(f"{label_path}: missing; expected ExpW's face list {LABEL_FILE}")
+    images_dir = os.path.join(root, IMAGES_DIR)
+    if not os.path.isdir(images_dir):
+        raise DataError(f"{images_dir}: missing; expected ExpW's images in {IMAGES_DIR}/")
+
+    image_names, codes, ints, confidence, lines = _parse_label_list(label_path, progress)
+    _check_fields(label_path, lines, ints, confidence)
+    _check_images(label_path, images_dir, lines, image_names, codes)
+    face_id, boxes, expression = (
+        ints[:, 0],
+        ints[:, 1:5],
+        ints[:, 5],
+    )  # boxes: top left right bottom
+
+    keep = ~_repeats(np.concatenate([codes[:, None], ints], axis=1))
+    skipped = {"duplicate": int(np.count_nonzero(~keep)), "low_confidence": 0}
+    if min_confidence is not None:
+        low = keep & (confidence < min_confidence)
+        skipped["low_confidence"] = int(np.count_nonzero(low))
+        keep &= ~low
+
+    used, groups = np.unique(codes[keep], return_inverse=True)
+    return FrameIndex.build(
+        root=root,
+        num_classes=num_classes,
+        group_names=[f"{IMAGES_DIR}/{image_names[g]}" for g in used],
+        group_kinds=[BOXED_IMAGE] * len(used),
+        group_sources=[LABEL_FILE] * len(used),
+        labels=np.asarray(EXPW_TO_ABAW)[expression[keep]],
+        groups=groups,
+        frames=face_id[keep],
+        lines=lines[keep],
+        boxes=boxes[keep],
+        skipped=skipped,
+    )
+
+
+def _parse_label_list(
+    path: str, progress: bool
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split ``label.lst`` into columns, a chunk of lines at a time.
+
+    Returns the image names (sorted), each face's row in that list, its six integer fields
+    (face id, top, left, right, bottom, expression), its confidence and its line number. Fields
+    are separated by any run of spaces or tabs; CRLF endings, a byte order mark and blank lines
+    are accepted. Each chunk becomes arrays at once, so a million-line file never exists as a
+    million lists of strings, and the per-line work is one ``str.split``.
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    all_lines = text.split("\n")
+    names: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {"ints": [], "confidence": [], "lines": []}
+    starts = range(0, len(all_lines), _CHUNK_LINES)
+    if progress and len(all_lines) > PROGRESS_MIN_LINES:
+        starts = track(starts, description="Indexing ExpW", transient=True)
+    width = len(FIELDS)
+    for start in starts:
+        rows = [line.split() for line in all_lines[start : start + _CHUNK_LINES]]
+        counts = np.fromiter(map(len, rows), np.int64, len(rows))
+        wrong = np.flatnonzero((counts != width) & (counts != 0))
+        if len(wrong):
+            k = int(wrong[0])
+            raise DataError(
+                f"{path}:{start + k + 1}: found {counts[k]} fields; expected {width} separated "
+                f"by spaces: {' '.join(FIELDS)}"
+            )
+        line_numbers = np.flatnonzero(counts) + start + 1
+        fields = list(itertools.chain.from_iterable(rows))
+        names += fields[0::width]
+        ints = [_column(path, line_numbers, fields[c::width], c, int) for c in (1, 2, 3, 4, 5, 7)]
+        parts["ints"].append(np.stack(ints, axis=1))
+        parts["confidence"].append(_column(path, line_numbers, fields[6::width], 6, float))
+        parts["lines"].append(line_numbers)
+    if not names:
+        raise DataError(f"{path}: no faces listed; expected one line per face: {' '.join(FIELDS)}")
+    image_names = sorted(dict.fromkeys(names))
+    row_of = {name: row for row, name in enumerate(image_names)}
+    return (
+        image_names,
+        np.fromiter(map(row_of.__getitem__, names), np.int64, len(names)),
+        np.concatenate(parts["ints"]),
+        np.concatenate(parts["confidence"]),
+        np.concatenate(parts["lines"]),
+    )
+
+
+def _column(
+    path: str, line_numbers: np.ndarray, values: list[str], c: int, kind: type
+) -> np.ndarray:
+    """Field ``c`` of a chunk as numbers: int64 within 32-bit range (the index stores int32), or
+    float64. A DataError names the first line where the field is not such a number.
+    """
+    try:
+        column = np.array(list(map(kind, values)), np.int64 if kind is int else np.float64)
+    except (ValueError, OverflowError):
+        column = None
+    if column is not None and (kind is float or ((column >= -(2**31)) & (column < 2**31)).all()):
+        return column
+    k = next(k for k, value in enumerate(values) if not _parses(value, kind))
+    what = "a 32-bit integer" if kind is int else "a number"
+    raise DataError(f"{path}:{line_numbers[k]}: {FIELDS[c]} {values[k]!r} is not {what}")
+
+
+def _parses(value: str, kind: type) -> bool:
+    try:
+        number = kind(value)
+    except ValueError:
+        return False
+    return kind is float or -(2**31) <= number < 2**31
+
+
+def _check_fields(path: str, lines: np.ndarray, ints: np.ndarray, confidence: np.ndarray) -> None:
+    """Labels are ExpW codes, boxes are non-empty pixel rectangles, confidences are finite."""
+    face_id, top, left, right, bottom, expression = ints.T
+    codes = ", ".join(f"{code} {name}" for code, name in enumerate(EXPW_NAMES))
+    _check(
+        path,
+        lines,
+        (expression < 0) | (expression > 6),
+        lambda k: (
+            f"expression_label {expression[k]} out of range; expected an ExpW code 0..6 ({codes})"
+        ),
+    )
+
+    def box(k: int) -> str:
+        return (
+            f"face box (top, left, right, bottom) = ({top[k]}, {left[k]}, {right[k]}, {bottom[k]})"
+        )
+
+    _check(
+        path,
+        lines,
+        (ints[:, 1:5] < 0).any(axis=1),
+        lambda k: f"{box(k)} has a negative coordinate; expected pixel coordinates >= 0",
+    )
+    _check(
+        path,
+        lines,
+        (top >= bottom) | (left >= right),
+        lambda k: f"{box(k)} is empty; expected top < bottom and left < right",
+    )
+    _check(
+        path,
+        lines,
+        ~np.isfinite(confidence),
+        lambda k: f"face_box_cofidence {confidence[k]} is not a finite number",
+    )
+
+
+def _check_images(
+    path: str, images_dir: str, lines: np.ndarray, image_names: list[str], codes: np.ndarray
+) -> None:
+    """Every listed image is a file in image/origin (one directory listing, not a stat per name)."""
+    with os.scandir(images_dir) as entries:
+        on_disk = {e.name for e in entries if e.is_file()}
+    present = np.array(
+        [n in on_disk or os.path.isfile(os.path.join(images_dir, n)) for n in image_names], bool
+    )
+    _check(
+        path,
+        lines,
+        ~present[codes],
+        lambda k: f"image {IMAGES_DIR}/{image_names[codes[k]]} does not exist in {images_dir}",
+    )
+
+
+def _check(path: str, lines: np.ndarray, bad: np.ndarray, message: Callable[[int], str]) -> None:
+    """DataError naming the first line flagged ``bad``, with ``message(row)``, and how many more."""
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        more = f" ({len(rows) - 1} more lines like it)" if len(rows) > 1 else ""
+        raise DataError(f"{path}:{lines[rows[0]]}: {message(int(rows[0]))}{more}")
+
+
+def _repeats(rows: np.ndarray) -> np.ndarray:
+    """Which rows repeat an earlier identical row (the first of each kind is not a repeat)."""
+    order = np.lexsort(rows.T[::-1])  # stable: equal rows stay in line order
+    ordered = rows[order]
+    repeats = np.zeros(len(rows), bool)
+    repeats[order[1:]] = (ordered[1:] == ordered[:-1]).all(axis=1)
+    return repeats

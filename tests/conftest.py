@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny JPEGs written with OpenCV, the library ferlit decodes them with."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+
+def _write_jpeg(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), cv2.COLOR_RGB2BGR)
+    params = [
+        cv2.IMWRITE_JPEG_QUALITY,
+        100,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    ]
+    if not cv2.imwrite(os.fspath(path), bgr, params):
+        raise OSError(f"cv2.imwrite failed for {path}")
+
+
+@pytest.fixture
+def write_jpeg() -> Callable[[str | os.PathLike, np.ndarray], None]:
+    """Write an RGB uint8 array as a quality-100, 4:4:4 JPEG, creating its folder.
+
+    Without chroma subsampling, solid colours in regions aligned to JPEG's 8-pixel blocks decode
+    within a grey level or two, so tests can tell images and crops apart pixel by pixel.
+    """
+    return _write_jpeg

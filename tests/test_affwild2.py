@@ -1,0 +1,256 @@
+"""Indexing Aff-Wild2: layouts, the frame<->line alignment, skip counts and bad annotation files."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from ferlit.data.affwild2 import (
+    LAYOUTS,
+    annotation_dir,
+    detect_layout,
+    read_affwild2,
+    write_annotation_file,
+)
+from ferlit.data.images import load_face
+from ferlit.data.index import FRAME_FOLDER
+from ferlit.errors import ConfigError, DataError
+
+SIZE = 16
+
+
+def colour(video: int, frame: int) -> tuple[int, int, int]:
+    """A colour unique to (video, frame) for the few frames these tests write."""
+    return (10 + 30 * frame, 30 + 50 * video, 250 - 30 * frame)
+
+
+@pytest.fixture
+def add_video(tmp_path, write_jpeg):
+    """Write a video under tmp_path: its annotation file and a solid-colour image per frame given."""
+
+    def add(name, labels, with_image, *, video=0, layout="abaw2020", split="train", num_classes=7):
+        path = annotation_dir(tmp_path, layout, split) / f"{name}.txt"
+        write_annotation_file(path, labels, num_classes)
+        for frame in with_image:
+            image = np.full((SIZE, SIZE, 3), colour(video, frame), np.uint8)
+            write_jpeg(tmp_path / "cropped_aligned" / name / f"{frame:05d}.jpg", image)
+        return path
+
+    return add
+
+
+def test_kept_and_skipped_counts(tmp_path, add_video):
+    # a: frame 2 unannotated, frame 4 annotated but no face crop; b: no folder at all;
+    # c: nothing annotated. Only a's frames 1, 3, 5 survive.
+    add_video("a", [0, -1, 4, 6, 2], [1, 2, 3, 5])
+    add_video("b", [1, 1], [])
+    add_video("c", [-1, -1], [1, 2])
+    (tmp_path / "annotations/EXPR_Set/Training_Set/._a.txt").write_bytes(b"\x00\x05\x16\x07\xff")
+
+    index = read_affwild2(tmp_path, "train")
+
+    assert len(index) == 3
+    assert index.num_classes == 7
+    assert index.labels.tolist() == [0, 4, 2]
+    assert index.frames.tolist() == [1, 3, 5]
+    assert index.lines.tolist() == [2, 4, 6]
+    assert index.skipped == {
+        "unannotated": 3,
+        "no_image": 3,
+        "other": 0,
+        "duplicate": 0,
+        "low_confidence": 0,
+    }
+    assert index.group_names.tolist() == ["cropped_aligned/a"]
+    assert index.group_sources.tolist() == ["annotations/EXPR_Set/Training_Set/a.txt"]
+    assert index.group_kinds.tolist() == [FRAME_FOLDER]
+    assert (index.boxes == -1).all()
+    assert index.roots == (str(tmp_path),)
+    assert index.image_path(1) == str(tmp_path / "cropped_aligned/a/00003.jpg")
+    assert index.source(1) == f"{tmp_path}/annotations/EXPR_Set/Training_Set/a.txt:4"
+
+
+def test_frame_k_is_line_k_plus_1_and_image_k(tmp_path, add_video):
+    labels = [3, -1, 5, 0, 1, 6]
+    path = add_video("v", labels, [1, 2, 3, 5, 6])
+    file_lines = path.read_text().splitlines()
+
+    index = read_affwild2(tmp_path, "train")
+
+    assert index.frames.tolist() == [1, 3, 5, 6]
+    for i in range(len(index)):
+        line = int(index.lines[i])
+        assert file_lines[line - 1] == str(index.labels[i])
+        face = load_face(index, i)
+        assert face.shape == (SIZE, SIZE, 3)
+        expected = np.array(colour(0, line - 1))
+        assert np.abs(face.astype(int) - expected).max() <= 2, f"sample {i} (line {line})"
+
+
+def test_left_right_are_separate_videos_in_name_order(tmp_path, add_video):
+    add_video("v10_right", [2, 2], [1, 2], video=1)
+    add_video("v2", [5], [1], video=2)
+    add_video("v10_left", [1, 1, 1], [1, 2, 3], video=0)
+
+    index = read_affwild2(tmp_path, "train")
+
+    assert index.group_names.tolist() == [
+        "cropped_aligned/v10_left",
+        "cropped_aligned/v10_right",
+        "cropped_aligned/v2",
+    ]
+    assert index.groups.tolist() == [0, 0, 0, 1, 1, 2]
+    assert index.labels.tolist() == [1, 1, 1, 2, 2, 5]
+    assert index.frames.tolist() == [1, 2, 3, 1, 2, 1]
+    face = load_face(index, 4)  # v10_right frame 2
+    assert np.abs(face.astype(int) - np.array(colour(1, 2))).max() <= 2
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_each_layout_is_detected_and_read(tmp_path, add_video, layout):
+    add_video("t", [4, 4], [1, 2], layout=layout)
+    add_video("v", [2], [1], layout=layout, split="val")
+
+    assert detect_layout(tmp_path) == layout
+    train = read_affwild2(tmp_path, "train")
+    val = read_affwild2(str(tmp_path), "val")
+
+    assert train.labels.tolist() == [4, 4]
+    assert val.labels.tolist() == [2]
+    folder, _, val_dir = LAYOUTS[layout]
+    assert val.group_sources.tolist() == [f"{folder}/{val_dir}/v.txt"]
+
+
+def test_explicit_layout_when_two_are_present(tmp_path, add_video):
+    add_video("x", [0, 0], [1, 2], layout="abaw2020")
+    add_video("x", [7, 3], [1, 2], layout="abaw2022", num_classes=8)
+
+    with pytest.raises(
+        DataError,
+        match=r"several Aff-Wild2 annotation layouts found "
+        r"\(abaw2020, abaw2022\); choose one with layout=",
+    ):
+        read_affwild2(tmp_path, "train")
+    assert read_affwild2(tmp_path, "train", layout="abaw2020").labels.tolist() == [0, 0]
+    index = read_affwild2(tmp_path, "train", num_classes=8, layout="abaw2022")
+    assert index.labels.tolist() == [7, 3]
+    assert index.group_sources.tolist() == ["EXPR_Classification_Challenge/Train_Set/x.txt"]
+
+
+def test_missing_folders_are_named(tmp_path, add_video):
+    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path / 'nope'))}: .*does not exist"):
+        detect_layout(tmp_path / "nope")
+    with pytest.raises(DataError, match=rf"{re.escape(str(tmp_path))}: no cropped_aligned/ folder"):
+        read_affwild2(tmp_path, "train")
+    (tmp_path / "cropped_aligned").mkdir()
+    with pytest.raises(
+        DataError,
+        match="no Aff-Wild2 expression annotation folder found; looked "
+        r"for annotations/EXPR_Set/ \(abaw2020\), EXPR_Classification_Challenge/ "
+        r"\(abaw2022\), EXPR_Recognition_Challenge/ \(abaw2024\)",
+    ):
+        detect_layout(tmp_path)
+    add_video("t", [1], [1])
+    with pytest.raises(DataError, match=r"Validation_Set: missing; expected the val annotations"):
+        read_affwild2(tmp_path, "val")
+    (tmp_path / "annotations/EXPR_Set/Validation_Set").mkdir()
+    with pytest.raises(DataError, match=r"Validation_Set: no <video>.txt annotation files"):
+        read_affwild2(tmp_path, "val")
+
+
+def test_options_are_checked(tmp_path, add_video):
+    add_video("t", [1], [1])
+    with pytest.raises(ConfigError, match=r"split must be one of \('train', 'val'\), got 'test'"):
+        read_affwild2(tmp_path, "test")
+    with pytest.raises(ConfigError, match="num_classes must be 7 .* or 8 .*, got 6"):
+        read_affwild2(tmp_path, "train", num_classes=6)
+    with pytest.raises(ConfigError, match="layout must be one of .*got 'abaw2019'"):
+        read_affwild2(tmp_path, "train", layout="abaw2019")
+
+
+def test_other_class_dropped_in_7_class_run_kept_in_8(tmp_path, add_video):
+    add_video("o", [7, 0, 7, 3, -1], [1, 2, 3, 4, 5], layout="abaw2022", num_classes=8)
+    add_video("s", [6], [1], layout="abaw2022", num_classes=7)
+
+    seven = read_affwild2(tmp_path, "train", num_classes=7)
+    eight = read_affwild2(tmp_path, "train", num_classes=8)
+
+    assert seven.labels.tolist() == [0, 3, 6]
+    assert seven.lines.tolist() == [3, 5, 2]
+    assert (seven.skipped["other"], seven.skipped["unannotated"]) == (2, 1)
+    assert eight.num_classes == 8
+    assert eight.labels.tolist() == [7, 0, 7, 3, 6]
+    assert (eight.skipped["other"], eight.skipped["unannotated"]) == (0, 1)
+    assert eight.class_counts().tolist() == [1, 0, 0, 1, 0, 0, 1, 2]
+
+
+def test_crlf_bom_trailing_whitespace_and_empty_lines(tmp_path, add_video):
+    path = add_video("q", [1, -1, 2], [1, 2, 3])
+    header = path.read_text().splitlines()[0]
+    path.write_bytes(f"\ufeff{header}\r\n1 \r\n-1\t\r\n2\r\n\r\n\r\n".encode())
+
+    index = read_affwild2(tmp_path, "train")
+
+    assert index.labels.tolist() == [1, 2]
+    assert index.lines.tolist() == [2, 4]
+    assert index.skipped["unannotated"] == 1
+
+
+def test_wrong_header_names_file_and_line_1(tmp_path, add_video):
+    path = add_video("h", [1], [1])
+    path.write_text("Neutral,Angry,Disgust,Fear,Happy,Sad,Surprise\n1\n")
+
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train")
+    assert str(error.value) == (
+        f"{path}:1: found header 'Neutral,Angry,Disgust,Fear,Happy,Sad,Surprise'; expected "
+        "'Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise' or "
+        "'Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [
+        (
+            "1\n\n2\n",
+            3,
+            "empty line; expected -1 .unannotated. or a class index 0..6 of the header",
+        ),
+        ("1\n2.5\n", 3, "'2.5' is not an integer; expected -1 .unannotated. or a class index 0..6"),
+        ("1\nhappy\n", 3, "'happy' is not an integer"),
+        ("1\n2\n7\n", 4, "label 7 out of range; expected -1 .unannotated. or a class index 0..6"),
+        ("-2\n", 2, "label -2 out of range"),
+    ],
+)
+def test_bad_label_lines_name_file_and_line(tmp_path, add_video, body, line, message):
+    path = add_video("bad", [1], [1])
+    header = path.read_text().splitlines()[0]
+    path.write_text(f"{header}\n{body}")
+
+    with pytest.raises(DataError, match=f"^{re.escape(str(path))}:{line}: {message}"):
+        read_affwild2(tmp_path, "train")
+
+
+def test_empty_file_and_non_utf8_are_errors(tmp_path, add_video):
+    path = add_video("e", [1], [1])
+    path.write_text("\n\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:1: empty file; expected the "):
+        read_affwild2(tmp_path, "train")
+    path.write_bytes(b"\xff\xfeN\x00")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: not UTF-8 text"):
+        read_affwild2(tmp_path, "train")
+
+
+def test_many_videos_with_progress_bar_and_no_images(tmp_path, add_video):
+    (tmp_path / "cropped_aligned").mkdir()
+    for v in range(60):  # over PROGRESS_MIN_VIDEOS, so the rich progress bar runs
+        add_video(f"video{v:02d}", [v % 7, -1, 3], [])
+
+    index = read_affwild2(tmp_path, "train", progress=True)
+
+    assert len(index) == 0
+    assert index.group_names.tolist() == []
+    assert (index.skipped["no_image"], index.skipped["unannotated"]) == (120, 60)
