@@ -223,6 +223,7 @@ def test_wrong_header_names_file_and_line_1(tmp_path, add_video):
         ("1\nhappy\n", 3, "'happy' is not an integer"),
         ("1\n2\n7\n", 4, "label 7 out of range; expected -1 .unannotated. or a class index 0..6"),
         ("-2\n", 2, "label -2 out of range"),
+        ("1\n99999999999999999999\n", 3, "label 99999999999999999999 out of range"),
     ],
 )
 def test_bad_label_lines_name_file_and_line(tmp_path, add_video, body, line, message):

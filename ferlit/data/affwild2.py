@@ -204,15 +204,18 @@ def _read_annotation_file(path: str) -> tuple[np.ndarray, int]:
     valid = f"expected -1 (unannotated) or a class index 0..{file_classes - 1} of the header"
     try:
         labels = np.array([int(s) for s in body], np.int64)
-    except ValueError:
-        k = next(k for k, s in enumerate(body) if not _is_int(s))
-        found = f"{body[k]!r} is not an integer" if body[k] else "empty line"
-        raise DataError(f"{path}:{k + 2}: {found}; {valid}") from None
-    bad = np.flatnonzero((labels < -1) | (labels >= file_classes))
-    if len(bad):
-        k = int(bad[0])
-        raise DataError(f"{path}:{k + 2}: label {labels[k]} out of range; {valid}")
-    return labels.astype(np.int8), file_classes
+    except (ValueError, OverflowError):
+        labels = None
+    if labels is not None and ((labels >= -1) & (labels < file_classes)).all():
+        return labels.astype(np.int8), file_classes
+    k = next(k for k, s in enumerate(body) if not (_is_int(s) and -1 <= int(s) < file_classes))
+    if not body[k]:
+        found = "empty line"
+    elif _is_int(body[k]):
+        found = f"label {body[k]} out of range"
+    else:
+        found = f"{body[k]!r} is not an integer"
+    raise DataError(f"{path}:{k + 2}: {found}; {valid}")
 
 
 def _is_int(s: str) -> bool:
