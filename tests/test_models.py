@@ -128,7 +128,8 @@ def test_bad_num_classes_kwargs_and_preprocessing_name_their_option() -> None:
 def test_weights_select_vggface2_preprocessing_unless_told_otherwise(tmp_path: Path) -> None:
     trained = tiny().eval()
     checkpoint = tmp_path / "last.ckpt"
-    state = {f"model.{k}": v for k, v in trained.state_dict().items()}
+    # ferlit's own checkpoint: ExpressionModule keeps the ExpressionNet as ``net``
+    state = {f"net.{k}": v for k, v in trained.state_dict().items()}
     torch.save({"state_dict": state}, checkpoint)
 
     net = tiny(pretrained=checkpoint).eval()

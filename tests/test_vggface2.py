@@ -241,6 +241,14 @@ def test_a_pickle_entry_that_is_not_an_array_is_named(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"conv1.weight": np.zeros(3, np.float32), "epoch": 12}))
     with pytest.raises(WeightsError, match=r"w\.pkl: entry 'epoch' is a int, expected a tensor"):
         load_vggface2_weights(tiny_senet(), path)
+    path.write_bytes(pickle.dumps({"conv1.weight": np.array([print], dtype=object)}))
+    with pytest.raises(WeightsError, match=r"refused to unpickle the global builtins\.print"):
+        load_vggface2_weights(tiny_senet(), path)
+    path.write_bytes(pickle.dumps({"conv1.weight": np.array(["x", 1], dtype=object)}))
+    with pytest.raises(
+        WeightsError, match=r"entry 'conv1\.weight' is a numpy array of dtype object"
+    ):
+        load_vggface2_weights(tiny_senet(), path)
 
 
 def test_a_corrupt_pickle_is_a_weights_error(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ ACCEPTED_FORMATS = ".pkl (VGGFace2 PyTorch port), .pth/.pt/.ckpt (torch state di
 
 #: Wrappers and prefixes that training code commonly puts around a state dict.
 _WRAPPER_KEYS = ("state_dict", "model")
-_PREFIXES = ("module.", "model.", "backbone.", "_orig_mod.")
+_PREFIXES = ("module.", "model.", "net.", "backbone.", "_orig_mod.")
 
 #: The port's names -> timm legacy SENet names (timm.models.senet: layer0 stem, SEModule fc1/fc2).
 _PORT_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -239,6 +239,11 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
     for key, value in obj.items():
         if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biufc":
+                raise WeightsError(
+                    f"{path}: entry {key!r} is a numpy array of dtype {value.dtype}, "
+                    "expected numbers"
+                )
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(key, str) or not isinstance(value, Tensor):
             raise WeightsError(
