@@ -36,7 +36,9 @@ def class_names(num_classes: int) -> tuple[str, ...]:
         return EXPRESSIONS_7
     if num_classes == 8:
         return EXPRESSIONS_8
-    raise ValueError(f"num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes}")
+    raise ValueError(
+        f"num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes}"
+    )
 
 
 def metric_key(name: str) -> str:

@@ -53,12 +53,16 @@ class FrameIndex:
         n, g = len(self.labels), len(self.group_names)
         for name in ("groups", "frames", "lines"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"FrameIndex.{name} has {len(getattr(self, name))} rows, expected {n}")
+                raise ValueError(
+                    f"FrameIndex.{name} has {len(getattr(self, name))} rows, expected {n}"
+                )
         if self.boxes.shape != (n, 4):
             raise ValueError(f"FrameIndex.boxes has shape {self.boxes.shape}, expected ({n}, 4)")
         for name in ("group_roots", "group_kinds", "group_sources"):
             if len(getattr(self, name)) != g:
-                raise ValueError(f"FrameIndex.{name} has {len(getattr(self, name))} rows, expected {g}")
+                raise ValueError(
+                    f"FrameIndex.{name} has {len(getattr(self, name))} rows, expected {g}"
+                )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -159,7 +163,9 @@ class FrameIndex:
             raise ValueError("FrameIndex.concat needs at least one index")
         num_classes = {ix.num_classes for ix in indexes}
         if len(num_classes) != 1:
-            raise ValueError(f"cannot merge indexes with different class counts {sorted(num_classes)}")
+            raise ValueError(
+                f"cannot merge indexes with different class counts {sorted(num_classes)}"
+            )
         roots: list[str] = []
         group_offset = 0
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("groups", "group_roots")}
