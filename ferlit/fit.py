@@ -24,7 +24,8 @@ from __future__ import annotations
 import sys
 
 import timm
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
 
@@ -32,6 +33,8 @@ from ferlit.callbacks import BestValidationSummary
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError
 from ferlit.module import ExpressionModule
+
+RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
 
 
 class FerlitCLI(LightningCLI):
@@ -96,6 +99,11 @@ class FerlitCLI(LightningCLI):
                 raise ConfigError(f"--val_every_n_steps must be a positive integer, got {n}")
             config.trainer.val_check_interval = n * accumulate
             config.trainer.check_val_every_n_epoch = None
+        callbacks = config.trainer.callbacks or []
+        if config.trainer.enable_progress_bar is not False and not any(
+            "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
+        ):
+            config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
         if config.data.affwild2_dir is None and config.data.expw_dir is None:
             from ferlit.data.synth import default_sample_dir
 
@@ -121,7 +129,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                     "class_path": "lightning.pytorch.loggers.CSVLogger",
                     "init_args": {"save_dir": "runs", "name": "ferlit"},
                 },
-                "callbacks": [RichProgressBar(), BestValidationSummary()],
+                "callbacks": [BestValidationSummary()],
             },
             parser_kwargs={"description": __doc__.split("\n\n")[0]},
         )

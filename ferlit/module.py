@@ -165,6 +165,10 @@ class ExpressionModule(pl.LightningModule):
             metrics[f"val/f1_{metric_key(name)}"] = f1
         metrics = {k: v.float() for k, v in metrics.items()}
         self.log_dict(metrics)
+        # Lightning would file these under the count of batches that stepped *before* this
+        # validation (one less); "step" makes loggers record the optimizer step they belong to.
+        self.log("step", float(self.global_step))
+        self.log("epoch", float(self.current_epoch))
         self.last_val_scores = {k: float(v) for k, v in metrics.items()}
         self.last_val_confusion = scores["confusion"].cpu()
         self.val_criterion.reset()

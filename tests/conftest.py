@@ -31,3 +31,11 @@ def write_jpeg() -> Callable[[str | os.PathLike, np.ndarray], None]:
     within a grey level or two, so tests can tell images and crops apart pixel by pixel.
     """
     return _write_jpeg
+
+
+@pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory):
+    """A small copy of the sample data (both data sets, every quirk), shared by the whole run."""
+    from ferlit.data.synth import write_sample_data
+
+    return write_sample_data(tmp_path_factory.mktemp("sample") / "data", scale=0.15, progress=False)

@@ -1,0 +1,250 @@
+"""What a user of ``python -m ferlit.fit`` relies on: the recipe, the cadence, the checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ferlit.errors import TrainingDiverged
+from ferlit.fit import main
+from ferlit.module import ExpressionModule
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_BACKBONE = [
+    "--model.backbone",
+    "seresnet18",
+    "--model.backbone_kwargs",
+    '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}',
+]
+
+
+def tiny_module(**kwargs) -> ExpressionModule:
+    defaults = dict(
+        backbone="seresnet18",
+        backbone_kwargs={"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},
+        num_classes=7,
+    )
+    return ExpressionModule(**(defaults | kwargs))
+
+
+def fit_args(sample_data, tmp_path: Path, *extra: str) -> list[str]:
+    """A fast CPU run on the tiny sample tree, logging to tmp_path."""
+    return [
+        "--data.affwild2_dir",
+        str(sample_data.affwild2_dir),
+        "--data.expw_dir",
+        str(sample_data.expw_dir),
+        *TINY_BACKBONE,
+        "--model.input_size",
+        "32",
+        "--model.lr_backbone",
+        "0.01",
+        "--model.lr_head",
+        "0.01",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path),
+        "--trainer.logger.name",
+        "run",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.limit_val_batches",
+        "3",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        *extra,
+    ]
+
+
+def logged_rows(cli) -> list[dict[str, str]]:
+    with open(Path(cli.trainer.logger.log_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def validations(cli) -> list[dict[str, str]]:
+    return [row for row in logged_rows(cli) if row.get("val/criterion")]
+
+
+def test_optimizer_has_the_papers_two_learning_rates():
+    module = tiny_module()
+    optimizer = module.configure_optimizers()
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert set(groups) == {"head", "backbone"}
+    assert groups["head"]["lr"] == 1e-3 and groups["backbone"]["lr"] == 1e-6
+    assert all(g["momentum"] == 0.9 and g["weight_decay"] == 0.005 for g in groups.values())
+    classifier = module.net.backbone.get_classifier()
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in classifier.parameters()}
+    n_backbone = sum(p.numel() for p in groups["backbone"]["params"])
+    n_all = sum(p.numel() for p in module.parameters())
+    assert n_backbone + sum(p.numel() for p in classifier.parameters()) == n_all
+
+
+def test_weighted_loss_equals_hand_computation():
+    weights = [1.0, 22.92, 37.5, 50.66, 3.47, 5.79, 13.55]
+    module = tiny_module(class_weights=weights)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(10, 7))
+    labels = rng.integers(0, 7, size=10)
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    w = np.asarray(weights)[labels]
+    expected = -(w * log_softmax[np.arange(10), labels]).sum() / w.sum()
+    got = module.loss(torch.tensor(logits, dtype=torch.float32), torch.tensor(labels))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_real_se_resnet50_trains_one_step():
+    module = ExpressionModule(backbone="legacy_seresnet50", num_classes=7)
+    assert sum(p.numel() for p in module.net.backbone_parameters()) > 25_000_000
+    optimizer = module.configure_optimizers()
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([0, 4])
+    before = module.net.backbone.get_classifier().weight.detach().clone()
+    loss = module.loss(module(images), labels)
+    loss.backward()
+    optimizer.step()
+    assert math.isfinite(loss.item())
+    assert module(images).shape == (2, 7)
+    assert not torch.equal(before, module.net.backbone.get_classifier().weight)
+
+
+def test_validation_every_n_optimizer_steps_across_epochs(tiny_sample, tmp_path):
+    # 10 micro-batches per epoch, 2 accumulated: 5 optimizer steps per epoch, so the
+    # validations at steps 3, 6, 9 straddle the epoch boundary at step 5.
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--trainer.limit_train_batches",
+        "10",
+        "--trainer.max_steps",
+        "10",
+        "--val_every_n_steps",
+        "3",
+    )
+    cli = main(args)
+    rows = validations(cli)
+    assert [int(r["step"]) for r in rows] == [3, 6, 9]
+    assert [int(float(r["epoch"])) for r in rows] == [0, 1, 1]
+    assert cli.trainer.global_step == 10
+
+
+def test_best_checkpoint_has_the_highest_logged_criterion(tiny_sample, tmp_path):
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        "--trainer.max_steps",
+        "8",
+        "--val_every_n_steps",
+        "2",
+        "--early_stopping.patience",
+        "100",
+    )
+    cli = main(args)
+    rows = validations(cli)
+    assert len(rows) == 4
+    best_row = max(rows, key=lambda r: float(r["val/criterion"]))
+    checkpoint = cli.trainer.checkpoint_callback
+    assert checkpoint.best_model_score.item() == pytest.approx(float(best_row["val/criterion"]))
+    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    assert state["global_step"] == int(best_row["step"])
+    assert Path(checkpoint.last_model_path).name == "last.ckpt"
+    summary = yaml.safe_load((Path(cli.trainer.log_dir) / "best_validation.json").read_text())
+    assert summary["step"] == int(best_row["step"])
+    assert summary["val/criterion"] == pytest.approx(float(best_row["val/criterion"]))
+    assert {f"val/f1_{c}" for c in ("neutral", "anger", "happiness", "surprise")} <= set(summary)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_best_checkpoint(tiny_sample, tmp_path):
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        "--model.lr_head",
+        "1e30",
+        "--model.lr_backbone",
+        "1e30",
+        "--trainer.max_steps",
+        "20",
+        "--val_every_n_steps",
+        "1",
+    )
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    checkpoints = list(tmp_path.rglob("best-*.ckpt"))
+    assert checkpoints, "the best checkpoint so far must survive the divergence"
+    torch.load(checkpoints[0], map_location="cpu", weights_only=False)
+
+
+def test_nan_loss_message_names_the_step():
+    module = tiny_module()
+    module.log = lambda *a, **k: None
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    module.net.backbone.get_classifier().weight.data.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"at optimizer step 0 \(epoch 0, batch 5\)"):
+        module.training_step((images, torch.tensor([0, 1]), None), 5)
+
+
+def test_paper_config_parses_with_every_number(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(REPO / "experiments/cafarelli2020.yaml"), "--print_config"])
+    assert stop.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["val_every_n_steps"] == 3920
+    assert config["trainer"]["accumulate_grad_batches"] == 4
+    assert config["data"]["batch_size"] == 64
+    model = config["model"]
+    assert model["backbone"] == "legacy_seresnet50"
+    assert (model["lr_head"], model["lr_backbone"]) == (1e-3, 1e-6)
+    assert (model["momentum"], model["weight_decay"]) == (0.9, 0.005)
+    assert model["input_size"] == 112 and config["data"]["num_classes"] == 7
+    data = config["data"]
+    assert data["class_weighting"] == "inverse_frequency"
+    assert (data["hflip"], data["brightness"], data["contrast"]) == (0.5, 0.4, 0.3)
+    assert (data["saturation"], data["hue"]) == (0.25, 0.5)
+    assert config["checkpoint"]["monitor"] == "val/criterion"
+    assert config["checkpoint"]["mode"] == "max"
+    assert config["early_stopping"]["monitor"] == "val/criterion"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--model.backbone", "seresnet5O"],
+            "model.backbone: timm has no model named 'seresnet5O'",
+        ),
+        (["--val_every_n_steps", "0"], "--val_every_n_steps must be a positive integer, got 0"),
+        (["--data.class_weighting", "[1, 2, 3]"], "data.class_weighting has 3 weights, expected 7"),
+    ],
+)
+def test_bad_options_fail_before_any_data_is_read(tmp_path, monkeypatch, capsys, extra, message):
+    sample_dir = tmp_path / "sample"
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(sample_dir))
+    with pytest.raises(SystemExit) as stop:
+        main(["--trainer.logger", "false", *extra])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not sample_dir.exists()
+
+
+def test_unknown_option_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--model.learning_rate", "0.1"])
+    assert stop.value.code != 0
+    assert "learning_rate" in capsys.readouterr().err
