@@ -16,10 +16,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.data.affwild2 import read_affwild2
+from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
 from ferlit.data.images import load_face
 from ferlit.data.index import FrameIndex
+from ferlit.data.packed import Pack, PackedFaceDataset
 from ferlit.data.samplers import EpochShuffleSampler, ShardSampler
+from ferlit.data.subsample import subsample
 from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
 from ferlit.errors import ConfigError, DataError
 from ferlit.expressions import class_names
@@ -87,6 +90,18 @@ class ExpressionDataModule(pl.LightningDataModule):
         image_size: side of the square model input (linked from ``model.input_size`` in the CLI).
         augment: apply the training augmentation (flip, colour jitter) below.
         batch_size: micro-batch size per process (the paper: 64, with 4 accumulated).
+        index_cache: keep each data set's index in ``index_cache_dir`` and load it from there
+            while its annotation files are unchanged (``ferlit.data.cache``).
+        index_cache_dir: the index cache folder; None = ``$FERLIT_CACHE_DIR`` or
+            ``~/.cache/ferlit/index``.
+        packed_dir: read faces and indexes from this pack (``python -m ferlit.data pack``)
+            instead of the data folders, which are then not read: training on its Aff-Wild2
+            train (unless ``use_affwild2_train`` is false) and its ExpW faces if it has any,
+            validation on its Aff-Wild2 val. Its packing options must match these.
+        frame_step: train on every k-th indexed frame of each Aff-Wild2 video (ExpW whole).
+        max_class_share: cap each class at this share of the training set (after
+            ``frame_step``); class weights are computed from what remains. Validation always
+            uses every frame.
     """
 
     def __init__(
@@ -112,6 +127,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         seed: int = 0,
+        index_cache: bool = True,
+        index_cache_dir: str | None = None,
+        packed_dir: str | None = None,
+        frame_step: int = 1,
+        max_class_share: float | None = None,
     ) -> None:
         super().__init__()
         class_names(num_classes)  # validates 7 or 8
@@ -127,7 +147,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         for option, value in (("image_size", image_size), ("batch_size", batch_size)):
             if value <= 0:
                 raise ConfigError(f"data.{option} must be positive, got {value}")
-        if affwild2_dir is None and expw_dir is not None:
+        if not (isinstance(frame_step, int) and frame_step >= 1):
+            raise ConfigError(f"data.frame_step must be an integer >= 1, got {frame_step!r}")
+        if max_class_share is not None and not 0 < max_class_share <= 1:
+            raise ConfigError(f"data.max_class_share must be in (0, 1], got {max_class_share}")
+        if affwild2_dir is None and expw_dir is not None and packed_dir is None:
             raise ConfigError(
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
             )
@@ -137,12 +161,15 @@ class ExpressionDataModule(pl.LightningDataModule):
         )
         self._train_index: FrameIndex | None = None
         self._val_index: FrameIndex | None = None
+        self._train_rows: np.ndarray | None = None  # rows of the full training set kept
+        self._pack: Pack | None = None
 
     # -- data locations ------------------------------------------------------------------------
 
     @property
     def uses_sample_data(self) -> bool:
-        return self.hparams.affwild2_dir is None and self.hparams.expw_dir is None
+        hp = self.hparams
+        return hp.affwild2_dir is None and hp.expw_dir is None and hp.packed_dir is None
 
     def _dirs(self) -> tuple[Path, Path | None]:
         """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set."""
@@ -155,36 +182,97 @@ class ExpressionDataModule(pl.LightningDataModule):
         return Path(self.hparams.affwild2_dir), expw
 
     def prepare_data(self) -> None:
-        self._dirs()
+        if self.hparams.packed_dir is None:
+            self._dirs()
+
+    @property
+    def pack(self) -> Pack | None:
+        """The pack read instead of the data folders (``packed_dir``), checked against the options."""
+        hp = self.hparams
+        if hp.packed_dir is None:
+            return None
+        if self._pack is None:
+            pack = Pack.open(hp.packed_dir)
+            m = pack.manifest
+            for option, value, packed in (
+                ("image_size", hp.image_size, m["image_size"]),
+                ("num_classes", hp.num_classes, m["num_classes"]),
+                ("expw_margin", hp.expw_margin, m["expw_margin"]),
+                ("expw_min_confidence", hp.expw_min_confidence, m["expw_min_confidence"]),
+                (
+                    "affwild2_layout",
+                    hp.affwild2_layout or m["affwild2_layout"],
+                    m["affwild2_layout"],
+                ),
+            ):
+                if value != packed:
+                    raise ConfigError(
+                        f"data.{option} is {value!r} but {hp.packed_dir} was packed with "
+                        f"{packed!r}; set data.{option} to {packed!r} or pack again"
+                    )
+            self._pack = pack
+        return self._pack
+
+    def _train_parts(self) -> list[str]:
+        """The pack's parts that make the training set, in the order of ``train_index``."""
+        parts = ["affwild2_train"] if self.hparams.use_affwild2_train else []
+        return parts + (["expw"] if "expw" in self.pack.parts else [])
 
     # -- indexes -------------------------------------------------------------------------------
 
     @property
     def train_index(self) -> FrameIndex:
         if self._train_index is None:
-            affwild2_dir, expw_dir = self._dirs()
             hp = self.hparams
             parts = []
-            if hp.use_affwild2_train:
-                parts.append(
-                    read_affwild2(affwild2_dir, "train", hp.num_classes, hp.affwild2_layout)
-                )
-            if expw_dir is not None:
-                parts.append(read_expw(expw_dir, hp.num_classes, hp.expw_min_confidence))
+            if self.pack is not None:
+                parts = [self.pack.index(part) for part in self._train_parts()]
+            else:
+                affwild2_dir, expw_dir = self._dirs()
+                if hp.use_affwild2_train:
+                    parts.append(self._read_affwild2(affwild2_dir, "train"))
+                if expw_dir is not None:
+                    parts.append(self._read_expw(expw_dir))
             if not parts:
                 raise ConfigError(
                     "no training data: data.use_affwild2_train is false and data.expw_dir is not set"
                 )
-            self._train_index = FrameIndex.concat(parts)
+            full = FrameIndex.concat(parts)
+            if hp.frame_step == 1 and hp.max_class_share is None:
+                self._train_index = full
+            else:
+                self._train_rows = subsample(full, hp.frame_step, hp.max_class_share)
+                self._train_index = full.subset(self._train_rows)
         return self._train_index
 
     @property
     def val_index(self) -> FrameIndex:
         if self._val_index is None:
-            affwild2_dir, _ = self._dirs()
-            hp = self.hparams
-            self._val_index = read_affwild2(affwild2_dir, "val", hp.num_classes, hp.affwild2_layout)
+            if self.pack is not None:
+                self._val_index = self.pack.index("affwild2_val")
+            else:
+                self._val_index = self._read_affwild2(self._dirs()[0], "val")
         return self._val_index
+
+    def _read_affwild2(self, affwild2_dir: Path, split: str) -> FrameIndex:
+        hp = self.hparams
+        if hp.index_cache:
+            return cached_read_affwild2(
+                affwild2_dir,
+                split,
+                hp.num_classes,
+                hp.affwild2_layout,
+                cache_dir=hp.index_cache_dir,
+            )
+        return read_affwild2(affwild2_dir, split, hp.num_classes, hp.affwild2_layout)
+
+    def _read_expw(self, expw_dir: Path) -> FrameIndex:
+        hp = self.hparams
+        if hp.index_cache:
+            return cached_read_expw(
+                expw_dir, hp.num_classes, hp.expw_min_confidence, cache_dir=hp.index_cache_dir
+            )
+        return read_expw(expw_dir, hp.num_classes, hp.expw_min_confidence)
 
     @property
     def class_counts(self) -> list[int]:
@@ -227,12 +315,22 @@ class ExpressionDataModule(pl.LightningDataModule):
             len(self.train_index), hp.batch_size, accumulate, hp.seed, rank, world_size
         )
         transform = build_transform(hp.image_size, self.augmentation)
-        dataset = FaceDataset(self.train_index, transform, hp.expw_margin)
+        if self.pack is not None:
+            files = [self.pack.frames_file(part) for part in self._train_parts()]
+            labels = self.train_index.labels
+            dataset = PackedFaceDataset(files, labels, self._train_rows, transform)
+        else:
+            dataset = FaceDataset(self.train_index, transform, hp.expw_margin)
         return self._loader(dataset, sampler, hp.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         rank, world_size, _ = self._distribution()
         hp = self.hparams
-        dataset = FaceDataset(self.val_index, build_transform(hp.image_size, None), hp.expw_margin)
+        transform = build_transform(hp.image_size, None)
+        if self.pack is not None:
+            files = [self.pack.frames_file("affwild2_val")]
+            dataset = PackedFaceDataset(files, self.val_index.labels, None, transform)
+        else:
+            dataset = FaceDataset(self.val_index, transform, hp.expw_margin)
         sampler = ShardSampler(len(dataset), rank, world_size)
         return self._loader(dataset, sampler, hp.val_batch_size or hp.batch_size)

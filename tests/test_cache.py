@@ -1,0 +1,227 @@
+"""The index cache: a second start loads the saved index; any change to what it was built from
+rebuilds it."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import ferlit.data.cache as cache
+from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.cache import (
+    cache_file,
+    cached_read_affwild2,
+    cached_read_expw,
+    default_cache_dir,
+)
+from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
+from ferlit.data.index import FrameIndex
+from ferlit.errors import ConfigError, DataError
+
+
+def add_video(root, name, labels, frames_with_image, split="train"):
+    """A video's annotation file and (empty) frame files: the reader only lists their names."""
+    path = annotation_dir(root, "abaw2020", split) / f"{name}.txt"
+    write_annotation_file(path, labels)
+    folder = root / "cropped_aligned" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame in frames_with_image:
+        (folder / f"{frame:05d}.jpg").touch()
+    return path
+
+
+@pytest.fixture
+def affwild2(tmp_path):
+    root = tmp_path / "affwild2"
+    add_video(root, "a", [0, 4, -1, 5], [1, 2, 3, 4])
+    add_video(root, "b", [6, 6, 1], [1, 3])
+    add_video(root, "c", [2, 2], [1, 2], split="val")
+    return root
+
+
+@pytest.fixture
+def expw(tmp_path):
+    root = tmp_path / "expw"
+    (root / IMAGES_DIR).mkdir(parents=True)
+    for name in ("x.jpg", "y.jpg"):
+        (root / IMAGES_DIR / name).touch()
+    faces = [
+        ExpWFace("x.jpg", 0, 10, 10, 50, 50, 80.0, 3),
+        ExpWFace("x.jpg", 1, 60, 60, 90, 90, 30.0, 6),
+        ExpWFace("y.jpg", 0, 0, 0, 40, 40, 90.0, 0),
+    ]
+    write_label_list(root / LABEL_FILE, faces)
+    return root
+
+
+def same(a, b) -> bool:
+    names = ("labels", "groups", "frames", "boxes", "lines", "group_names", "group_sources")
+    return (
+        a.roots == b.roots
+        and a.skipped == b.skipped
+        and all(np.array_equal(getattr(a, n), getattr(b, n)) for n in names)
+    )
+
+
+def no_rebuild(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the index was rebuilt instead of loaded from the cache")
+
+    monkeypatch.setattr(cache, "read_affwild2", fail)
+    monkeypatch.setattr(cache, "read_expw", fail)
+
+
+def later(path, seconds=5):
+    """Move a file's times forward, as an edit made seconds after the index was built would."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
+
+
+def test_second_read_is_a_cache_hit_equal_to_the_reader(affwild2, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert same(first, read_affwild2(affwild2, "train", progress=False))
+    assert [p.name.split("-")[0] for p in cache_dir.iterdir()] == ["affwild2"]
+
+    no_rebuild(monkeypatch)
+    again = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert same(again, first)
+    assert again.frames.tolist() == [1, 2, 4, 1, 3]
+    assert again.labels.tolist() == [0, 4, 5, 6, 1]
+    assert again.skipped["unannotated"] == 1 and again.skipped["no_image"] == 1
+
+
+def test_hit_keeps_the_root_as_spelled(affwild2, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    no_rebuild(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    relative = cached_read_affwild2("affwild2", "train", cache_dir=cache_dir, progress=False)
+    assert relative.roots == ("affwild2",)
+    assert relative.image_path(0) == os.path.join("affwild2", "cropped_aligned/a", "00001.jpg")
+
+
+def test_each_split_and_option_has_its_own_entry(affwild2, tmp_path):
+    cache_dir = tmp_path / "cache"
+    train = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    val = cached_read_affwild2(affwild2, "val", cache_dir=cache_dir, progress=False)
+    eight = cached_read_affwild2(affwild2, "train", 8, cache_dir=cache_dir, progress=False)
+    assert (len(train), len(val), eight.num_classes) == (5, 2, 8)
+    assert len(list(cache_dir.iterdir())) == 3
+
+
+def test_changed_annotation_file_rebuilds(affwild2, tmp_path):
+    cache_dir = tmp_path / "cache"
+    before = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    path = annotation_dir(affwild2, "abaw2020", "train") / "a.txt"
+    write_annotation_file(path, [0, 4, -1, 3])  # same size, one label changed
+    later(path)
+
+    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert before.labels.tolist() == [0, 4, 5, 6, 1]
+    assert after.labels.tolist() == [0, 4, 3, 6, 1]
+    assert len(list(cache_dir.iterdir())) == 1  # the stale entry is replaced, not kept
+
+
+def test_longer_annotation_file_rebuilds(affwild2, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    add_video(affwild2, "b", [6, 6, 1, 2], [1, 3, 4])
+    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert after.frames.tolist() == [1, 2, 4, 1, 3, 4]
+
+
+def test_new_annotation_file_and_new_frame_image_rebuild(affwild2, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    add_video(affwild2, "d", [3], [1])
+    assert len(cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)) == 6
+
+    (affwild2 / "cropped_aligned/b/00002.jpg").touch()  # b's frame 2 now has a face crop
+    later(affwild2 / "cropped_aligned/b")
+    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert after.frames.tolist() == [1, 2, 4, 1, 2, 3, 1]
+
+
+def test_expw_hit_and_invalidation(expw, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = cached_read_expw(expw, min_confidence=50.0, cache_dir=cache_dir, progress=False)
+    assert same(first, read_expw(expw, min_confidence=50.0, progress=False))
+    assert first.skipped["low_confidence"] == 1
+
+    with monkeypatch.context() as m:
+        no_rebuild(m)
+        assert same(cached_read_expw(expw, min_confidence=50.0, cache_dir=cache_dir), first)
+
+    faces = [ExpWFace("y.jpg", 0, 0, 0, 40, 40, 90.0, 5)]
+    write_label_list(expw / LABEL_FILE, faces)
+    after = cached_read_expw(expw, min_confidence=50.0, cache_dir=cache_dir, progress=False)
+    assert after.labels.tolist() == [6]  # ExpW 5 surprise is ABAW 6
+
+
+def test_unreadable_entry_is_rebuilt(affwild2, tmp_path, caplog):
+    cache_dir = tmp_path / "cache"
+    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    (entry,) = cache_dir.iterdir()
+    entry.write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING, logger="ferlit.data.cache"):
+        again = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert same(again, first)
+    assert f"{entry} is unreadable" in caplog.text
+    assert len(FrameIndex.load(entry)) == 5  # and written again
+
+
+def test_cache_inside_the_data_folder_is_refused(affwild2):
+    with pytest.raises(ConfigError, match=r"is inside the data folder .*affwild2; ferlit writes"):
+        cached_read_affwild2(affwild2, "train", cache_dir=affwild2 / ".cache", progress=False)
+
+
+def test_missing_data_raises_the_readers_error(tmp_path):
+    root = tmp_path / "affwild2"
+    (root / "cropped_aligned").mkdir(parents=True)
+    (root / "annotations/EXPR_Set").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"Training_Set: missing; expected the train annotations"):
+        cached_read_affwild2(root, "train", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FERLIT_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("FERLIT_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "ferlit" / "index"
+
+
+def test_entry_name_is_stable_for_the_same_state(affwild2):
+    key = cache.affwild2_cache_key(affwild2, "train", 7, None)
+    assert key["options"] == {"split": "train", "num_classes": 7, "layout": "abaw2020"}
+    assert [f[0] for f in key["annotations"]] == ["a.txt", "b.txt"]
+    assert cache_file("/c", key) == cache_file(
+        "/c", cache.affwild2_cache_key(affwild2, "train", 7, None)
+    )
+
+
+def test_datamodule_uses_the_cache(affwild2, expw, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    options = dict(affwild2_dir=str(affwild2), expw_dir=str(expw), index_cache_dir=str(cache_dir))
+    first = ExpressionDataModule(**options)
+    counts = first.class_counts
+    assert len(first.val_index) == 2
+    assert len(list(cache_dir.iterdir())) == 3  # Aff-Wild2 train and val, ExpW
+
+    no_rebuild(monkeypatch)
+    second = ExpressionDataModule(**options)
+    assert second.class_counts == counts == [2, 2, 0, 0, 2, 1, 1]
+    assert len(second.val_index) == 2
+
+
+def test_datamodule_without_the_cache_writes_nothing(affwild2, tmp_path, monkeypatch):
+    monkeypatch.setenv("FERLIT_CACHE_DIR", str(tmp_path / "cache"))
+    dm = ExpressionDataModule(affwild2_dir=str(affwild2), index_cache=False)
+    assert len(dm.train_index) == 5
+    assert not (tmp_path / "cache").exists()

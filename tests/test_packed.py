@@ -1,0 +1,220 @@
+"""Packing: packed batches equal JPEG batches bit for bit; an interrupted pack is detected and
+resumed; a pack is only read with the options it was written with."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import ferlit.data.packed as packed
+from ferlit.data.affwild2 import read_affwild2
+from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.images import load_face
+from ferlit.data.packed import Pack, PackedFaceDataset, pack
+from ferlit.data.transforms import build_transform
+from ferlit.errors import ConfigError, DataError
+
+SIZE = 48  # small faces keep the packs tiny; the resize path is the same at any size
+
+
+@pytest.fixture(scope="module")
+def packed_sample(tiny_sample, tmp_path_factory):
+    """The tiny sample data packed once (ExpW cropped with a margin), with its index cache."""
+    root = tmp_path_factory.mktemp("packed")
+    out = pack(
+        root / "pack",
+        tiny_sample.affwild2_dir,
+        tiny_sample.expw_dir,
+        size=SIZE,
+        expw_margin=0.1,
+        workers=2,
+        progress=False,
+        index_cache_dir=root / "cache",
+    )
+    return out, root / "cache"
+
+
+def modules(tiny_sample, packed_sample, **options):
+    out, cache_dir = packed_sample
+    common = dict(
+        affwild2_dir=str(tiny_sample.affwild2_dir),
+        expw_dir=str(tiny_sample.expw_dir),
+        image_size=SIZE,
+        expw_margin=0.1,
+        batch_size=16,
+        num_workers=0,
+        index_cache_dir=str(cache_dir),
+    )
+    common.update(options)
+    return ExpressionDataModule(**common), ExpressionDataModule(**common, packed_dir=str(out.root))
+
+
+def assert_same_batches(a, b) -> int:
+    samples = 0
+    for (x, y, i), (u, v, k) in zip(a, b, strict=True):
+        assert x.dtype == u.dtype == torch.uint8
+        assert torch.equal(x, u) and torch.equal(y, v) and torch.equal(i, k)
+        samples += len(x)
+    return samples
+
+
+def test_packed_batches_equal_jpeg_batches(tiny_sample, packed_sample):
+    jpeg, from_pack = modules(tiny_sample, packed_sample, augment=False)
+    m = tiny_sample.manifest
+    train = m["affwild2"]["train"]["samples"] + m["expw"]["samples"]
+    assert len(from_pack.train_index) == len(jpeg.train_index) == train
+    assert from_pack.class_weights == jpeg.class_weights
+
+    trained = assert_same_batches(jpeg.train_dataloader(), from_pack.train_dataloader())
+    assert trained == train // 16 * 16  # whole optimizer steps
+    validated = assert_same_batches(jpeg.val_dataloader(), from_pack.val_dataloader())
+    assert validated == m["affwild2"]["val"]["samples"]
+
+
+def test_packed_batches_equal_jpeg_batches_when_subsampled(tiny_sample, packed_sample):
+    jpeg, from_pack = modules(
+        tiny_sample, packed_sample, augment=False, frame_step=3, max_class_share=0.4
+    )
+    assert len(jpeg.train_index) < tiny_sample.manifest["affwild2"]["train"]["samples"] / 2
+    assert from_pack.class_counts == jpeg.class_counts
+    assert max(jpeg.class_counts) <= 0.4 * sum(jpeg.class_counts)
+    assert assert_same_batches(jpeg.train_dataloader(), from_pack.train_dataloader()) > 0
+
+
+def test_augmentation_runs_on_the_packed_face(tiny_sample, packed_sample):
+    # A flip that always happens and no jitter is deterministic: both paths flip the same face.
+    flip_only = dict(hflip=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    jpeg, from_pack = modules(tiny_sample, packed_sample, augment=True, **flip_only)
+    assert_same_batches(jpeg.train_dataloader(), from_pack.train_dataloader())
+    unflipped, _ = modules(tiny_sample, packed_sample, augment=False)
+    flipped = next(iter(from_pack.train_dataloader()))[0]
+    assert torch.equal(flipped, next(iter(unflipped.train_dataloader()))[0].flip(-1))
+
+
+def test_pack_layout(tiny_sample, packed_sample):
+    out, _ = packed_sample
+    manifest = json.loads((out.root / "manifest.json").read_text())
+    assert manifest["version"] == "ferlit-pack-v1" and manifest["complete"] is True
+    assert (manifest["image_size"], manifest["num_classes"]) == (SIZE, 7)
+    assert manifest["affwild2_layout"] == "abaw2020" and manifest["expw_margin"] == 0.1
+    m = tiny_sample.manifest
+    assert {p: v["samples"] for p, v in manifest["parts"].items()} == {
+        "affwild2_train": m["affwild2"]["train"]["samples"],
+        "affwild2_val": m["affwild2"]["val"]["samples"],
+        "expw": m["expw"]["samples"],
+    }
+    assert sorted(p.name for p in out.root.iterdir()) == [
+        "affwild2_train",
+        "affwild2_val",
+        "expw",
+        "manifest.json",
+    ]
+    assert not out.root.with_name("pack.partial").exists()
+
+    frames = out.frames("affwild2_val")
+    assert frames.shape == (m["affwild2"]["val"]["samples"], SIZE, SIZE, 3)
+    assert frames.dtype == np.uint8
+    index = out.index("affwild2_val")
+    reader = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
+    assert np.array_equal(index.frames, reader.frames) and index.roots == reader.roots
+    resize = build_transform(SIZE, None)
+    for k in (0, len(index) - 1):
+        assert np.array_equal(frames[k], resize(image=load_face(index, k))["image"])
+
+
+def test_dataset_pickles_without_its_frames(packed_sample):
+    out, _ = packed_sample
+    files = [out.frames_file("affwild2_val"), out.frames_file("expw")]
+    labels = np.r_[out.index("affwild2_val").labels, out.index("expw").labels]
+    dataset = PackedFaceDataset(files, labels[[0, -1]], rows=np.array([0, len(labels) - 1]))
+    image, label, i = dataset[1]  # the last ExpW face: rows run on across the files
+    assert torch.equal(image, torch.from_numpy(out.frames("expw")[-1].transpose(2, 0, 1).copy()))
+    assert (label, i) == (int(labels[-1]), 1)
+    assert len(pickle.dumps(dataset)) < 10_000  # workers map the files themselves
+
+
+class Interrupt(Exception):
+    """Stands in for Ctrl-C or a killed job while packing."""
+
+
+def test_interrupted_pack_is_detected_and_resumed(tiny_sample, tmp_path, monkeypatch):
+    options = dict(
+        affwild2_dir=tiny_sample.affwild2_dir,
+        size=SIZE,
+        chunk_size=64,
+        workers=0,
+        progress=False,
+        index_cache_dir=tmp_path / "cache",
+    )
+    out = tmp_path / "pack"
+    written: list[int] = []
+    real_write = packed._FramesWriter.write
+
+    def write(self, first_row, faces):
+        written.append(first_row)
+        real_write(self, first_row, faces)
+
+    def mark_done_twice(partial, done, calls=[]):  # noqa: B006 - counts calls
+        calls.append(1)
+        if len(calls) > 2:
+            raise Interrupt
+        real_mark_done(partial, done)
+
+    real_mark_done = packed._mark_done
+    monkeypatch.setattr(packed._FramesWriter, "write", write)
+    monkeypatch.setattr(packed, "_mark_done", mark_done_twice)
+    with pytest.raises(Interrupt):
+        pack(out, **options)
+    assert not out.exists() and (tmp_path / "pack.partial" / "plan.json").is_file()
+    assert written == [0, 64, 128]  # the third chunk was written but never marked done
+
+    with pytest.raises(DataError, match=r"pack: the pack is incomplete: it was interrupted"):
+        Pack.open(out)
+    with pytest.raises(DataError, match=r"pack.partial: an interrupted pack, not a complete one"):
+        Pack.open(tmp_path / "pack.partial")
+    dm = ExpressionDataModule(packed_dir=str(out), image_size=SIZE)
+    with pytest.raises(DataError, match=r"run python -m ferlit\.data pack with --out .* to resume"):
+        _ = dm.train_index
+
+    with pytest.raises(DataError, match=r"an interrupted pack of other data or options \(differs"):
+        pack(out, **(options | {"size": SIZE + 1}))
+
+    monkeypatch.setattr(packed, "_mark_done", real_mark_done)
+    written.clear()
+    resumed = pack(out, **options)
+    train = tiny_sample.manifest["affwild2"]["train"]["samples"]
+    val = tiny_sample.manifest["affwild2"]["val"]["samples"]
+    assert written == [*range(128, train, 64), *range(0, val, 64)]
+    assert not (tmp_path / "pack.partial").exists()
+
+    fresh = pack(tmp_path / "fresh", **options)
+    for part in ("affwild2_train", "affwild2_val"):
+        assert np.array_equal(resumed.frames(part), fresh.frames(part))
+
+    written.clear()
+    assert pack(out, **options).manifest == resumed.manifest  # complete: nothing to do
+    assert written == []
+    with pytest.raises(DataError, match=r"already holds a complete pack .*differs in image_size"):
+        pack(out, **(options | {"size": SIZE + 1}))
+
+
+def test_datamodule_refuses_a_pack_of_other_options(packed_sample):
+    out, _ = packed_sample
+    with pytest.raises(ConfigError, match=rf"data.image_size is 112 but .* packed with {SIZE}"):
+        _ = ExpressionDataModule(packed_dir=str(out.root)).train_index
+    with pytest.raises(ConfigError, match=r"data.expw_margin is 0.0 but .* packed with 0.1"):
+        _ = ExpressionDataModule(packed_dir=str(out.root), image_size=SIZE).train_index
+
+
+def test_not_a_pack(tmp_path):
+    with pytest.raises(DataError, match=r"manifest.json: missing; .* is not a ferlit pack"):
+        Pack.open(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"version": "ferlit-pack-v0"}')
+    with pytest.raises(DataError, match=r"version 'ferlit-pack-v0', expected 'ferlit-pack-v1'"):
+        Pack.open(tmp_path)
+    with pytest.raises(ConfigError, match=r"pack needs --affwild2-dir and/or --expw-dir"):
+        pack(tmp_path / "out")
