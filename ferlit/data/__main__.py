@@ -1,0 +1,104 @@
+"""``python -m ferlit.data synth|stats``: write the sample data; count what a run would use.
+
+Bad input (a missing folder, a malformed annotation line) prints ``error: <message>`` naming the
+file or option and exits with status 2, like a usage error, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ferlit.data.affwild2 import LAYOUTS
+from ferlit.data.synth import write_sample_data
+from ferlit.errors import DataError, FerlitError
+
+
+def _synth(args: argparse.Namespace) -> None:
+    data = write_sample_data(args.out, seed=args.seed, scale=args.scale, progress=True)
+    m = data.manifest
+    print(f"Sample data written to {data.root}")
+    for split in ("train", "val"):
+        entry = m["affwild2"][split]
+        print(
+            f"  Aff-Wild2 {split}: {len(entry['videos'])} videos, {entry['samples']:,} frames "
+            f"-> {data.affwild2_dir}"
+        )
+    print(
+        f"  ExpW: {m['expw']['images']} images, {m['expw']['samples']:,} faces -> {data.expw_dir}"
+    )
+
+
+def _stats(args: argparse.Namespace) -> None:
+    for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
+        if folder is not None and not folder.is_dir():
+            raise DataError(f"{option} {folder}: folder does not exist")
+    from ferlit.data.stats import dataset_stats, plot_stats, print_stats  # imports torch: slow
+
+    stats = dataset_stats(
+        args.affwild2_dir,
+        args.expw_dir,
+        num_classes=args.num_classes,
+        affwild2_layout=args.affwild2_layout,
+        expw_min_confidence=args.expw_min_confidence,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print_stats(stats)
+    if args.plot is not None:
+        plot_stats(stats, args.plot, log=args.log)
+        if not args.json:
+            print(f"Class distribution plotted to {args.plot}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ferlit.data", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser(
+        "synth",
+        help="write sample data (drawn faces in the Aff-Wild2 and ExpW layouts)",
+        description="Write <out>/affwild2, <out>/expw and <out>/manifest.json.",
+    )
+    synth.add_argument("--out", type=Path, required=True, help="new or empty folder")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    synth.add_argument(
+        "--scale", type=float, default=1.0, help="size relative to 32 videos + 300 images"
+    )
+    synth.set_defaults(run=_synth)
+
+    stats = commands.add_parser(
+        "stats",
+        help="kept samples, class counts, skips and class weights per split",
+        description="Train is Aff-Wild2 train + ExpW, val is Aff-Wild2 val (as in the paper).",
+    )
+    stats.add_argument("--affwild2-dir", type=Path, help="Aff-Wild2 root (omit to skip it)")
+    stats.add_argument("--expw-dir", type=Path, help="ExpW root (omit to skip it)")
+    stats.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
+    stats.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
+    stats.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.add_argument("--plot", type=Path, help="write a bar chart of the class distributions")
+    stats.add_argument("--log", action="store_true", help="log count axis in --plot")
+    stats.set_defaults(run=_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except FerlitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""What a run would train and validate on: kept samples, class counts, skips and class weights.
+
+The split is the paper's (Cafarelli et al. 2020): train is Aff-Wild2 train merged with
+ExpW, validation is Aff-Wild2 val; the class weights are count(most common class) / count(c) of
+the merged training set. ``plot_stats`` draws the class distributions as in the paper's Figures
+1 and 2.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from rich.console import Console
+from rich.table import Table
+
+from ferlit.data.affwild2 import read_affwild2
+from ferlit.data.datamodule import class_weights_from_counts
+from ferlit.data.expw import read_expw
+from ferlit.data.index import SKIP_REASONS, FrameIndex
+from ferlit.errors import ConfigError
+from ferlit.expressions import class_names
+
+SOURCE_NAMES = {"affwild2": "Aff-Wild2", "expw": "ExpW"}
+SPLIT_TITLES = {"train": "train (Aff-Wild2 train + ExpW)", "val": "val (Aff-Wild2 val)"}
+SKIP_NAMES = {
+    "unannotated": "unannotated (-1)",
+    "no_image": "no image",
+    "other": "Other",
+    "duplicate": "duplicate line",
+    "low_confidence": "low confidence",
+}
+
+
+def index_stats(index: FrameIndex) -> dict[str, Any]:
+    """Kept samples, per-class counts (by class name) and skips (by reason) of one index."""
+    names = class_names(index.num_classes)
+    return {
+        "samples": len(index),
+        "class_counts": dict(zip(names, index.class_counts().tolist(), strict=True)),
+        "skipped": {reason: int(index.skipped.get(reason, 0)) for reason in SKIP_REASONS},
+    }
+
+
+def _total(sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    parts = list(sources.values())
+    return {
+        "samples": sum(p["samples"] for p in parts),
+        "class_counts": {
+            c: sum(p["class_counts"][c] for p in parts) for c in parts[0]["class_counts"]
+        },
+        "skipped": {r: sum(p["skipped"][r] for p in parts) for r in SKIP_REASONS},
+    }
+
+
+def dataset_stats(
+    affwild2_dir: str | os.PathLike | None = None,
+    expw_dir: str | os.PathLike | None = None,
+    num_classes: int = 7,
+    affwild2_layout: str | None = None,
+    expw_min_confidence: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Statistics of the training and validation sets, as one JSON-ready dict.
+
+    ``splits.train`` (and ``splits.val`` when Aff-Wild2 is given) holds the totals and, under
+    ``sources``, the same numbers per data set. ``class_weights`` (by class name) is None when a
+    class has no training sample, e.g. Other in an 8-class run on ABAW 2020 data.
+    """
+    if affwild2_dir is None and expw_dir is None:
+        raise ConfigError("no data: give an Aff-Wild2 folder, an ExpW folder, or both")
+    names = class_names(num_classes)
+    train: dict[str, dict[str, Any]] = {}
+    val: dict[str, dict[str, Any]] = {}
+    if affwild2_dir is not None:
+        for split, sources in (("train", train), ("val", val)):
+            index = read_affwild2(affwild2_dir, split, num_classes, affwild2_layout, progress)
+            sources["affwild2"] = index_stats(index)
+    if expw_dir is not None:
+        train["expw"] = index_stats(read_expw(expw_dir, num_classes, expw_min_confidence, progress))
+    splits = {"train": {**_total(train), "sources": train}}
+    if val:
+        splits["val"] = {**_total(val), "sources": val}
+    counts = list(splits["train"]["class_counts"].values())
+    weights = None
+    if min(counts) > 0:
+        weights = dict(zip(names, class_weights_from_counts(counts), strict=True))
+    return {
+        "num_classes": num_classes,
+        "classes": list(names),
+        "splits": splits,
+        "class_weights": weights,
+    }
+
+
+def split_table(split: str, entry: dict[str, Any], weights: dict[str, float] | None) -> Table:
+    """A split's class counts and skips per source, with totals, shares and (train) weights."""
+    sources = entry["sources"]
+    several = len(sources) > 1
+    table = Table(title=SPLIT_TITLES[split], title_justify="left")
+    table.add_column("")
+    for source in sources:
+        table.add_column(SOURCE_NAMES[source], justify="right")
+    if several:
+        table.add_column("total", justify="right")
+    table.add_column("share", justify="right")
+    weights = weights if split == "train" else None
+    if weights:
+        table.add_column("class weight", justify="right")
+
+    def cells(values: list[int], total: int) -> list[str]:
+        return [f"{v:,}" for v in values] + ([f"{total:,}"] if several else [])
+
+    kept = max(entry["samples"], 1)
+    for name, count in entry["class_counts"].items():
+        values = [s["class_counts"][name] for s in sources.values()]
+        weight = [f"{weights[name]:.2f}"] if weights else []
+        table.add_row(name, *cells(values, count), f"{100 * count / kept:.1f}%", *weight)
+    table.add_section()
+    values = [s["samples"] for s in sources.values()]
+    table.add_row("kept", *cells(values, entry["samples"]), "100.0%")
+    for reason in SKIP_REASONS:
+        values = [s["skipped"][reason] for s in sources.values()]
+        table.add_row(f"skipped: {SKIP_NAMES[reason]}", *cells(values, entry["skipped"][reason]))
+    return table
+
+
+def print_stats(stats: dict[str, Any], console: Console | None = None) -> None:
+    """One table per split (see ``split_table``), and why class weights are missing if they are."""
+    console = console or Console()
+    for split, entry in stats["splits"].items():
+        console.print(split_table(split, entry, stats["class_weights"]))
+    if stats["class_weights"] is None:
+        missing = [c for c, n in stats["splits"]["train"]["class_counts"].items() if n == 0]
+        console.print(f"class weights: undefined, no training sample of {', '.join(missing)}")
+
+
+def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False) -> None:
+    """Bar charts of the class distribution of each split (the paper's Figures 1 and 2), with
+    the count on each bar; ``log`` puts the counts on a log axis, where rare classes stay
+    visible next to Neutral."""
+    splits = stats["splits"]
+    fig = Figure(figsize=(5.5 * len(splits), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(splits), squeeze=False)[0]
+    for ax, (split, entry) in zip(axes, splits.items(), strict=True):
+        names = list(entry["class_counts"])
+        counts = np.asarray(list(entry["class_counts"].values()))
+        bars = ax.bar(names, counts, color="tab:blue" if split == "train" else "tab:orange")
+        ax.bar_label(bars, labels=[f"{c:,}" for c in counts], fontsize=8)
+        ax.set_title(f"{SPLIT_TITLES[split]}: {entry['samples']:,} samples")
+        ax.set_ylabel("samples (log scale)" if log else "samples")
+        ax.margins(y=0.08)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=1)
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=35)
+    fig.savefig(path, dpi=120)

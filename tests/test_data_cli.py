@@ -1,0 +1,232 @@
+"""``python -m ferlit.data synth|stats``: the numbers, tables, plots and errors users see."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ferlit.data.__main__ import main
+from ferlit.data.affwild2 import annotation_dir, frame_file, write_annotation_file
+from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
+
+REASONS = ("unannotated", "no_image", "other", "duplicate", "low_confidence")
+CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
+
+
+def counts(*values: int, classes: tuple[str, ...] = CLASSES) -> dict[str, int]:
+    return dict(zip(classes, values, strict=True))
+
+
+def skipped(**values: int) -> dict[str, int]:
+    return {reason: values.get(reason, 0) for reason in REASONS}
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    """Two train videos and one val video (with -1 lines and frames without an image), and
+    three ExpW faces in two images plus a duplicate line."""
+    affwild2, expw = tmp_path / "affwild2", tmp_path / "expw"
+    videos = {
+        ("train", "a"): ([0, 0, 4, 4, -1, 1], {6}),
+        ("train", "b"): ([2, 3, 5, 6, 0, -1, -1], set()),
+        ("val", "c"): ([6, 6, 0, -1], {1}),
+    }
+    for (split, video), (labels, missing) in videos.items():
+        write_annotation_file(annotation_dir(affwild2, "abaw2020", split) / f"{video}.txt", labels)
+        folder = affwild2 / "cropped_aligned" / video
+        folder.mkdir(parents=True)
+        for frame in set(range(1, len(labels) + 1)) - missing:
+            Image.new("RGB", (8, 8)).save(folder / frame_file(frame))
+    (expw / IMAGES_DIR).mkdir(parents=True)
+    for name in ("one.jpg", "two.jpg"):
+        Image.new("RGB", (40, 40)).save(expw / IMAGES_DIR / name)
+    faces = [
+        ExpWFace("one.jpg", 0, 0, 0, 20, 20, 90.0, 0),  # angry
+        ExpWFace("one.jpg", 1, 20, 20, 40, 40, 30.0, 6),  # neutral, low confidence
+        ExpWFace("two.jpg", 0, 5, 5, 30, 30, 70.5, 3),  # happy
+    ]
+    write_label_list(expw / LABEL_FILE, [*faces, faces[2]])
+    return affwild2, expw
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert main(["stats", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    affwild2, expw = tiny
+    stats = run_json(capsys, "--affwild2-dir", str(affwild2), "--expw-dir", str(expw))
+    aw_train = {
+        "samples": 9,
+        "class_counts": counts(3, 0, 1, 1, 2, 1, 1),
+        "skipped": skipped(unannotated=3, no_image=1),
+    }
+    expw_train = {
+        "samples": 3,
+        "class_counts": counts(1, 1, 0, 0, 1, 0, 0),
+        "skipped": skipped(duplicate=1),
+    }
+    val = {
+        "samples": 2,
+        "class_counts": counts(1, 0, 0, 0, 0, 0, 1),
+        "skipped": skipped(unannotated=1, no_image=1),
+    }
+    assert stats == {
+        "num_classes": 7,
+        "classes": list(CLASSES),
+        "splits": {
+            "train": {
+                "samples": 12,
+                "class_counts": counts(4, 1, 1, 1, 3, 1, 1),
+                "skipped": skipped(unannotated=3, no_image=1, duplicate=1),
+                "sources": {"affwild2": aw_train, "expw": expw_train},
+            },
+            "val": {**val, "sources": {"affwild2": val}},
+        },
+        "class_weights": counts(1.0, 4.0, 4.0, 4.0, 4 / 3, 4.0, 4.0),
+    }
+
+
+def test_stats_json_options(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    affwild2, expw = tiny
+    confident = run_json(capsys, "--expw-dir", str(expw), "--expw-min-confidence", "50")
+    assert list(confident["splits"]) == ["train"]
+    assert confident["splits"]["train"]["sources"]["expw"] == {
+        "samples": 2,
+        "class_counts": counts(0, 1, 0, 0, 1, 0, 0),
+        "skipped": skipped(duplicate=1, low_confidence=1),
+    }
+    assert confident["class_weights"] is None  # no Neutral, Disgust, ... to weight
+    eight = run_json(capsys, "--affwild2-dir", str(affwild2), "--num-classes", "8")
+    assert eight["classes"][-1] == "Other" and eight["class_weights"] is None
+    assert eight["splits"]["val"]["class_counts"] == counts(
+        1, 0, 0, 0, 0, 0, 1, 0, classes=(*CLASSES, "Other")
+    )
+
+
+def table_row(out: str, label: str) -> list[str]:
+    """The cells of the first table row that starts with ``label``."""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")[1:-1]]
+        if cells and cells[0] == label:
+            return cells
+    raise AssertionError(f"no row {label!r} in:\n{out}")
+
+
+def test_stats_table(
+    tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    affwild2, expw = tiny
+    assert main(["stats", "--affwild2-dir", str(affwild2), "--expw-dir", str(expw)]) == 0
+    out = capsys.readouterr().out
+    assert "train (Aff-Wild2 train + ExpW)" in out and "val (Aff-Wild2 val)" in out
+    assert table_row(out, "") == ["", "Aff-Wild2", "ExpW", "total", "share", "class weight"]
+    assert table_row(out, "Happiness") == ["Happiness", "2", "1", "3", "25.0%", "1.33"]
+    assert table_row(out, "kept") == ["kept", "9", "3", "12", "100.0%", ""]
+    assert table_row(out, "skipped: duplicate line") == [
+        "skipped: duplicate line",
+        "0",
+        "1",
+        "1",
+        "",
+        "",
+    ]
+    assert table_row(out, "skipped: unannotated (-1)")[1:4] == ["3", "0", "3"]
+
+
+def test_stats_table_without_weights(
+    tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    affwild2, _ = tiny
+    assert main(["stats", "--affwild2-dir", str(affwild2), "--num-classes", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "class weights: undefined, no training sample of Anger, Other" in out
+
+
+@pytest.mark.parametrize(("log", "panels"), [(False, 2), (True, 1)])
+def test_stats_plot(
+    tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str], log: bool, panels: int
+) -> None:
+    affwild2, expw = tiny
+    plot = affwild2.parent / "classes.png"
+    args = ["--expw-dir", str(expw), "--plot", str(plot)]
+    args += ["--log"] if log else ["--affwild2-dir", str(affwild2)]
+    assert main(["stats", *args]) == 0
+    assert f"Class distribution plotted to {plot}" in capsys.readouterr().out
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+        assert image.size == (660 * panels, 504)  # 5.5 x 4.2 inches per panel at 120 dpi
+
+
+def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere"
+    assert main(["stats", "--affwild2-dir", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: --affwild2-dir {missing}: folder does not exist\n"
+    assert main(["stats"]) == 2
+    assert capsys.readouterr().err == (
+        "error: no data: give an Aff-Wild2 folder, an ExpW folder, or both\n"
+    )
+
+
+def test_missing_folder_from_the_shell(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    done = subprocess.run(
+        [sys.executable, "-m", "ferlit.data", "stats", "--expw-dir", str(missing)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"error: --expw-dir {missing}: folder does not exist\n"
+
+
+def test_bad_annotation_line(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    affwild2, _ = tiny
+    path = annotation_dir(affwild2, "abaw2020", "train") / "b.txt"
+    path.write_text(path.read_text().replace("\n3\n", "\nthree\n"))
+    assert main(["stats", "--affwild2-dir", str(affwild2)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:3: 'three' is not an integer")
+    assert "Traceback" not in err
+
+
+def test_usage_errors() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["stats", "--num-classes", "9"])
+    assert exit_info.value.code == 2
+
+
+def test_synth_then_stats_agree_with_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sample"
+    assert main(["synth", "--out", str(out), "--scale", "0.05", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert f"Sample data written to {out}" in printed
+    assert "Aff-Wild2 train: 3 videos" in printed and "ExpW: 15 images" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 3
+    stats = run_json(
+        capsys, "--affwild2-dir", str(out / "affwild2"), "--expw-dir", str(out / "expw")
+    )
+    keys = ("samples", "class_counts", "skipped")
+    for split, source, entry in (
+        ("train", "affwild2", manifest["affwild2"]["train"]),
+        ("train", "expw", manifest["expw"]),
+        ("val", "affwild2", manifest["affwild2"]["val"]),
+    ):
+        assert stats["splits"][split]["sources"][source] == {k: entry[k] for k in keys}
+    train = stats["splits"]["train"]["class_counts"]
+    assert stats["class_weights"] == {c: max(train.values()) / n for c, n in train.items()}
+
+    assert main(["synth", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out}: exists and is not an empty folder; sample data needs a new one\n"
+    )
