@@ -31,3 +31,8 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format ferlit tests
 	$(VENV)/bin/ruff check --fix ferlit tests
+
+## Loader, index and training-step figures on this machine (a few minutes; see README "Data at scale").
+.PHONY: bench
+bench: install
+	$(PY) -m ferlit.bench

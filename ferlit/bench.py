@@ -1,0 +1,581 @@
+"""``python -m ferlit.bench``: how fast the input pipeline and a training step are on this machine.
+
+One H100 trains SE-ResNet-50 at 112x112 on thousands of images per second, so the input
+pipeline, not the GPU, decides how long an epoch over the 1,004,523 training faces of Cafarelli
+et al. (2020) takes. Every figure is measured in the same run, on data the bench writes itself:
+
+* loader throughput with the paper's augmentation (flip + colour jitter), on the sample data's
+  Aff-Wild2 train frames (112x112 JPEGs): (a) a naive baseline — PIL opening every JPEG,
+  torchvision's RandomHorizontalFlip + ColorJitter + ToTensor + Normalize, a default
+  DataLoader —, (b) ferlit's JPEG path and (c) its packed path, (d) the ceiling: the same
+  DataLoader copying packed uint8 faces with no augmentation. All four read the same sample order
+  with the same batch size and workers; only the dataset differs;
+* the index of a generated full-scale layout (~550 videos, ~2.6M annotation lines, ~1.1M
+  empty image files, ExpW's 91,793 faces): build time, cached-load time, the resident memory
+  of the DataModule holding it, and the private memory of DataLoader workers over one epoch;
+* SE-ResNet-50 training steps at 112x112: fp32, and bf16-mixed + channels_last where the device
+  has bf16 arithmetic.
+
+``--quick`` shrinks every part to seconds (the test suite runs it); its figures say nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import track
+from torch.utils.data import DataLoader, Dataset
+
+from ferlit.data.affwild2 import FRAMES_DIR, annotation_dir, frame_file, write_annotation_file
+from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
+from ferlit.data.index import FrameIndex
+from ferlit.data.packed import PackedFaceDataset, pack
+from ferlit.data.samplers import EpochShuffleSampler
+from ferlit.data.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
+from ferlit.data.transforms import Augmentation
+from ferlit.errors import ConfigError
+from ferlit.expressions import EXPW_TO_ABAW
+
+#: The targets of issue 7, checked on the figures of the same run.
+TARGET_JPEG_RATIO = 2.0  # (b) / (a)
+TARGET_PACKED_RATIO = 2.5  # (c) / (a)
+TARGET_CACHED_LOAD_S = 2.0
+TARGET_DATAMODULE_MB = 200.0
+#: Worker growth allowed over an epoch: per-sample Python objects copied on read would cost
+#: hundreds of MB at 1M samples (pytorch/pytorch issue 13246); allocator noise is a few MB.
+TARGET_WORKER_GROWTH_MB = 10.0
+IMAGE_SIZE = 112
+BACKBONE = "legacy_seresnet50"  # the paper's SE-ResNet-50
+#: ImageNet statistics, as a naive torchvision pipeline normalises.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much data and work each part of the bench uses."""
+
+    sample_scale: float  # synth sample data (images for the loader figures)
+    loader_images: int  # images per loader measurement
+    videos: int  # full-scale layout
+    lines: int
+    expw_faces: int
+    train_batch: int
+    train_steps: int
+
+
+FULL = Scale(1.0, 6000, 550, 2_600_000, 91_793, 32, 3)
+QUICK = Scale(0.1, 96, 6, 3000, 200, 2, 1)
+GPU_TRAIN_BATCH, GPU_TRAIN_STEPS = 256, 20
+#: Share of annotation lines labelled (not -1), and of those, the share with a face crop: with
+#: 550 videos and 2.6M lines the train index is ~0.91M frames, ~1.0M with ExpW, as the paper's.
+ANNOTATED, WITH_IMAGE = 0.53, 0.8
+TRAIN_VIDEO_SHARE = 0.82
+EXPW_FACES_PER_IMAGE = 1.5
+
+
+# -- loader throughput ---------------------------------------------------------------------------
+
+
+class NaiveDataset(Dataset):
+    """The baseline a first attempt writes: a list of paths, PIL, torchvision transforms."""
+
+    def __init__(self, paths: list[str], labels: list[int]) -> None:
+        from torchvision import transforms as T
+
+        self.paths, self.labels = paths, labels
+        a = Augmentation()
+        self.transform = T.Compose(
+            [
+                T.RandomHorizontalFlip(a.hflip),
+                T.ColorJitter(a.brightness, a.contrast, a.saturation, a.hue),
+                T.ToTensor(),
+                T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image.convert("RGB")), self.labels[i]
+
+
+def images_per_second(dataset: Dataset, order: list[int], batch_size: int, workers: int) -> float:
+    """Images/s through a DataLoader reading ``order``, after its first batch (worker start-up)."""
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
+    batches = iter(loader)
+    next(batches)
+    start, images = time.perf_counter(), 0
+    for batch in batches:
+        images += len(batch[0])
+    return images / (time.perf_counter() - start)
+
+
+def bench_loaders(work: Path, scale: Scale, workers: int, batch_size: int, quiet: bool) -> dict:
+    sample = _sample_data(work / "sample", scale.sample_scale, quiet)
+    status = Console(stderr=True, quiet=quiet)
+    with status.status("Packing the sample data's Aff-Wild2 frames"):
+        pack(
+            work / "pack",
+            sample.affwild2_dir,
+            size=IMAGE_SIZE,
+            workers=workers,
+            progress=False,
+            index_cache_dir=work / "cache",
+        )
+    options = dict(
+        affwild2_dir=str(sample.affwild2_dir),
+        image_size=IMAGE_SIZE,
+        batch_size=batch_size,
+        num_workers=workers,
+        index_cache_dir=str(work / "cache"),
+    )
+    jpeg = ExpressionDataModule(**options).train_dataloader().dataset
+    packed = ExpressionDataModule(**options, packed_dir=str(work / "pack")).train_dataloader()
+    packed = packed.dataset
+    index = ExpressionDataModule(**options).train_index
+    naive = NaiveDataset([index.image_path(i) for i in range(len(index))], index.labels.tolist())
+    ceiling = PackedFaceDataset(packed.frame_files, packed.labels, packed.rows, transform=None)
+    epochs = math.ceil((scale.loader_images + batch_size) / len(index))
+    rng = np.random.default_rng(0)
+    order = np.concatenate([rng.permutation(len(index)) for _ in range(epochs)])
+    order = order[: scale.loader_images + batch_size].tolist()
+
+    rates = {}
+    for key, dataset, what in (
+        ("naive", naive, "(a) naive baseline"),
+        ("jpeg", jpeg, "(b) ferlit JPEG path"),
+        ("packed", packed, "(c) ferlit packed path"),
+        ("ceiling", ceiling, "(d) ceiling: packed uint8 copies"),
+    ):
+        with status.status(f"Loader throughput: {what}"):
+            rates[key] = images_per_second(dataset, order, batch_size, workers)
+    return {
+        "images": len(order) - batch_size,
+        "frames": len(index),
+        **rates,
+        "jpeg_ratio": rates["jpeg"] / rates["naive"],
+        "packed_ratio": rates["packed"] / rates["naive"],
+        "packed_per_worker": rates["packed"] / max(workers, 1),
+    }
+
+
+def _sample_data(root: Path, scale: float, quiet: bool) -> SampleData:
+    if (root / "manifest.json").is_file():
+        data = SampleData.open(root)
+        if data.manifest["scale"] == scale:
+            return data
+        shutil.rmtree(root)
+    return write_sample_data(root, seed=0, scale=scale, progress=not quiet)
+
+
+# -- the index at full scale ---------------------------------------------------------------------
+
+
+def write_fullscale_layout(
+    root: str | os.PathLike,
+    videos: int = 550,
+    lines: int = 2_600_000,
+    expw_faces: int = 91_793,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, int]:
+    """An Aff-Wild2 (ABAW 2020 layout) + ExpW tree of real size whose images are empty files.
+
+    Indexing lists file names and never opens an image, so empty files measure it faithfully.
+    Labels follow the paper's class frequencies; ``ANNOTATED`` of the lines are labelled and
+    ``WITH_IMAGE`` of those have a face crop. Returns the counts written.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    lengths = rng.multinomial(lines, rng.dirichlet(np.full(videos, 20.0)))
+    train_videos = round(videos * TRAIN_VIDEO_SHARE)
+    affwild2 = root / "affwild2"
+    images = 0
+    steps = range(videos)
+    if progress:
+        steps = track(steps, description="Writing the full-scale layout", transient=True)
+    for v in steps:
+        n = int(lengths[v])
+        labels = rng.choice(7, n, p=CLASS_FREQUENCIES)
+        labels[rng.random(n) >= ANNOTATED] = -1
+        split = "train" if v < train_videos else "val"
+        name = f"{v:03d}"
+        write_annotation_file(annotation_dir(affwild2, "abaw2020", split) / f"{name}.txt", labels)
+        folder = affwild2 / FRAMES_DIR / name
+        folder.mkdir(parents=True)
+        frames = np.flatnonzero((labels >= 0) & (rng.random(n) < WITH_IMAGE)) + 1
+        for frame in frames.tolist():
+            os.close(os.open(folder / frame_file(frame), os.O_CREAT | os.O_WRONLY, 0o644))
+        images += len(frames)
+
+    expw = root / "expw"
+    (expw / IMAGES_DIR).mkdir(parents=True)
+    image_count = max(1, round(expw_faces / EXPW_FACES_PER_IMAGE))
+    owners = np.sort(rng.integers(0, image_count, expw_faces))
+    expressions = rng.choice(7, expw_faces, p=CLASS_FREQUENCIES[list(EXPW_TO_ABAW)])
+    faces, face_id = [], 0
+    for k, (owner, code) in enumerate(zip(owners.tolist(), expressions.tolist(), strict=True)):
+        face_id = face_id + 1 if k and owners[k - 1] == owner else 0
+        faces.append(ExpWFace(f"{owner:06d}.jpg", face_id, 10, 10, 90, 90, 90.0, code))
+    write_label_list(expw / LABEL_FILE, faces)
+    for owner in np.unique(owners).tolist():
+        os.close(os.open(expw / IMAGES_DIR / f"{owner:06d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644))
+        images += 1
+    return {"videos": videos, "lines": lines, "image_files": images, "expw_faces": expw_faces}
+
+
+class IndexWalk(Dataset):
+    """What ``FaceDataset`` reads from the index per sample (path, label), without decoding: the
+    full-scale layout's images are empty files. Every ``every``-th sample a worker also reports
+    its private memory (pages it does not share with the main process), in MB, else -1."""
+
+    def __init__(self, index: FrameIndex, every: int = 1024) -> None:
+        self.index, self.every, self.calls = index, every, 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int, int, float]:
+        self.calls += 1
+        memory = memory_mb() if self.calls % self.every == 1 else None
+        worker = torch.utils.data.get_worker_info()
+        return (
+            len(self.index.image_path(i)),
+            int(self.index.labels[i]),
+            i,
+            -1 if worker is None else worker.id,
+            -1.0 if memory is None else memory["private"],
+        )
+
+
+def start_datamodule(options: dict[str, Any], workers: int, walk: bool) -> dict[str, Any]:
+    """A run's start: the DataModule's indexes, timed, and the resident memory they added.
+
+    The cached load runs in a new process (``_in_new_process``), so that its time and memory are
+    a new run's. With ``walk``, DataLoader workers then walk one epoch of the training index,
+    reporting their private memory (pages not shared with the main process) as they go.
+    """
+    before = memory_mb()
+    start = time.perf_counter()
+    dm = ExpressionDataModule(**options)
+    train, val = len(dm.train_index), len(dm.val_index)
+    seconds = time.perf_counter() - start
+    after = memory_mb()
+    result = {"seconds": seconds, "train": train, "val": val}
+    if before and after:
+        result |= {"rss_mb": after["rss"], "datamodule_mb": after["rss"] - before["rss"]}
+    if walk and workers > 0:
+        sampler = EpochShuffleSampler(train, 256)
+        walker = IndexWalk(dm.train_index)
+        loader = DataLoader(walker, batch_size=256, sampler=sampler, num_workers=workers)
+        first: dict[int, float] = {}
+        last: dict[int, float] = {}
+        for *_, worker, private in loader:
+            for w, mb in zip(worker.tolist(), private.tolist(), strict=True):
+                if mb >= 0:
+                    first.setdefault(w, mb)
+                    last[w] = mb
+        if first:
+            result |= {
+                "worker_start_mb": max(first.values()),
+                "worker_end_mb": max(last.values()),
+                "worker_growth_mb": max(last[w] - first[w] for w in first),
+                "walked": len(sampler),
+            }
+    return result
+
+
+_CHILD = (
+    "import json, sys; from ferlit.bench import start_datamodule; "
+    "print(json.dumps(start_datamodule(*json.loads(sys.argv[1]))))"
+)
+
+
+def _in_new_process(options: dict[str, Any], workers: int, walk: bool) -> dict[str, Any]:
+    """``start_datamodule`` in a new interpreter: a run's start, with nothing imported or cached."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps([options, workers, walk])],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the index measurement failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def memory_mb(pid: int | str = "self") -> dict[str, float] | None:
+    """Resident and private (not shared) memory of a process in MB, from Linux's smaps_rollup."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kb = {}
+    for line in text.splitlines()[1:]:
+        key, value = line.split(":", 1)
+        kb[key] = int(value.split()[0])
+    return {
+        "rss": kb["Rss"] / 1024,
+        "private": (kb["Private_Clean"] + kb["Private_Dirty"]) / 1024,
+    }
+
+
+def bench_index(work: Path, scale: Scale, workers: int, quiet: bool) -> dict:
+    root = work / "fullscale"
+    marker = root / "layout.json"
+    wanted = {"videos": scale.videos, "lines": scale.lines, "expw_faces": scale.expw_faces}
+    layout = json.loads(marker.read_text()) if marker.is_file() else None
+    if layout is None or {k: layout[k] for k in wanted} != wanted:
+        shutil.rmtree(root, ignore_errors=True)
+        layout = write_fullscale_layout(root, **wanted, progress=not quiet)
+        marker.write_text(json.dumps(layout))
+    cache = work / "index-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    options = dict(
+        affwild2_dir=str(root / "affwild2"),
+        expw_dir=str(root / "expw"),
+        index_cache_dir=str(cache),
+    )
+    status = Console(stderr=True, quiet=quiet)
+    with status.status("Building the full-scale index (cache empty)"):
+        built = start_datamodule(options, workers, walk=False)
+    with status.status("Loading the cached index in a new process, walking one epoch"):
+        cached = _in_new_process(options, workers, walk=True)
+    return layout | {
+        "train": cached["train"],
+        "val": cached["val"],
+        "build_s": built["seconds"],
+        "cached_load_s": cached["seconds"],
+        **{k: v for k, v in cached.items() if k.endswith("mb") or k == "walked"},
+    }
+
+
+# -- training step -------------------------------------------------------------------------------
+
+
+def bf16_support(device: torch.device) -> str | None:
+    """None when bf16 arithmetic is native on ``device``; otherwise why it is not measured."""
+    if device.type == "cuda":
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cannot tell whether this CPU has bf16 instructions"
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return None
+    return "this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)"
+
+
+def training_rate(device: torch.device, batch_size: int, steps: int, bf16: bool) -> float:
+    """Images/s of SGD steps of the paper's module (class-weighted loss, two learning rates)."""
+    from ferlit.module import ExpressionModule
+
+    module = ExpressionModule(backbone=BACKBONE, input_size=IMAGE_SIZE, channels_last=bf16)
+    module = module.to(device).train()
+    optimizer = module.configure_optimizers()
+    images = torch.randint(0, 256, (batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    images, labels = images.to(device), torch.randint(0, 7, (batch_size,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = module.loss(module(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()  # first-step allocations and kernel selection
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def bench_training(scale: Scale, quiet: bool, threads: int | None = None) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    batch, steps = scale.train_batch, scale.train_steps
+    if device.type == "cuda" and scale is FULL:
+        batch, steps = GPU_TRAIN_BATCH, GPU_TRAIN_STEPS
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    result: dict[str, Any] = {"device": name, "batch": batch, "steps": steps}
+    status = Console(stderr=True, quiet=quiet)
+    with status.status("Training steps, fp32"):
+        result["fp32"] = training_rate(device, batch, steps, bf16=False)
+    why_not = bf16_support(device)
+    if why_not is None:
+        with status.status("Training steps, bf16-mixed + channels_last"):
+            result["bf16"] = training_rate(device, batch, steps, bf16=True)
+    else:
+        result["bf16"], result["bf16_missing"] = None, why_not
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                return f"{name}, {_plural(torch.get_num_threads(), 'thread')}"
+    except OSError:
+        pass
+    return f"CPU, {_plural(torch.get_num_threads(), 'thread')}"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def report(loaders: dict, index: dict, training: dict, workers: int, batch: int) -> list[str]:
+    """The lines ``python -m ferlit.bench`` prints: every figure, and each target met or not."""
+
+    def check(ok: bool) -> str:
+        return "met" if ok else "NOT MET"
+
+    def rate(x: float) -> str:
+        return f"{x:>9,.0f} images/s"
+
+    lines = [
+        f"Loader throughput, training augmentation: {workers} workers, batch {batch}, "
+        f"{loaders['images']:,} images of the sample data's {loaders['frames']:,} Aff-Wild2 "
+        f"train frames ({IMAGE_SIZE}x{IMAGE_SIZE} JPEG)",
+        f"  (a) naive: PIL + torchvision, default DataLoader  {rate(loaders['naive'])}",
+        f"  (b) ferlit JPEG path (OpenCV + albumentations)    {rate(loaders['jpeg'])}",
+        f"  (c) ferlit packed path (memory-mapped uint8)      {rate(loaders['packed'])}",
+        f"  (d) ceiling: packed uint8 copies, no augmentation {rate(loaders['ceiling'])}",
+        f"  (b)/(a) = {loaders['jpeg_ratio']:.2f}x   target >= {TARGET_JPEG_RATIO}x: "
+        f"{check(loaders['jpeg_ratio'] >= TARGET_JPEG_RATIO)}",
+        f"  (c)/(a) = {loaders['packed_ratio']:.2f}x   target >= {TARGET_PACKED_RATIO}x: "
+        f"{check(loaders['packed_ratio'] >= TARGET_PACKED_RATIO)}",
+        f"  (c) per worker core                               {rate(loaders['packed_per_worker'])}",
+        "",
+        f"Index at full scale: {index['videos']:,} videos, {index['lines']:,} annotation lines, "
+        f"{index['image_files']:,} (empty) image files, {index['expw_faces']:,} ExpW faces",
+        f"  train {index['train']:,} samples (Aff-Wild2 train + ExpW), val {index['val']:,}",
+        f"  index build, cache empty          {index['build_s']:8.2f} s",
+        f"  cached load in a new process      {index['cached_load_s']:8.2f} s   target < "
+        f"{TARGET_CACHED_LOAD_S:.0f} s: {check(index['cached_load_s'] < TARGET_CACHED_LOAD_S)}",
+    ]
+    if "datamodule_mb" in index:
+        lines.append(
+            f"  DataModule holding the index      {index['datamodule_mb']:8.1f} MB resident   "
+            f"target < {TARGET_DATAMODULE_MB:.0f} MB: "
+            f"{check(index['datamodule_mb'] < TARGET_DATAMODULE_MB)}"
+        )
+        lines.append(
+            f"    (the whole process: {index['rss_mb']:.0f} MB, most of it torch and Lightning)"
+        )
+    else:
+        lines.append("  DataModule resident memory: not measured (needs Linux /proc)")
+    if "worker_growth_mb" in index:
+        lines.append(
+            f"  DataLoader workers over one epoch ({index['walked']:,} samples): private memory "
+            f"{index['worker_start_mb']:.1f} -> {index['worker_end_mb']:.1f} MB, growth "
+            f"{index['worker_growth_mb']:+.1f} MB   target < {TARGET_WORKER_GROWTH_MB:.0f} MB: "
+            f"{check(index['worker_growth_mb'] < TARGET_WORKER_GROWTH_MB)}"
+        )
+    else:
+        lines.append("  DataLoader worker memory: not measured (needs Linux /proc and workers)")
+
+    lines += [
+        "",
+        f"Training step, SE-ResNet-50 at {IMAGE_SIZE}x{IMAGE_SIZE} on {training['device']} "
+        f"(batch {training['batch']}, {_plural(training['steps'], 'step')})",
+        f"  fp32                              {rate(training['fp32'])}",
+    ]
+    if training["bf16"] is not None:
+        lines.append(f"  bf16-mixed + channels_last        {rate(training['bf16'])}")
+    else:
+        lines.append(
+            f"  bf16-mixed + channels_last        not measured: {training['bf16_missing']}"
+        )
+    fastest = max(r for r in (training["fp32"], training["bf16"]) if r is not None)
+    cores = math.ceil(fastest / loaders["packed_per_worker"])
+    lines.append(f"  worker cores to feed {fastest:,.0f} images/s from the packed path: {cores}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ferlit.bench",
+        description="Measure loader throughput, index build and load, and training-step speed "
+        "on this machine, on data generated in a temporary folder.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds, not minutes; figures meaningless"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="DataLoader workers of every loader (default: the cores, at most 8)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="loader batch size (64, the paper's)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep the generated data here and reuse it on the next run (default: a temporary "
+        "folder, removed)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads of the training step (default: torch's, one per core; --quick: 1, "
+        "since OpenMP threads spin-waiting on cores busy with other work slow it tenfold)",
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    args = parser.parse_args(argv)
+    if args.workers < 0 or args.batch_size <= 0:
+        raise ConfigError("--workers must be >= 0 and --batch-size positive")
+    scale = QUICK if args.quick else FULL
+    quiet = args.quick
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="ferlit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        loaders = bench_loaders(work, scale, args.workers, args.batch_size, quiet)
+        index = bench_index(work, scale, args.workers, quiet)
+        threads = args.threads if args.threads is not None else (1 if args.quick else None)
+        training = bench_training(scale, quiet, threads)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    for line in report(loaders, index, training, args.workers, args.batch_size):
+        print(line)
+    if args.json is not None:
+        figures = {"workers": args.workers, "batch_size": args.batch_size, "quick": args.quick}
+        figures |= {"loaders": loaders, "index": index, "training": training}
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
