@@ -218,3 +218,20 @@ def test_not_a_pack(tmp_path):
         Pack.open(tmp_path)
     with pytest.raises(ConfigError, match=r"pack needs --affwild2-dir and/or --expw-dir"):
         pack(tmp_path / "out")
+
+
+def test_pack_command(tiny_sample, tmp_path, capsys):
+    from ferlit.data.__main__ import main
+
+    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--size", str(SIZE)]
+    argv += ["--workers", "0", "--index-cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--out", str(tmp_path / "pack")]) == 0
+    out = capsys.readouterr().out
+    val = tiny_sample.manifest["affwild2"]["val"]["samples"]
+    assert f"Packed {SIZE}x{SIZE} faces in {tmp_path / 'pack'}" in out
+    assert f"  affwild2_val: {val:,} faces, 0.00 GiB" in out
+    assert f"Train from it with --data.packed_dir {tmp_path / 'pack'}" in out
+    assert Pack.open(tmp_path / "pack").parts == ("affwild2_train", "affwild2_val")
+
+    assert main(["pack", "--out", str(tmp_path / "nothing")]) == 2
+    assert "error: pack needs --affwild2-dir and/or --expw-dir" in capsys.readouterr().err

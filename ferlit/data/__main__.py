@@ -1,4 +1,5 @@
-"""``python -m ferlit.data synth|stats``: write the sample data; count what a run would use.
+"""``python -m ferlit.data synth|stats|pack``: write the sample data; count what a run would use;
+pack the faces into memory-mapped arrays for fast loading.
 
 Bad input (a missing folder, a malformed annotation line) prints ``error: <message>`` naming the
 file or option and exits with status 2, like a usage error, without a traceback.
@@ -55,6 +56,29 @@ def _stats(args: argparse.Namespace) -> None:
             print(f"Class distribution plotted to {args.plot}")
 
 
+def _pack(args: argparse.Namespace) -> None:
+    from ferlit.data.packed import pack  # imports torch: slow
+
+    result = pack(
+        args.out,
+        args.affwild2_dir,
+        args.expw_dir,
+        size=args.size,
+        num_classes=args.num_classes,
+        layout=args.affwild2_layout,
+        expw_min_confidence=args.expw_min_confidence,
+        expw_margin=args.expw_margin,
+        workers=args.workers,
+        index_cache=not args.no_index_cache,
+        index_cache_dir=args.index_cache_dir,
+    )
+    print(f"Packed {result.image_size}x{result.image_size} faces in {result.root}")
+    for part, info in result.manifest["parts"].items():
+        size = result.frames_file(part).stat().st_size
+        print(f"  {part}: {info['samples']:,} faces, {size / 2**30:.2f} GiB")
+    print(f"Train from it with --data.packed_dir {result.root}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ferlit.data", description=__doc__.split("\n")[0]
@@ -87,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--plot", type=Path, help="write a bar chart of the class distributions")
     stats.add_argument("--log", action="store_true", help="log count axis in --plot")
     stats.set_defaults(run=_stats)
+
+    pack = commands.add_parser(
+        "pack",
+        help="decode and resize every face once into memory-mapped arrays (data.packed_dir)",
+        description="Write <out>/<part>/frames.npy and index.npz per part and <out>/manifest.json "
+        "last; an interrupted pack resumes when run again with the same options.",
+    )
+    pack.add_argument("--affwild2-dir", type=Path, help="Aff-Wild2 root: packs train and val")
+    pack.add_argument("--expw-dir", type=Path, help="ExpW root: packs its cropped faces")
+    pack.add_argument("--out", type=Path, required=True, help="the pack's folder")
+    pack.add_argument("--size", type=int, default=112, help="side of the faces (data.image_size)")
+    pack.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
+    pack.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
+    pack.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
+    pack.add_argument("--expw-margin", type=float, default=0.0, help="as data.expw_margin")
+    pack.add_argument("--workers", type=int, help="decoding processes (default: every core)")
+    pack.add_argument("--index-cache-dir", type=Path, help="default: the DataModule's")
+    pack.add_argument("--no-index-cache", action="store_true", help="index without the cache")
+    pack.set_defaults(run=_pack)
     return parser
 
 
