@@ -9,9 +9,9 @@ and the part's ``FrameIndex`` beside it as ``index.npz``.
 Decoded arrays rather than encoded bytes in shards, as measured on the 2-core dev box with
 112x112 sample-data faces: a memory-mapped copy of a face costs ~7 us against ~63 us for
 ``cv2.imdecode`` of its JPEG, so packed loading is bound by the colour jitter (~170 us) alone.
-The price is disk: 37,632 bytes per 112x112 face (~38 GB for the 1M-face training set) against a
-few kB encoded; where the page cache cannot hold that and the disk is slow, JPEG shards would be
-the better trade.
+The price is disk: 37,632 bytes per 112x112 face (~38 GB for the 1M-face training set) against
+~4.5 kB for the sample data's JPEGs; where the page cache cannot hold the pack and the disk is
+slow, JPEG bytes in a few large shards would be the better trade.
 
 The faces are resized exactly as the JPEG path resizes them (``build_transform(size, None)`` on
 ``load_face``); at training time the same ``build_transform`` runs on the packed face, whose
