@@ -191,8 +191,8 @@ def draw_face(person: Identity, g: Geometry, pose: Pose, size: int) -> Image.Ima
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
     cx, cy = size * (0.5 + pose.dx), size * (0.5 + pose.dy)
-    rx = 0.30 * size * person.face_w * pose.scale
-    ry = 0.38 * size * person.face_h * pose.scale
+    rx = 0.34 * size * person.face_w * pose.scale
+    ry = 0.42 * size * person.face_h * pose.scale
     u = rx
 
     def w(v: float) -> int:
@@ -293,7 +293,7 @@ def _draw_mouth(
     d: ImageDraw.ImageDraw, person: Identity, g: Geometry, cx: float, my: float, u: float
 ) -> None:
     t = np.linspace(-1, 1, 17)
-    x = cx + t * 0.38 * u * g.mouth_width
+    x = cx + t * 0.42 * u * g.mouth_width
     base = my - g.mouth_curve * u * t**2 - g.sneer * u * np.maximum(0, person.sneer_side * t)
     opening = max(0.0, g.mouth_open) * u
     profile = np.sqrt(1 - t**2)
