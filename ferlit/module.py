@@ -147,10 +147,10 @@ class ExpressionModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels, _ = batch
         logits = self(images)
-        losses = F.cross_entropy(logits, labels, weight=self.class_weights, reduction="none")
-        # Weighted by each sample's class weight, the mean over the whole set equals the
-        # weighted cross entropy of the whole set (and is exact across DDP ranks).
-        self.val_loss.update(losses.float(), self.class_weights[labels])
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        # The mean of per-sample losses weighted by their class weights is the weighted cross
+        # entropy of the whole set (the training loss, over all of validation; exact across DDP).
+        self.val_loss.update(losses, self.class_weights[labels])
         self.val_criterion.update(logits.float(), labels)
 
     def on_validation_epoch_end(self) -> None:

@@ -39,3 +39,13 @@ def tiny_sample(tmp_path_factory):
     from ferlit.data.synth import write_sample_data
 
     return write_sample_data(tmp_path_factory.mktemp("sample") / "data", scale=0.15, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dirs(tmp_path_factory):
+    """Index-cache entries and sample data written by tests stay out of the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FERLIT_CACHE_DIR", str(tmp_path_factory.mktemp("index-cache")))
+    mp.setenv("FERLIT_SAMPLE_DIR", str(tmp_path_factory.mktemp("sample-cache") / "sample"))
+    yield
+    mp.undo()
