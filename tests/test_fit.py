@@ -248,3 +248,57 @@ def test_unknown_option_is_refused(capsys):
         main(["--model.learning_rate", "0.1"])
     assert stop.value.code != 0
     assert "learning_rate" in capsys.readouterr().err
+
+
+def test_validation_loss_is_the_weighted_cross_entropy_of_the_whole_set():
+    weights = [1.0, 22.92, 37.5, 50.66, 3.47, 5.79, 13.55]
+    module = tiny_module(class_weights=weights)
+    module.log_dict = module.log = lambda *a, **k: None
+    module.eval()
+    batches = [
+        (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 7, (n,)))
+        for n in (5, 3)
+    ]
+    with torch.no_grad():
+        for i, (images, labels) in enumerate(batches):
+            module.validation_step((images, labels, None), i)
+        whole = module.loss(
+            torch.cat([module(x) for x, _ in batches]), torch.cat([y for _, y in batches])
+        )
+    assert module.val_loss.compute().item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sample_config_learns(tiny_sample, tmp_path):
+    """sample.yaml's recipe, shortened, beats always answering Neutral by a wide margin."""
+    from ferlit.metrics import scores_from_confusion
+
+    cli = main(
+        [
+            "--config",
+            str(REPO / "experiments/sample.yaml"),
+            "--data.affwild2_dir",
+            str(tiny_sample.affwild2_dir),
+            "--data.expw_dir",
+            str(tiny_sample.expw_dir),
+            "--data.num_workers",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.max_steps",
+            "600",
+            "--val_every_n_steps",
+            "100",
+        ]
+    )
+    labels = torch.as_tensor(cli.datamodule.val_index.labels).long()
+    confusion = torch.zeros(7, 7, dtype=torch.long)
+    confusion[:, 0] = torch.bincount(labels, minlength=7)  # every frame predicted Neutral
+    always_neutral = scores_from_confusion(confusion)["criterion"].item()
+    best = cli.trainer.checkpoint_callback.best_model_score.item()
+    assert always_neutral < 0.35
+    assert best > always_neutral + 0.2
