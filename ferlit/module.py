@@ -173,3 +173,11 @@ class ExpressionModule(pl.LightningModule):
         self.last_val_confusion = scores["confusion"].cpu()
         self.val_criterion.reset()
         self.val_loss.reset()
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities of a batch, with the sample numbers that place each row in the
+        split's FrameIndex (``python -m ferlit.evaluate`` reorders and gathers them by these)."""
+        images, _, samples = batch
+        return {"sample": samples, "probs": torch.softmax(self(images).float(), dim=1)}
