@@ -6,6 +6,7 @@ a class-weighted cross entropy whose weights are count(most common class) / coun
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ from ferlit.data.expw import read_expw
 from ferlit.data.images import load_face
 from ferlit.data.index import FrameIndex
 from ferlit.data.packed import Pack, PackedFaceDataset
-from ferlit.data.samplers import EpochShuffleSampler, ShardSampler
+from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
 from ferlit.data.subsample import subsample
 from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
 from ferlit.errors import ConfigError, DataError
@@ -72,6 +73,42 @@ class FaceDataset(Dataset):
         face = load_face(self.index, i, self.margin)
         image = self.transform(image=face)["image"]
         return torch.from_numpy(to_chw_uint8(image)), int(self.index.labels[i]), i
+
+
+class EpochSeededDataset(Dataset):
+    """Training samples keyed by (epoch, sample), each augmented from its own random state.
+
+    albumentations 2 transforms draw from generators they own, seeded from OS entropy unless
+    given a seed, and every DataLoader worker gets a copy of the same generators: augmentation
+    neither repeats with the run's seed nor differs between workers (two workers flip and
+    jitter in lockstep). Seeding the transform from (seed, epoch, sample) before each sample
+    makes a sample's augmentation the same whatever the number of workers, the batch it falls
+    in, or whether the run was resumed. Keys come from ``EpochShuffleSampler(keyed=True)``;
+    a plain sample number reads the wrapped dataset as it is, and the wrapped dataset's
+    attributes read through (``loader.dataset.transform`` etc.).
+    """
+
+    def __init__(self, dataset: FaceDataset | PackedFaceDataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
+        if isinstance(key, int | np.integer):
+            return self.dataset[key]
+        epoch, i = key
+        transform = self.dataset.transform
+        if transform is not None:
+            rng = np.random.default_rng([self.seed, epoch, i])
+            transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+        return self.dataset[i]
 
 
 class ExpressionDataModule(pl.LightningDataModule):
@@ -296,9 +333,11 @@ class ExpressionDataModule(pl.LightningDataModule):
             return 0, 1, 1
         return trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
 
-    def _loader(self, dataset: Dataset, sampler, batch_size: int) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, sampler, batch_size: int, loader: type[DataLoader] = DataLoader
+    ) -> DataLoader:
         hp = self.hparams
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -312,7 +351,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         rank, world_size, accumulate = self._distribution()
         hp = self.hparams
         sampler = EpochShuffleSampler(
-            len(self.train_index), hp.batch_size, accumulate, hp.seed, rank, world_size
+            len(self.train_index), hp.batch_size, accumulate, hp.seed, rank, world_size, keyed=True
         )
         transform = build_transform(hp.image_size, self.augmentation)
         if self.pack is not None:
@@ -321,7 +360,8 @@ class ExpressionDataModule(pl.LightningDataModule):
             dataset = PackedFaceDataset(files, labels, self._train_rows, transform)
         else:
             dataset = FaceDataset(self.train_index, transform, hp.expw_margin)
-        return self._loader(dataset, sampler, hp.batch_size)
+        seeded = EpochSeededDataset(dataset, hp.seed)
+        return self._loader(seeded, sampler, hp.batch_size, ResumableLoader)
 
     def val_dataloader(self) -> DataLoader:
         rank, world_size, _ = self._distribution()
