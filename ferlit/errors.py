@@ -19,3 +19,15 @@ class WeightsError(FerlitError):
 
 class TrainingDiverged(FerlitError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+def user_message(error: FerlitError) -> str:
+    """The message a user should read: for an error re-raised from a DataLoader worker, the
+    original message (torch wraps it in the worker's traceback), else the message itself."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    where = text.rfind(marker)
+    origin = text.splitlines()[0].removeprefix("Caught ").rstrip(".")
+    return f"{text[where + len(marker) :].strip()} ({origin})" if where >= 0 else text

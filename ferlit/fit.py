@@ -31,7 +31,7 @@ from rich.console import Console
 
 from ferlit.callbacks import BestValidationSummary
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.errors import ConfigError, FerlitError
+from ferlit.errors import ConfigError, FerlitError, user_message
 from ferlit.module import ExpressionModule
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
@@ -136,7 +136,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
         if run:
             cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
     except FerlitError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     return cli
 

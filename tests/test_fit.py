@@ -302,3 +302,23 @@ def test_sample_config_learns(tiny_sample, tmp_path):
     best = cli.trainer.checkpoint_callback.best_model_score.item()
     assert always_neutral < 0.35
     assert best > always_neutral + 0.2
+
+
+def test_an_undecodable_frame_in_a_worker_is_reported_by_name(tiny_sample, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "affwild2"
+    shutil.copytree(tiny_sample.affwild2_dir, data)
+    broken = sorted((data / "cropped_aligned").glob("*/00003.jpg"))
+    for frame in broken:
+        frame.write_bytes(b"not a jpeg")
+    args = fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "30")
+    args[args.index("--data.affwild2_dir") + 1] = str(data)
+    args[args.index("--data.num_workers") + 1] = "1"
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert "00003.jpg" in line and "DataLoader worker" in line
+    assert "Traceback" not in err
