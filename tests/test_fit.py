@@ -322,3 +322,28 @@ def test_an_undecodable_frame_in_a_worker_is_reported_by_name(tiny_sample, tmp_p
     line = next(line for line in err.splitlines() if line.startswith("error: "))
     assert "00003.jpg" in line and "DataLoader worker" in line
     assert "Traceback" not in err
+
+
+def test_bf16_mixed_and_channels_last_train_and_report_the_best(tiny_sample, tmp_path, capsys):
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        "--trainer.precision",
+        "bf16-mixed",
+        "--model.channels_last",
+        "true",
+        "--trainer.max_steps",
+        "4",
+        "--val_every_n_steps",
+        "2",
+    )
+    cli = main(args)
+    assert cli.trainer.precision == "bf16-mixed"
+    weight = cli.model.net.backbone.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    rows = validations(cli)
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(math.isfinite(float(r["val/criterion"])) for r in rows)
+    out = capsys.readouterr().out
+    assert "Best validation" in out and "at step" in out
+    assert all(name in out for name in ("Neutral", "Happiness", "Surprise", "macro-F1"))
