@@ -62,6 +62,7 @@ class FerlitCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-step{step:07d}-criterion{val/criterion:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.save_on_train_epoch_end": False,
             }
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -70,6 +71,7 @@ class FerlitCLI(LightningCLI):
                 "early_stopping.monitor": "val/criterion",
                 "early_stopping.mode": "max",
                 "early_stopping.patience": 5,
+                "early_stopping.check_on_train_epoch_end": False,
             }
         )
         parser.link_arguments("data.num_classes", "model.num_classes")

@@ -99,27 +99,26 @@ class ExpressionModule(pl.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Hold the backbone still (lr 0) for the first ``freeze_backbone_steps`` steps.
+        """Apply the freezing options before every step.
 
-        A zero learning rate rather than ``requires_grad=False`` keeps every parameter in the
+        ``freeze_backbone_steps``: the backbone's learning rate is 0 for the first N optimizer
+        steps. A zero rate rather than ``requires_grad=False`` keeps every parameter in the
         graph, which DDP requires, and needs no optimizer rebuild when the backbone thaws.
-        """
-        if self.hparams.freeze_backbone_steps <= 0:
-            return
-        frozen = self.global_step < self.hparams.freeze_backbone_steps
-        lr = 0.0 if frozen else self.hparams.lr_backbone
-        for group in self.optimizers().optimizer.param_groups:
-            if group["name"] == "backbone":
-                group["lr"] = lr
 
-    def train(self, mode: bool = True) -> ExpressionModule:
-        """With ``freeze_bn``, backbone BatchNorm layers stay in eval mode (statistics fixed)."""
-        super().train(mode)
-        if mode and self.hparams.freeze_bn:
+        ``freeze_bn``: the backbone's BatchNorm layers are put back in eval mode (fixed
+        statistics) before each step, since Lightning switches modules to train mode after
+        every validation.
+        """
+        if self.hparams.freeze_bn:
             for module in self.net.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        return self
+        if self.hparams.freeze_backbone_steps > 0:
+            frozen = self.global_step < self.hparams.freeze_backbone_steps
+            lr = 0.0 if frozen else self.hparams.lr_backbone
+            for group in self.optimizers().optimizer.param_groups:
+                if group["name"] == "backbone":
+                    group["lr"] = lr
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams

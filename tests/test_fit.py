@@ -347,3 +347,30 @@ def test_bf16_mixed_and_channels_last_train_and_report_the_best(tiny_sample, tmp
     out = capsys.readouterr().out
     assert "Best validation" in out and "at step" in out
     assert all(name in out for name in ("Neutral", "Happiness", "Surprise", "macro-F1"))
+
+
+def _fit_snapshot(tiny_sample, tmp_path, *extra):
+    cli = main(fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "3", *extra), run=False)
+    before = {k: v.clone() for k, v in cli.model.net.backbone.state_dict().items()}
+    cli.trainer.fit(cli.model, cli.datamodule)
+    after = cli.model.net.backbone.state_dict()
+    head = {
+        f"{cli.model.net.backbone.pretrained_cfg['classifier']}.{n}" for n in ("weight", "bias")
+    }
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    return changed, head
+
+
+def test_freeze_backbone_steps_trains_only_the_head_at_first(tiny_sample, tmp_path):
+    changed, head = _fit_snapshot(tiny_sample, tmp_path, "--model.freeze_backbone_steps", "3")
+    # BatchNorm statistics still move (the layers are in train mode); no weight of the backbone
+    # does, while the head learns.
+    assert head <= changed
+    assert not {k for k in changed - head if "running_" not in k and "num_batches" not in k}
+
+
+def test_freeze_bn_keeps_backbone_statistics(tiny_sample, tmp_path):
+    changed, head = _fit_snapshot(tiny_sample, tmp_path, "--model.freeze_bn", "true")
+    assert head <= changed
+    assert any(k.endswith(".weight") and k not in head for k in changed)
+    assert not [k for k in changed if "running_" in k or "num_batches" in k]
