@@ -49,3 +49,31 @@ def _private_cache_dirs(tmp_path_factory):
     mp.setenv("FERLIT_SAMPLE_DIR", str(tmp_path_factory.mktemp("sample-cache") / "sample"))
     yield
     mp.undo()
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    """W&B offline, everything it writes under ``tmp_path/wandb-home``; runs finished afterwards.
+
+    W&B reads these variables once per process setup, hence the teardown on both sides. Sweep
+    variables a developer's shell might hold are cleared so that no test joins a real sweep.
+    """
+    import wandb
+
+    wandb.teardown()
+    home = tmp_path / "wandb-home"
+    for var, folder in (
+        ("WANDB_DIR", "runs"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
+        monkeypatch.setenv(var, str(home / folder))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    yield home
+    wandb.finish()
+    wandb.teardown()

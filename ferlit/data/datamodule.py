@@ -126,6 +126,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         class_weighting: a scheme computed from the training counts, or an explicit list.
         image_size: side of the square model input (linked from ``model.input_size`` in the CLI).
         augment: apply the training augmentation (flip, colour jitter) below.
+        augment_strength: multiplies the four colour-jitter strengths (one knob for sweeps;
+            1 = the values given, 0 = flips only); hue stops at 0.5, ColorJitter's largest.
         batch_size: micro-batch size per process (the paper: 64, with 4 accumulated).
         index_cache: keep each data set's index in ``index_cache_dir`` and load it from there
             while its annotation files are unchanged (``ferlit.data.cache``).
@@ -158,6 +160,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         contrast: float = 0.3,
         saturation: float = 0.25,
         hue: float = 0.5,
+        augment_strength: float = 1.0,
         batch_size: int = 64,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -193,8 +196,13 @@ class ExpressionDataModule(pl.LightningDataModule):
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
             )
         self.save_hyperparameters()
+        if augment_strength < 0:
+            raise ConfigError(f"data.augment_strength must be >= 0, got {augment_strength}")
+        s = augment_strength
         self.augmentation = (
-            Augmentation(hflip, brightness, contrast, saturation, hue) if augment else None
+            Augmentation(hflip, brightness * s, contrast * s, saturation * s, min(hue * s, 0.5))
+            if augment
+            else None
         )
         self._train_index: FrameIndex | None = None
         self._val_index: FrameIndex | None = None
