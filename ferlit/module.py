@@ -12,6 +12,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -66,6 +67,9 @@ class ExpressionModule(pl.LightningModule):
                 raise ConfigError(f"model.{option} must be >= 0, got {value}")
         self.save_hyperparameters()
         self.net = create_model(backbone, num_classes, backbone_kwargs, pretrained, preprocessing)
+        if self.net.weights_report is not None:
+            rank_zero_info(f"model.pretrained: {self.net.weights_report}")
+        rank_zero_info(f"input preprocessing: {self.net.preprocessing}")
         weights = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
         self.register_buffer("class_weights", weights.float(), persistent=False)
         self.val_criterion = ExpressionCriterion(num_classes)
