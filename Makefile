@@ -36,3 +36,16 @@ format: install
 .PHONY: bench
 bench: install
 	$(PY) -m ferlit.bench
+
+## Create the W&B sweep of experiments/sweep.yaml and print the command that starts its agents
+## (needs network and `wandb login`; see README "Weights & Biases and sweeps").
+.PHONY: sweep
+SWEEP_CONFIG ?= experiments/sweep.yaml
+sweep: install
+	@out=$$($(VENV)/bin/wandb sweep $(SWEEP_CONFIG) 2>&1); status=$$?; printf '%s\n' "$$out"; \
+	sweep=$$(printf '%s\n' "$$out" | sed -n 's/.*Run sweep agent with: wandb agent //p' | tail -n 1); \
+	if [ $$status -ne 0 ] || [ -z "$$sweep" ]; then echo "make sweep: no sweep was created" >&2; exit 1; fi; \
+	echo; \
+	echo "Start agents from this folder, on as many machines or SLURM nodes as you like:"; \
+	echo "  source $(VENV)/bin/activate"; \
+	echo "  FERLIT_AFFWILD2_DIR=/data/Aff-Wild2 FERLIT_EXPW_DIR=/data/ExpW wandb agent $$sweep"

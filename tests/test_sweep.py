@@ -205,3 +205,55 @@ def test_two_runs_of_one_sweep_checkpoint_into_their_own_folders(
     fixed = tmp_path / "ckpts"
     cli = main([*args, *TINY, f"--checkpoint.dirpath={fixed}"], run=False)
     assert Path(cli.trainer.checkpoint_callback.dirpath) == fixed / "sweeprun2"
+
+
+FAKE_WANDB = """#!/bin/sh
+echo "$@" > "$(dirname "$0")/../args"
+echo "wandb: Creating sweep from: $2" >&2
+{output}
+exit {status}
+"""
+
+
+def fake_venv(tmp_path: Path, output: str, status: int = 0) -> Path:
+    """A venv whose ``wandb`` prints what ``wandb sweep`` prints, without a W&B server."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    wandb = venv / "bin" / "wandb"
+    wandb.write_text(FAKE_WANDB.format(output=output, status=status))
+    wandb.chmod(0o755)
+    (venv / ".installed").touch()  # newer than pyproject.toml: `make install` has nothing to do
+    return venv
+
+
+def test_make_sweep_creates_the_sweep_and_prints_the_agent_command(tmp_path):
+    import wandb.cli.cli
+
+    # The line the fake prints is the one wandb's `sweep` command prints.
+    assert 'f"Run sweep agent with: {styled_path}"' in Path(wandb.cli.cli.__file__).read_text()
+    venv = fake_venv(
+        tmp_path,
+        'echo "wandb: Creating sweep with ID: abc123" >&2\n'
+        'echo "wandb: Run sweep agent with: wandb agent me/ferlit/abc123" >&2',
+    )
+    done = subprocess.run(
+        ["make", "-s", "sweep", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (venv / "args").read_text().split() == ["sweep", "experiments/sweep.yaml"]
+    lines = done.stdout.splitlines()
+    assert f"  source {venv}/bin/activate" in lines
+    assert (
+        "  FERLIT_AFFWILD2_DIR=/data/Aff-Wild2 FERLIT_EXPW_DIR=/data/ExpW "
+        "wandb agent me/ferlit/abc123"
+    ) in lines
+
+
+def test_make_sweep_fails_when_wandb_creates_no_sweep(tmp_path):
+    venv = fake_venv(tmp_path, 'echo "wandb: ERROR api_key not configured (no-tty)." >&2', 1)
+    done = subprocess.run(
+        ["make", "-s", "sweep", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "wandb: ERROR api_key not configured (no-tty)." in done.stdout
+    assert "make sweep: no sweep was created" in done.stderr
