@@ -1,0 +1,572 @@
+"""``python -m ferlit.evaluate``: run a checkpoint over a split; write predictions, scores, plots.
+
+    python -m ferlit.evaluate --ckpt runs/sample --out runs/sample-eval --smooth auto
+    python -m ferlit.evaluate --ckpt best.ckpt --data.affwild2_dir /data/Aff-Wild2 \
+        --out eval/val --submission eval/val-submission
+    python -m ferlit.evaluate --ckpt best.ckpt --frames_dir /data/test/cropped_aligned \
+        --smooth 15 --out eval/test --submission eval/test-submission
+
+``--ckpt`` is a checkpoint of ``python -m ferlit.fit``, or a log folder (``runs/sample``, or one
+``version_N`` of it): then the best checkpoint of its newest version. The frames are the Aff-Wild2
+validation split (``--split train`` for the training split), or with ``--frames_dir`` a folder of
+unlabelled faces in the ``cropped_aligned`` layout. ``--data.*`` are ``ferlit.fit``'s data options
+and default to those the checkpoint was trained with. Written into ``--out``:
+
+* ``predictions.parquet``: one row per frame: ``video``, ``frame``, ``target`` (-1 when unknown,
+  as in the annotation files), ``pred``, ``prob_<class>`` per class, and ``pred_smoothed`` when
+  smoothing is on;
+* ``metrics.json``: criterion, F1, accuracy, per-class F1, precision, recall, support and the
+  confusion matrix, raw and smoothed (computed by :mod:`ferlit.metrics`, as in training);
+* ``confusion_matrix.png`` and ``per_class_f1.png`` (labelled frames only).
+
+``--smooth W`` averages class probabilities over a centred window of W frames per video
+(:mod:`ferlit.smoothing`); ``--smooth auto`` picks W on the validation set. ``--submission DIR``
+writes the ABAW challenge files (:mod:`ferlit.submission`). Frames are sharded over the Trainer's
+processes like validation and gathered on rank 0, which alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import RichProgressBar
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, Dataset
+
+from ferlit.data.affwild2 import frame_file, read_affwild2
+from ferlit.data.cache import cached_read_affwild2
+from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
+from ferlit.data.index import FRAME_FOLDER, FrameIndex
+from ferlit.data.packed import PackedFaceDataset
+from ferlit.data.samplers import ShardSampler
+from ferlit.data.transforms import build_transform
+from ferlit.errors import ConfigError, DataError, FerlitError, WeightsError
+from ferlit.expressions import EXPRESSIONS_7, class_names
+from ferlit.module import ExpressionModule
+from ferlit.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
+from ferlit.predictions import (
+    labelled,
+    predictions_frame,
+    prob_columns,
+    scores_json,
+    scores_of,
+)
+from ferlit.smoothing import check_window, choose_window, smooth_predictions
+from ferlit.submission import annotation_frame_counts, write_submission
+
+OUTPUTS = ("predictions.parquet", "metrics.json", "confusion_matrix.png", "per_class_f1.png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+console = Console()
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the best checkpoint of a log folder's newest ``version_N``.
+
+    ``ferlit.fit`` keeps one ``best-*.ckpt`` per version (``checkpoint.save_top_k`` 1); several
+    are ambiguous and refused rather than one picked by name or date.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ConfigError(
+            f"--ckpt {path}: no such file or folder; expected a checkpoint of python -m ferlit.fit "
+            "(e.g. runs/sample/version_0/checkpoints/best-....ckpt) or its log folder (runs/sample)"
+        )
+    versions = [p for p in path.glob("version_*") if re.fullmatch(r"version_\d+", p.name)]
+    if versions:
+        path = max(versions, key=lambda p: int(p.name.split("_")[1]))
+    best = sorted((path / "checkpoints").glob("best-*.ckpt"))
+    if len(best) != 1:
+        found = ", ".join(p.name for p in best) if best else "none"
+        raise ConfigError(
+            f"--ckpt {path}: expected one best-*.ckpt in {path / 'checkpoints'}, found {found}; "
+            "give the checkpoint file itself"
+        )
+    return best[0]
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's and the DataModule's hyperparameters saved in a Lightning checkpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "hyper_parameters" not in state:
+        raise WeightsError(
+            f"{path}: not a Lightning checkpoint of ExpressionModule (no state_dict and "
+            "hyper_parameters); expected a file written by python -m ferlit.fit"
+        )
+    model = dict(state["hyper_parameters"])
+    data = dict(state.get("datamodule_hyper_parameters") or {})
+    return model, data
+
+
+def load_module(path: Path, hparams: dict[str, Any]) -> ExpressionModule:
+    """The trained module, in eval mode on the CPU (the Trainer moves it).
+
+    The VGGFace2 file the run started from is not needed (the checkpoint holds every weight), so
+    it is not read again; the normalisation it implied is kept explicitly.
+    """
+    overrides: dict[str, Any] = {"pretrained": None}
+    if hparams.get("preprocessing", "auto") == "auto" and hparams.get("pretrained"):
+        overrides["preprocessing"] = "vggface2"
+    module = ExpressionModule.load_from_checkpoint(path, map_location="cpu", **overrides)
+    return module.eval()
+
+
+# -- frames ------------------------------------------------------------------------------------
+
+
+def frames_dir_index(frames_dir: str | os.PathLike, num_classes: int) -> FrameIndex:
+    """An unlabelled index (labels -1) of face images in the ``cropped_aligned`` layout.
+
+    ``frames_dir/<video>/00001.jpg ...`` gives one video per sub-folder; image files directly in
+    ``frames_dir`` are one video named after the folder. Frames are named by their 5-digit,
+    1-based frame number as in Aff-Wild2 (the ABAW test set ships its faces so); files that are
+    not images are ignored, an image named otherwise is an error.
+    """
+    root = Path(frames_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: --frames_dir is not a folder")
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = _frame_numbers(root)
+    if subdirs and len(loose):
+        raise DataError(
+            f"{root}: holds both images and sub-folders; expected either <video>/00001.jpg ... "
+            "or the frames of one video"
+        )
+    if len(loose):
+        base, videos = root.parent, {root.name: loose}
+    else:
+        base, videos = root, {name: _frame_numbers(root / name) for name in subdirs}
+    videos = {name: frames for name, frames in videos.items() if len(frames)}
+    if not videos:
+        raise DataError(
+            f"{root}: no face images; expected <video>/00001.jpg ... (the cropped_aligned layout)"
+        )
+    frames = np.concatenate(list(videos.values()))
+    groups = np.repeat(np.arange(len(videos)), [len(f) for f in videos.values()])
+    return FrameIndex.build(
+        root=base,
+        num_classes=num_classes,
+        group_names=list(videos),
+        group_kinds=[FRAME_FOLDER] * len(videos),
+        group_sources=list(videos),
+        labels=np.full(len(frames), -1),
+        groups=groups,
+        frames=frames,
+        lines=frames,
+    )
+
+
+def _frame_numbers(folder: Path) -> np.ndarray:
+    numbers = []
+    for entry in os.scandir(folder):
+        name = entry.name
+        if name.startswith(".") or not entry.is_file() or not name.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        stem = name.rsplit(".", 1)[0]
+        if not (stem.isascii() and stem.isdigit() and name == frame_file(int(stem))):
+            raise DataError(
+                f"{folder / name}: not a frame file; expected 1-based frame numbers of 5 digits "
+                "as in cropped_aligned (00001.jpg, 00002.jpg, ...)"
+            )
+        numbers.append(int(stem))
+    return np.sort(np.asarray(numbers, np.int64))
+
+
+def affwild2_index(data: ExpressionDataModule, split: str) -> FrameIndex:
+    """One Aff-Wild2 split as the DataModule reads it (pack, index cache, sample data)."""
+    hp = data.hparams
+    if data.pack is not None:
+        index = data.pack.index(f"affwild2_{split}")
+    elif split == "val":
+        index = data.val_index
+    else:
+        if data.uses_sample_data:
+            from ferlit.data.synth import ensure_sample_data
+
+            root = ensure_sample_data().affwild2_dir
+        else:
+            root = hp.affwild2_dir
+        if hp.index_cache:
+            index = cached_read_affwild2(
+                root, split, hp.num_classes, hp.affwild2_layout, cache_dir=hp.index_cache_dir
+            )
+        else:
+            index = read_affwild2(root, split, hp.num_classes, hp.affwild2_layout)
+    if len(index) == 0:
+        skipped = ", ".join(f"{k} {v}" for k, v in index.skipped.items() if v) or "none"
+        raise DataError(
+            f"{index.roots[0]}: the Aff-Wild2 {split} split has no annotated frame with an image "
+            f"in cropped_aligned/ (frames skipped: {skipped})"
+        )
+    return index
+
+
+class EvaluationData(pl.LightningDataModule):
+    """The faces to predict, sharded over the Trainer's processes as validation is."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=ShardSampler(len(self.dataset), rank, world_size),
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def evaluation_data(
+    data: ExpressionDataModule, index: FrameIndex, pack_part: str | None
+) -> EvaluationData:
+    hp = data.hparams
+    transform = build_transform(hp.image_size, None)
+    if pack_part is not None and data.pack is not None:
+        dataset = PackedFaceDataset(
+            [data.pack.frames_file(pack_part)], index.labels, None, transform
+        )
+    else:
+        dataset = FaceDataset(index, transform, hp.expw_margin)
+    return EvaluationData(dataset, hp.val_batch_size or hp.batch_size, hp.num_workers)
+
+
+# -- prediction ------------------------------------------------------------------------------
+
+
+def predict(
+    trainer: pl.Trainer, module: ExpressionModule, data: EvaluationData
+) -> np.ndarray | None:
+    """Class probabilities (N x C, float32) in FrameIndex order on rank 0; None on other ranks."""
+    outputs = trainer.predict(module, datamodule=data, return_predictions=True) or []
+    samples = [o["sample"].cpu().numpy() for o in outputs]
+    probs = [o["probs"].cpu().numpy() for o in outputs]
+    if trainer.world_size > 1:
+        gathered: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, (samples, probs))
+        if trainer.global_rank != 0:
+            return None
+        samples = [s for part in gathered for s in part[0]]
+        probs = [p for part in gathered for p in part[1]]
+    num_classes = module.hparams.num_classes
+    samples = np.concatenate(samples) if samples else np.zeros(0, np.int64)
+    probs = np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
+    order = np.argsort(samples, kind="stable")
+    if not np.array_equal(samples[order], np.arange(len(data.dataset))):
+        raise RuntimeError(
+            f"predicted {len(samples)} rows for {len(data.dataset)} frames: each frame must be "
+            "predicted exactly once (trainer.limit_predict_batches?)"
+        )
+    return probs[order]
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m ferlit.evaluate", description=__doc__.split("\n\n")[0].strip('"` ')
+    )
+    parser.add_argument(
+        "--ckpt",
+        type=str,
+        required=True,
+        help="Checkpoint of python -m ferlit.fit, or its log folder (its newest version's best).",
+    )
+    parser.add_argument("--out", type=str, required=True, help="Folder for the evaluation files.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace an earlier evaluation in --out."
+    )
+    parser.add_argument(
+        "--split", type=Literal["val", "train"], default="val", help="The Aff-Wild2 split."
+    )
+    parser.add_argument(
+        "--frames_dir",
+        type=str | None,
+        default=None,
+        help="Evaluate unlabelled faces in the cropped_aligned layout instead of a split.",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=int | Literal["auto"],
+        default=0,
+        help="Temporal smoothing window in frames (odd; 0 = off), or 'auto': chosen on the "
+        "validation set.",
+    )
+    parser.add_argument(
+        "--submission",
+        type=str | None,
+        default=None,
+        help="Write the ABAW submission files (<video>.txt) into this folder.",
+    )
+    parser.add_class_arguments(ExpressionDataModule, "data", skip={"image_size"})
+    parser.add_argument("--trainer.accelerator", type=str, default="auto")
+    parser.add_argument("--trainer.devices", type=int | str | list[int], default="auto")
+    parser.add_argument("--trainer.strategy", type=str, default="auto")
+    parser.add_argument("--trainer.num_nodes", type=int, default=1)
+    parser.add_argument("--trainer.precision", type=str | None, default=None)
+    parser.add_argument("--trainer.enable_progress_bar", type=bool, default=True)
+    return parser
+
+
+def parse_args(args: list[str] | None = None) -> tuple[Any, Path, dict[str, Any]]:
+    """The options, the checkpoint file and its model hyperparameters.
+
+    Parsed twice: once to find the checkpoint, then with the data options it was trained with as
+    defaults, so that ``--data.*`` only needs what differs (e.g. the data's path here).
+    """
+    parser = build_parser()
+    config = parser.parse_args(args)
+    checkpoint = resolve_checkpoint(config.ckpt)
+    model_hparams, data_hparams = read_checkpoint(checkpoint)
+    known = set(config.data.keys())
+    parser.set_defaults({f"data.{k}": v for k, v in data_hparams.items() if k in known})
+    return parser.parse_args(args), checkpoint, model_hparams
+
+
+def check_destinations(out: Path, submission: Path | None, overwrite: bool) -> None:
+    """Refuse to replace an earlier evaluation or submission unless ``--overwrite``."""
+    if overwrite:
+        return
+    earlier = [name for name in OUTPUTS if (out / name).exists()]
+    if earlier:
+        raise ConfigError(
+            f"--out {out}: holds an earlier evaluation ({', '.join(earlier)}); choose another "
+            "folder or pass --overwrite"
+        )
+    if submission is not None and submission.is_dir() and any(submission.glob("*.txt")):
+        raise ConfigError(
+            f"--submission {submission}: holds earlier submission files; choose another folder "
+            "or pass --overwrite"
+        )
+
+
+def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
+    """Run ``python -m ferlit.evaluate`` with ``args``; returns the metrics.json content (rank 0)."""
+    config, checkpoint, model_hparams = parse_args(args)
+    window = config.smooth if config.smooth == "auto" else check_window(config.smooth)
+    out = Path(config.out)
+    submission = Path(config.submission) if config.submission else None
+    check_destinations(out, submission, config.overwrite)
+    num_classes = int(model_hparams["num_classes"])
+    if num_classes != config.data.num_classes:
+        raise ConfigError(
+            f"--ckpt {checkpoint}: the model was trained for {num_classes} classes "
+            f"({', '.join(class_names(num_classes))}) but --data.num_classes is "
+            f"{config.data.num_classes}; evaluate with --data.num_classes {num_classes}"
+        )
+    names = class_names(num_classes)
+    data = ExpressionDataModule(**config.data.as_dict(), image_size=model_hparams["input_size"])
+    if config.frames_dir is not None:
+        index, part = frames_dir_index(config.frames_dir, num_classes), None
+        described = f"{config.frames_dir} (unlabelled)"
+    else:
+        index, part = affwild2_index(data, config.split), f"affwild2_{config.split}"
+        described = f"Aff-Wild2 {config.split}, {index.roots[0]}"
+    module = load_module(checkpoint, model_hparams)
+    t = config.trainer
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=t.enable_progress_bar,
+        callbacks=[RichProgressBar()] if t.enable_progress_bar else [],
+        use_distributed_sampler=False,  # EvaluationData shards by rank itself, without padding
+    )
+
+    auto_on_val = window == "auto" and part != "affwild2_val"
+    if auto_on_val:
+        val_index = affwild2_index(data, "val")
+        val_probs = predict(trainer, module, evaluation_data(data, val_index, "affwild2_val"))
+    probs = predict(trainer, module, evaluation_data(data, index, part))
+    if probs is None:
+        return None  # another rank: rank 0 writes
+    predictions = predictions_frame(index, probs, names)
+
+    search = None
+    if window == "auto":
+        chosen_on = "the validation split" if auto_on_val else "these frames (optimistic)"
+        choice = predictions_frame(val_index, val_probs, names) if auto_on_val else predictions
+        rows = labelled(choice)
+        window, search = choose_window(
+            rows["video"].to_numpy(),
+            rows["frame"].to_numpy(),
+            rows[prob_columns(choice)].to_numpy(),
+            rows["target"].to_numpy(),
+        )
+        console.print(
+            f"--smooth auto: window {window} frames, the best criterion on {chosen_on} "
+            f"(raw {search[1]:.4f}, smoothed {search[window]:.4f})"
+        )
+    else:
+        chosen_on = "--smooth"
+    columns = ("pred",)
+    if window > 1:
+        predictions["pred_smoothed"] = smooth_predictions(
+            predictions["video"].to_numpy(),
+            predictions["frame"].to_numpy(),
+            predictions[prob_columns(predictions)].to_numpy(),
+            window,
+        ).astype(np.int8)
+        columns = ("pred", "pred_smoothed")
+
+    has_labels = bool((predictions["target"] >= 0).any())
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "data": described,
+        "classes": list(names),
+        "frames": len(predictions),
+        "videos": int(predictions["video"].nunique()),
+        "labelled_frames": len(labelled(predictions)),
+        "smoothing": {"window": window, "chosen_by": chosen_on, "criterion_by_window": search},
+        "raw": scores_json(scores_of(predictions), names) if has_labels else None,
+        "smoothed": (
+            scores_json(scores_of(predictions, "pred_smoothed"), names)
+            if has_labels and window > 1
+            else None
+        ),
+    }
+    write_outputs(out, predictions, report, names, columns, config.overwrite)
+    print_report(report, names)
+    if submission is not None:
+        write_submission_files(
+            submission, predictions, index, columns[-1], num_classes, config.overwrite
+        )
+    return report
+
+
+def write_outputs(
+    out: Path,
+    predictions: pd.DataFrame,
+    report: dict[str, Any],
+    names: tuple[str, ...],
+    columns: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """Write the evaluation files, each whole or not at all (written aside, then renamed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)  # no stale plot beside unlabelled predictions
+    _replace(out / "predictions.parquet", lambda f: predictions.to_parquet(f, index=False))
+    _replace(out / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
+    if report["raw"] is None:
+        return
+    title = f"{report['data']}\n{Path(report['checkpoint']).name}"
+    confusion = np.asarray(report["raw"]["confusion"])
+    figure = confusion_figure(confusion, names, title=f"Confusion matrix (row-normalised): {title}")
+    _replace(out / "confusion_matrix.png", lambda f: figure.savefig(f, format="png", dpi=120))
+    series = {"raw": list(report["raw"]["f1_per_class"].values())}
+    if report["smoothed"] is not None:
+        label = f"smoothed, W={report['smoothing']['window']}"
+        series[label] = list(report["smoothed"]["f1_per_class"].values())
+    reference = PAPER_F1_PER_CLASS if names == EXPRESSIONS_7 else None
+    bars = per_class_f1_figure(series, names, reference, title=f"Per-class F1: {title}")
+    _replace(out / "per_class_f1.png", lambda f: bars.savefig(f, format="png", dpi=120))
+
+
+def _replace(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def print_report(report: dict[str, Any], names: tuple[str, ...]) -> None:
+    """The per-class and overall scores, raw and smoothed side by side."""
+    console.print(
+        f"{report['frames']} frames of {report['videos']} videos from {report['data']}; "
+        f"checkpoint {report['checkpoint']}"
+    )
+    raw, smoothed = report["raw"], report["smoothed"]
+    if raw is None:
+        console.print("No labels: no scores (predictions written).")
+        return
+    window = report["smoothing"]["window"]
+    table = Table(
+        title="Evaluation" + (f" (smoothed: window {window} frames)" if smoothed else ""),
+        caption="precision and recall unsmoothed; all scores in metrics.json" if smoothed else None,
+    )
+    for column in ("class", "frames", "F1", *(["F1 smoothed"] if smoothed else [])):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    table.add_column("precision", justify="right")
+    table.add_column("recall", justify="right")
+    for name in names:
+        f1 = [raw["f1_per_class"][name]] + ([smoothed["f1_per_class"][name]] if smoothed else [])
+        cells = [name, str(raw["support"][name]), *(f"{v:.4f}" for v in f1)]
+        table.add_row(*cells, f"{raw['precision'][name]:.4f}", f"{raw['recall'][name]:.4f}")
+    table.add_section()
+    for key, label in (("f1", "macro-F1"), ("acc", "accuracy"), ("criterion", "criterion")):
+        values = [raw[key]] + ([smoothed[key]] if smoothed else [])
+        table.add_row(label, "", *(f"{v:.4f}" for v in values))
+    console.print(table)
+
+
+def write_submission_files(
+    folder: Path,
+    predictions: pd.DataFrame,
+    index: FrameIndex,
+    column: str,
+    num_classes: int,
+    overwrite: bool,
+) -> None:
+    """The ABAW files of ``column``'s labels; frame counts from the annotation files if known."""
+    known = bool((predictions["target"] >= 0).any())
+    num_frames = annotation_frame_counts(index) if known else None
+    if overwrite and folder.is_dir():
+        for stale in folder.glob("*.txt"):
+            stale.unlink()
+    files = write_submission(
+        folder,
+        predictions["video"].to_numpy(),
+        predictions["frame"].to_numpy(),
+        predictions[column].to_numpy(),
+        num_classes,
+        num_frames,
+    )
+    source = "annotation files" if known else "highest frame present"
+    console.print(
+        f"Wrote {len(files)} submission files ({column}; frame counts from the {source}) "
+        f"to {folder}"
+    )
+
+
+def main(args: list[str] | None = None) -> dict[str, Any] | None:
+    """``python -m ferlit.evaluate``; bad input ends with ``error: ...`` and exit status 2."""
+    try:
+        return evaluate(args)
+    except FerlitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

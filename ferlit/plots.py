@@ -1,0 +1,122 @@
+"""Figures of an evaluation, shared by ``python -m ferlit.evaluate`` and the notebooks.
+
+Each function returns a ``matplotlib.figure.Figure`` built without pyplot, so it works the same
+headless (saved to PNG by ``evaluate``) and in Jupyter (shown as a cell's value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+#: Per-class F1 on the Aff-Wild2 validation set of Cafarelli et al. (ABAW 2020), their Table 2.
+PAPER_F1_PER_CLASS: dict[str, float] = {
+    "Neutral": 0.75,
+    "Anger": 0.09,
+    "Disgust": 0.02,
+    "Fear": 0.22,
+    "Happiness": 0.58,
+    "Sadness": 0.27,
+    "Surprise": 0.41,
+}
+PAPER_LABEL = "Cafarelli et al. 2020 (Aff-Wild2 val)"
+
+
+def confusion_figure(
+    confusion: np.ndarray | Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    title: str = "Confusion matrix (rows: target, normalised by row)",
+) -> Figure:
+    """The confusion matrix normalised by row, so that the diagonal is each class's recall.
+
+    On Aff-Wild2 Neutral outnumbers Disgust about 40 to 1: raw counts would show little but the
+    Neutral row, so each row is divided by its class's frames (a class with none stays 0). Cells
+    show the fraction and the row's frame count is printed with the class name.
+    """
+    counts = np.asarray(confusion, np.float64)
+    support = counts.sum(axis=1)
+    rates = np.divide(
+        counts, support[:, None], out=np.zeros_like(counts), where=support[:, None] > 0
+    )
+    k = len(class_names)
+    fig = Figure(figsize=(1.0 + 0.85 * k, 0.8 + 0.75 * k), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), [f"{n} ({int(s)})" for n, s in zip(class_names, support, strict=True)])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("target (frames)")
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                f"{rates[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
+    ax.set_title(title)
+    return fig
+
+
+def per_class_f1_figure(
+    series: Mapping[str, Sequence[float]],
+    class_names: Sequence[str],
+    reference: Mapping[str, float] | None = None,
+    reference_label: str = PAPER_LABEL,
+    title: str = "Per-class F1",
+) -> Figure:
+    """Grouped bars of per-class F1, one bar per series (e.g. raw and smoothed), with the
+    macro-F1 of each series in its legend entry and optional reference values as markers."""
+    k = len(class_names)
+    fig = Figure(figsize=(max(6.0, 1.1 * k), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(k)
+    for s, (label, values) in enumerate(series.items()):
+        values = np.asarray(values, np.float64)
+        bars = ax.bar(
+            x - 0.4 + width * (s + 0.5), values, width, label=f"{label} (macro {values.mean():.3f})"
+        )
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    if reference is not None:
+        known = [i for i, name in enumerate(class_names) if name in reference]
+        ax.scatter(
+            x[known],
+            [reference[class_names[i]] for i in known],
+            marker="_",
+            s=400,
+            color="black",
+            zorder=3,
+            label=reference_label,
+        )
+    ax.set_xticks(x, class_names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("F1")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def window_figure(
+    windows: Sequence[int],
+    scores: Mapping[str, Sequence[float]],
+    title: str = "Scores as the smoothing window grows",
+) -> Figure:
+    """Scores (e.g. macro-F1, accuracy, criterion) against the smoothing window in frames."""
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for label, values in scores.items():
+        ax.plot(windows, values, marker="o", label=label)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("window (frames; 1 = no smoothing)")
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

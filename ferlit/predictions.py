@@ -1,0 +1,176 @@
+"""The predictions table of an evaluation, and the scores explored from it.
+
+``python -m ferlit.evaluate`` writes one row per frame (``predictions.parquet``): ``video``,
+``frame``, ``target`` (-1 when unknown, as in the Aff-Wild2 annotation files), ``pred``, one
+``prob_<class>`` column per class and, with smoothing on, ``pred_smoothed``. The functions here
+read that table and score it with the training metric (:mod:`ferlit.metrics`), so that the
+notebooks and ``evaluate`` agree to the last digit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ferlit.data.index import FrameIndex
+from ferlit.errors import DataError
+from ferlit.expressions import class_names, metric_key
+from ferlit.metrics import ExpressionCriterion, scores_from_confusion
+from ferlit.smoothing import AUTO_WINDOWS, smooth_predictions
+
+#: Where ``make evaluate`` writes the sample run's evaluation, under the repository root.
+SAMPLE_EVALUATION = Path("runs/sample-eval")
+
+
+def sample_predictions_path() -> Path:
+    """The sample run's ``predictions.parquet`` in the repository ferlit is imported from.
+
+    Found from the package's location rather than the current folder, because Jupyter starts a
+    notebook in ``notebooks/`` while ``make evaluate`` runs from the repository root.
+    """
+    return Path(__file__).resolve().parent.parent / SAMPLE_EVALUATION / "predictions.parquet"
+
+
+def predictions_frame(index: FrameIndex, probs: np.ndarray, names: tuple[str, ...]) -> pd.DataFrame:
+    """The predictions table: one row per frame, in the index's order."""
+    videos = np.asarray([os.path.basename(str(g)) for g in index.group_names], dtype=object)
+    frame = pd.DataFrame(
+        {
+            "video": pd.Categorical(videos[index.groups]),
+            "frame": index.frames.astype(np.int32),
+            "target": index.labels.astype(np.int8),
+            "pred": probs.argmax(axis=1).astype(np.int8),
+        }
+    )
+    for c, name in enumerate(names):
+        frame[f"prob_{metric_key(name)}"] = probs[:, c].astype(np.float32)
+    return frame
+
+
+def load_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """A ``predictions.parquet`` written by ``python -m ferlit.evaluate``, its columns checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"{path}: no predictions file; write one with python -m ferlit.evaluate "
+            "(make evaluate for the sample run)"
+        )
+    frame = pd.read_parquet(path)
+    probs = prob_columns(frame)
+    expected = ["video", "frame", "target", "pred"]
+    if len(probs) in (7, 8):
+        expected += [f"prob_{metric_key(name)}" for name in class_names(len(probs))]
+    missing = [c for c in expected if c not in frame.columns]
+    if missing or len(probs) not in (7, 8):
+        raise DataError(
+            f"{path}: not a ferlit predictions file; expected the columns {', '.join(expected)} "
+            f"and 7 or 8 prob_<class> columns, found {', '.join(map(str, frame.columns))}"
+        )
+    return frame
+
+
+def prob_columns(predictions: pd.DataFrame) -> list[str]:
+    return [c for c in predictions.columns if str(c).startswith("prob_")]
+
+
+def names_of(predictions: pd.DataFrame) -> tuple[str, ...]:
+    """The class names of a predictions table, from its ``prob_<class>`` columns."""
+    return class_names(len(prob_columns(predictions)))
+
+
+def scores_from_labels(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """The training metric (:class:`ExpressionCriterion`) over labelled frames, as numpy arrays."""
+    metric = ExpressionCriterion(num_classes)
+    metric.update(
+        torch.as_tensor(np.asarray(preds, np.int64)), torch.as_tensor(np.asarray(targets, np.int64))
+    )
+    return {k: v.numpy() for k, v in metric.compute().items()}
+
+
+def labelled(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The rows with a known target (``target`` >= 0)."""
+    return predictions[predictions["target"] >= 0]
+
+
+def scores_of(predictions: pd.DataFrame, column: str = "pred") -> dict[str, Any]:
+    """Scores of a predictions table's labelled rows for one prediction column."""
+    rows = labelled(predictions)
+    num_classes = len(prob_columns(predictions))
+    return scores_from_labels(rows["target"].to_numpy(), rows[column].to_numpy(), num_classes)
+
+
+def scores_json(scores: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Scores as JSON: scalars, ``{class: value}`` per class, the confusion as rows (target)."""
+    report: dict[str, Any] = {k: float(scores[k]) for k in ("criterion", "f1", "acc")}
+    for key in ("f1_per_class", "precision", "recall"):
+        report[key] = {n: float(v) for n, v in zip(names, scores[key], strict=True)}
+    report["support"] = {n: int(v) for n, v in zip(names, scores["support"], strict=True)}
+    report["confusion"] = np.asarray(scores["confusion"]).astype(int).tolist()
+    return report
+
+
+def per_class_table(
+    predictions: pd.DataFrame, columns: tuple[str, ...] = ("pred",)
+) -> pd.DataFrame:
+    """Support, and F1, precision and recall per prediction column, one row per class."""
+    names = names_of(predictions)
+    support = scores_of(predictions, columns[0])["support"]
+    table = pd.DataFrame({"support": support}, index=pd.Index(names, name="class"))
+    for column in columns:
+        scores = scores_of(predictions, column)
+        suffix = "" if column == "pred" else f" ({column})"
+        for key, title in (
+            ("f1_per_class", "F1"),
+            ("precision", "precision"),
+            ("recall", "recall"),
+        ):
+            table[title + suffix] = scores[key]
+    return table
+
+
+def smoothing_sweep(
+    predictions: pd.DataFrame, windows: tuple[int, ...] = AUTO_WINDOWS
+) -> pd.DataFrame:
+    """Criterion, macro-F1 and accuracy of the labelled frames for each smoothing window."""
+    rows = labelled(predictions)
+    probs = rows[prob_columns(predictions)].to_numpy()
+    videos, frames, targets = (rows[c].to_numpy() for c in ("video", "frame", "target"))
+    sweep = []
+    for window in windows:
+        scores = scores_from_labels(
+            targets, smooth_predictions(videos, frames, probs, window), probs.shape[1]
+        )
+        sweep.append(
+            {"window": window, **{k: float(scores[k]) for k in ("criterion", "f1", "acc")}}
+        )
+    return pd.DataFrame(sweep)
+
+
+def per_video_scores(predictions: pd.DataFrame, column: str = "pred") -> pd.DataFrame:
+    """Criterion, F1 and accuracy of each video, hardest (lowest criterion) first.
+
+    F1 here is the mean over the classes that occur in the video as target or prediction: over
+    all classes, as the ABAW score is defined for a whole split, a video showing only Neutral
+    could never exceed F1 1/7 however well it is predicted.
+    """
+    num_classes = len(prob_columns(predictions))
+    rows = []
+    for video, part in labelled(predictions).groupby("video", observed=True):
+        scores = scores_from_labels(part["target"].to_numpy(), part[column].to_numpy(), num_classes)
+        confusion = scores["confusion"]
+        present = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
+        within = scores_from_confusion(confusion[np.ix_(present, present)])
+        rows.append(
+            {
+                "video": video,
+                "frames": len(part),
+                "classes": len(present),
+                **{k: float(within[k]) for k in ("criterion", "f1", "acc")},
+            }
+        )
+    return pd.DataFrame(rows).sort_values("criterion", ignore_index=True)

@@ -1,0 +1,308 @@
+"""What a user of ``python -m ferlit.evaluate`` relies on: files, scores, smoothing, submissions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
+
+from ferlit.data.affwild2 import (
+    FRAMES_DIR,
+    annotation_dir,
+    frame_file,
+    read_affwild2,
+    write_annotation_file,
+)
+from ferlit.data.datamodule import FaceDataset
+from ferlit.data.transforms import build_transform
+from ferlit.errors import ConfigError, DataError
+from ferlit.evaluate import main, resolve_checkpoint
+from ferlit.expressions import EXPRESSIONS_7
+from ferlit.fit import main as fit
+from ferlit.module import ExpressionModule
+from ferlit.smoothing import smooth_predictions
+from ferlit.submission import fill_frames
+
+HEADER = ",".join(EXPRESSIONS_7)
+PROBS = [f"prob_{name.lower()}" for name in EXPRESSIONS_7]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_sample, tmp_path_factory) -> Path:
+    """The best checkpoint of a 2-step run of a tiny SE-ResNet on the tiny sample data."""
+    root = tmp_path_factory.mktemp("fit")
+    cli = fit(
+        [
+            *("--data.affwild2_dir", str(tiny_sample.affwild2_dir)),
+            *("--data.expw_dir", str(tiny_sample.expw_dir)),
+            *("--model.backbone", "seresnet18"),
+            *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
+            *("--model.input_size", "32", "--model.lr_head", "0.01", "--model.lr_backbone", "0.01"),
+            *("--data.batch_size", "4", "--data.num_workers", "0"),
+            *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+            *("--trainer.logger.save_dir", str(root), "--trainer.logger.name", "run"),
+            *("--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "1"),
+            *("--trainer.num_sanity_val_steps", "0", "--trainer.max_steps", "2"),
+            *("--val_every_n_steps", "2"),
+        ]
+    )
+    return Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+def evaluate_args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        *("--ckpt", str(checkpoint), "--out", str(out)),
+        *("--data.num_workers", "0", "--data.val_batch_size", "64"),
+        *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def smoothed_run(checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    """An evaluation of the validation split with smoothing window 5 and a submission."""
+    out = tmp_path_factory.mktemp("eval") / "val"
+    report = main(evaluate_args(checkpoint, out, "--smooth", "5", "--submission", str(out / "sub")))
+    return out, report
+
+
+def sklearn_scores(target: np.ndarray, pred: np.ndarray) -> dict:
+    labels = list(range(7))
+    f1 = f1_score(target, pred, labels=labels, average=None, zero_division=0)
+    acc = accuracy_score(target, pred)
+    return {
+        "f1": f1.mean(),
+        "acc": acc,
+        "criterion": 0.67 * f1.mean() + 0.33 * acc,
+        "f1_per_class": f1,
+        "precision": precision_score(target, pred, labels=labels, average=None, zero_division=0),
+        "recall": recall_score(target, pred, labels=labels, average=None, zero_division=0),
+        "support": np.bincount(target, minlength=7),
+        "confusion": confusion_matrix(target, pred, labels=labels),
+    }
+
+
+def assert_agree(written: dict, expected: dict) -> None:
+    for key in ("criterion", "f1", "acc"):
+        assert written[key] == pytest.approx(expected[key], abs=1e-12), key
+    for key in ("f1_per_class", "precision", "recall"):
+        assert list(written[key]) == list(EXPRESSIONS_7)
+        np.testing.assert_allclose(list(written[key].values()), expected[key], atol=1e-12)
+    assert list(written["support"].values()) == expected["support"].tolist()
+    assert written["confusion"] == expected["confusion"].tolist()
+
+
+def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sample):
+    out, report = smoothed_run
+    for name in ("predictions.parquet", "metrics.json", "confusion_matrix.png", "per_class_f1.png"):
+        assert (out / name).is_file(), name
+    for name in ("confusion_matrix.png", "per_class_f1.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(report))
+
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert list(predictions.columns) == [
+        "video",
+        "frame",
+        "target",
+        "pred",
+        *PROBS,
+        "pred_smoothed",
+    ]
+    index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
+    assert len(predictions) == len(index) == tiny_sample.manifest["affwild2"]["val"]["samples"]
+    assert predictions["frame"].tolist() == index.frames.tolist()
+    assert predictions["target"].tolist() == index.labels.tolist()
+    assert (
+        sorted(predictions["video"].unique()) == tiny_sample.manifest["affwild2"]["val"]["videos"]
+    )
+    probs = predictions[PROBS].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (predictions["pred"].to_numpy() == probs.argmax(axis=1)).all()
+    videos, frames = predictions["video"].to_numpy(), predictions["frame"].to_numpy()
+    expected_smoothed = smooth_predictions(videos, frames, probs, 5)
+    assert predictions["pred_smoothed"].tolist() == expected_smoothed.tolist()
+
+    assert metrics["frames"] == len(index) and metrics["videos"] == 2
+    assert metrics["smoothing"] == {
+        "window": 5,
+        "chosen_by": "--smooth",
+        "criterion_by_window": None,
+    }
+    target = predictions["target"].to_numpy()
+    assert_agree(metrics["raw"], sklearn_scores(target, predictions["pred"].to_numpy()))
+    assert_agree(metrics["smoothed"], sklearn_scores(target, expected_smoothed))
+
+
+def test_probabilities_are_the_trained_models(smoothed_run, checkpoint, tiny_sample):
+    out, _ = smoothed_run
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    module = ExpressionModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
+    dataset = FaceDataset(index, build_transform(32, None))
+    rows = [0, 1, len(index) - 1]
+    with torch.no_grad():
+        images = torch.stack([dataset[i][0] for i in rows])
+        expected = torch.softmax(module(images), dim=1).numpy()
+    np.testing.assert_allclose(predictions[PROBS].to_numpy()[rows], expected, atol=1e-5)
+
+
+def test_submission_has_every_annotated_frame_filled_from_the_nearest(smoothed_run, tiny_sample):
+    out, _ = smoothed_run
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    folder = annotation_dir(tiny_sample.affwild2_dir, "abaw2020", "val")
+    videos = sorted(p.name for p in (out / "sub").iterdir())
+    assert videos == [f"{v}.txt" for v in tiny_sample.manifest["affwild2"]["val"]["videos"]]
+    filled_frames = 0
+    for name in videos:
+        lines = (out / "sub" / name).read_text().splitlines()
+        annotation = (folder / name).read_text().splitlines()
+        assert lines[0] == HEADER
+        assert len(lines) == len(annotation)  # the header, then one line per frame of the video
+        labels = np.array([int(v) for v in lines[1:]])
+        rows = predictions[predictions["video"] == name[: -len(".txt")]]
+        frames, smoothed = rows["frame"].to_numpy(), rows["pred_smoothed"].to_numpy()
+        assert labels[frames - 1].tolist() == smoothed.tolist()
+        for frame in sorted(set(range(1, len(labels) + 1)) - set(frames.tolist())):
+            distance = np.abs(frames - frame)
+            nearest = frames[distance == distance.min()].min()
+            assert labels[frame - 1] == smoothed[frames == nearest][0]
+            filled_frames += 1
+    manifest = tiny_sample.manifest["affwild2"]["val"]["skipped"]
+    assert filled_frames == manifest["unannotated"] + manifest["no_image"] > 0
+
+
+def test_smooth_auto_picks_the_best_window_on_the_validation_set(checkpoint, tmp_path, capsys):
+    report = main(evaluate_args(checkpoint, tmp_path / "auto", "--smooth", "auto"))
+    smoothing = report["smoothing"]
+    by_window = smoothing["criterion_by_window"]
+    best = max(by_window.items(), key=lambda item: (item[1], -item[0]))[0]
+    assert smoothing["window"] == best
+    assert smoothing["chosen_by"] == "these frames (optimistic)"
+    assert by_window[1] == pytest.approx(report["raw"]["criterion"], abs=1e-12)
+    if best > 1:
+        assert report["smoothed"]["criterion"] == pytest.approx(by_window[best], abs=1e-12)
+    assert f"--smooth auto: window {best} frames" in capsys.readouterr().out
+
+
+def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, tiny_sample):
+    # Two "test videos" made of sample frames: clipA lacks frames 3 and 4, clipB frames 1 and 2.
+    earlier, _ = smoothed_run
+    out = earlier.parent / "unlabelled"
+    shutil.copytree(earlier, out, ignore=shutil.ignore_patterns("sub"))
+    source = Path(tiny_sample.affwild2_dir) / FRAMES_DIR
+    images = sorted(source.glob("*/*.jpg"))[:5]
+    frames_dir = out.parent / "test_frames"
+    for image, (video, frame) in zip(
+        images, [("clipA", 1), ("clipA", 2), ("clipA", 5), ("clipB", 3), ("clipB", 4)], strict=True
+    ):
+        (frames_dir / video).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, frames_dir / video / frame_file(frame))
+    (frames_dir / "clipA" / "notes.txt").write_text("not an image: ignored")
+    submission = out / "sub"
+
+    report = main(
+        evaluate_args(
+            checkpoint,
+            out,
+            *("--frames_dir", str(frames_dir), "--submission", str(submission), "--overwrite"),
+        )
+    )
+    assert report["raw"] is None and report["smoothed"] is None
+    assert (report["frames"], report["videos"], report["labelled_frames"]) == (5, 2, 0)
+    assert not (out / "confusion_matrix.png").exists()  # the earlier evaluation's plots went
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert predictions["video"].tolist() == ["clipA"] * 3 + ["clipB"] * 2
+    assert predictions["frame"].tolist() == [1, 2, 5, 3, 4]
+    assert (predictions["target"] == -1).all()
+    pred = predictions["pred"].tolist()
+
+    lines_a = (submission / "clipA.txt").read_text().splitlines()
+    lines_b = (submission / "clipB.txt").read_text().splitlines()
+    assert lines_a[0] == lines_b[0] == HEADER
+    # clipA: frame 3 is nearest to 2, frame 4 to 5; clipB ends at its highest frame, 4.
+    assert [int(v) for v in lines_a[1:]] == [pred[0], pred[1], pred[1], pred[2], pred[2]]
+    assert [int(v) for v in lines_b[1:]] == [pred[3], pred[3], pred[3], pred[4]]
+
+
+def test_fill_frames_by_hand():
+    filled = fill_frames([2, 5, 9], np.array([10, 20, 30]), 11)
+    # frame: 1   2   3   4   5   6   7 (tie: earlier)  8   9  10  11
+    assert filled.tolist() == [10, 10, 10, 20, 20, 20, 20, 30, 30, 30, 30]
+    assert fill_frames([3, 1], np.array([7, 6]), 3).tolist() == [6, 6, 7]
+    with pytest.raises(DataError, match="frame 2 is predicted more than once"):
+        fill_frames([2, 2], np.array([0, 1]), 3)
+    with pytest.raises(DataError, match=r"predicted frames 1\.\.4 are not all within .* 1\.\.3"):
+        fill_frames([1, 4], np.array([0, 1]), 3)
+
+
+def test_log_folder_means_the_newest_versions_best_checkpoint(tmp_path):
+    for version in ("version_2", "version_10"):
+        (tmp_path / version / "checkpoints").mkdir(parents=True)
+        (tmp_path / version / "checkpoints" / "best-step1.ckpt").touch()
+        (tmp_path / version / "checkpoints" / "last.ckpt").touch()
+    assert resolve_checkpoint(tmp_path) == tmp_path / "version_10/checkpoints/best-step1.ckpt"
+    (tmp_path / "version_10" / "checkpoints" / "best-step2.ckpt").touch()
+    with pytest.raises(ConfigError, match="expected one best-"):
+        resolve_checkpoint(tmp_path)
+
+
+def empty_val_split(root: Path) -> Path:
+    """An Aff-Wild2 tree whose validation video has labels but no face image."""
+    (root / FRAMES_DIR).mkdir(parents=True)
+    write_annotation_file(annotation_dir(root, "abaw2020", "train") / "a.txt", [0, 1])
+    write_annotation_file(annotation_dir(root, "abaw2020", "val") / "b.txt", [0, 4, -1])
+    return root
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data.num_classes", "8"], "the model was trained for 7 classes (Neutral, Anger, "),
+        (["--smooth", "4"], "--smooth: the window must be 0 (off) or an odd number of frames"),
+        (["--out", "{earlier}"], "holds an earlier evaluation (predictions.parquet, metrics.json"),
+        (["--frames_dir", "{bad_frames}"], "face_a.jpg: not a frame file; expected 1-based"),
+        (
+            ["--data.affwild2_dir", "{empty}", "--data.expw_dir", "null"],
+            "the Aff-Wild2 val split has no annotated frame with an image in cropped_aligned/ "
+            "(frames skipped: unannotated 1, no_image 2)",
+        ),
+        (["--ckpt", "{missing}"], "missing.ckpt: no such file or folder; expected a checkpoint"),
+        (["--ckpt", "{garbage}"], "garbage.ckpt: not a readable PyTorch checkpoint"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(
+    extra, message, smoothed_run, checkpoint, tmp_path, capsys
+):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    (tmp_path / "frames" / "v").mkdir(parents=True)
+    (tmp_path / "frames" / "v" / "face_a.jpg").write_bytes(b"")
+    paths = {
+        "earlier": smoothed_run[0],
+        "bad_frames": tmp_path / "frames",
+        "empty": empty_val_split(tmp_path / "affwild2"),
+        "missing": tmp_path / "missing.ckpt",
+        "garbage": garbage,
+    }
+    extra = [v.format(**paths) for v in extra]
+    with pytest.raises(SystemExit) as stop:
+        main([*evaluate_args(checkpoint, tmp_path / "out"), *extra])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -1,0 +1,100 @@
+"""notebooks/per_class_f1.ipynb runs headless on a predictions file and shows the right numbers.
+
+Neither nbclient nor a Jupyter kernel is a dependency: the code cells are executed in order in one
+namespace, the cell tagged ``parameters`` followed by the test's own values (as papermill does).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from sklearn.metrics import f1_score
+
+from ferlit.data.affwild2 import read_affwild2
+from ferlit.errors import DataError
+from ferlit.expressions import EXPRESSIONS_7
+from ferlit.predictions import predictions_frame, sample_predictions_path
+from ferlit.smoothing import smooth_predictions
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "per_class_f1.ipynb"
+
+
+def run_notebook(**parameters) -> dict:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    namespace: dict = {}
+    for i, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        exec(compile(cell.source, f"{NOTEBOOK.name} cell {i}", "exec"), namespace)
+        if "parameters" in cell.metadata.get("tags", []):
+            namespace.update(parameters)
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def predictions_file(tiny_sample, tmp_path_factory) -> Path:
+    """Predictions over the tiny sample's validation frames from a noisy but informed model."""
+    index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), size=len(index))
+    probs[np.arange(len(index)), index.labels] += 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+    path = tmp_path_factory.mktemp("predictions") / "predictions.parquet"
+    predictions_frame(index, probs, EXPRESSIONS_7).to_parquet(path, index=False)
+    return path
+
+
+def test_notebook_is_committed_without_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+
+
+def test_notebook_runs_and_shows_the_scores_of_the_predictions(predictions_file):
+    windows = (1, 3, 9)
+    ns = run_notebook(PREDICTIONS=str(predictions_file), WINDOWS=windows)
+    predictions = ns["predictions"]
+    target, pred = predictions["target"].to_numpy(), predictions["pred"].to_numpy()
+    f1 = f1_score(target, pred, labels=range(7), average=None, zero_division=0)
+    np.testing.assert_allclose(ns["table"]["F1"].to_numpy(), f1, atol=1e-12)
+    assert ns["table"]["support"].tolist() == np.bincount(target, minlength=7).tolist()
+    assert ns["scores"]["f1"] == pytest.approx(f1.mean(), abs=1e-12)
+
+    sweep = ns["sweep"]
+    assert sweep["window"].tolist() == list(windows)
+    assert sweep["criterion"].iloc[0] == pytest.approx(ns["scores"]["criterion"], abs=1e-12)
+    probs = predictions[[c for c in predictions.columns if c.startswith("prob_")]].to_numpy()
+    smoothed = smooth_predictions(predictions["video"], predictions["frame"], probs, 9)
+    accuracy_9 = (smoothed == target).mean()
+    assert sweep["acc"].iloc[2] == pytest.approx(accuracy_9, abs=1e-12)
+
+    videos = ns["videos"]
+    assert sorted(videos["video"]) == sorted(predictions["video"].unique())
+    assert videos["frames"].sum() == len(predictions)
+    assert videos["criterion"].is_monotonic_increasing  # hardest first
+    first = predictions[predictions["video"] == videos["video"].iloc[0]]
+    assert videos["acc"].iloc[0] == pytest.approx((first["pred"] == first["target"]).mean())
+
+    confusion = np.bincount(target * 7 + pred, minlength=49).reshape(7, 7)
+    shown = np.asarray(ns["confusion"].axes[0].images[0].get_array())
+    np.testing.assert_allclose(shown, confusion / confusion.sum(axis=1, keepdims=True))
+    bars = [p.get_height() for p in ns["f1_figure"].axes[0].patches]
+    np.testing.assert_allclose(bars, f1, atol=1e-12)
+    assert isinstance(ns["sweep_figure"], Figure)
+    lines = ns["sweep_figure"].axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["macro-F1", "accuracy", "criterion"]
+    np.testing.assert_allclose(lines[2].get_ydata(), sweep["criterion"])
+
+
+def test_notebook_default_is_the_sample_runs_predictions(tmp_path):
+    assert (
+        sample_predictions_path() == NOTEBOOK.parent.parent / "runs/sample-eval/predictions.parquet"
+    )
+    with pytest.raises(DataError, match="no predictions file; write one with python -m ferlit"):
+        run_notebook(PREDICTIONS=str(tmp_path / "missing.parquet"))
