@@ -25,10 +25,11 @@ from ferlit.data.affwild2 import (
     read_affwild2,
     write_annotation_file,
 )
-from ferlit.data.datamodule import FaceDataset
+from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
+from ferlit.data.packed import pack
 from ferlit.data.transforms import build_transform
 from ferlit.errors import ConfigError, DataError
-from ferlit.evaluate import main, resolve_checkpoint
+from ferlit.evaluate import affwild2_index, main, resolve_checkpoint
 from ferlit.expressions import EXPRESSIONS_7
 from ferlit.fit import main as fit
 from ferlit.module import ExpressionModule
@@ -151,13 +152,9 @@ def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sam
 def test_probabilities_are_the_trained_models(smoothed_run, checkpoint, tiny_sample):
     out, _ = smoothed_run
     predictions = pd.read_parquet(out / "predictions.parquet")
-    module = ExpressionModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
-    dataset = FaceDataset(index, build_transform(32, None))
     rows = [0, 1, len(index) - 1]
-    with torch.no_grad():
-        images = torch.stack([dataset[i][0] for i in rows])
-        expected = torch.softmax(module(images), dim=1).numpy()
+    expected = model_probabilities(checkpoint, index, rows)
     np.testing.assert_allclose(predictions[PROBS].to_numpy()[rows], expected, atol=1e-5)
 
 
@@ -237,6 +234,50 @@ def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, t
     # clipA: frame 3 is nearest to 2, frame 4 to 5; clipB ends at its highest frame, 4.
     assert [int(v) for v in lines_a[1:]] == [pred[0], pred[1], pred[1], pred[2], pred[2]]
     assert [int(v) for v in lines_b[1:]] == [pred[3], pred[3], pred[3], pred[4]]
+
+
+def model_probabilities(checkpoint: Path, index, rows: list[int]) -> np.ndarray:
+    """The trained model's probabilities for some frames, read from their JPEG files."""
+    module = ExpressionModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    dataset = FaceDataset(index, build_transform(32, None))  # 32: the run's model.input_size
+    with torch.no_grad():
+        images = torch.stack([dataset[i][0] for i in rows])
+        return torch.softmax(module(images), dim=1).numpy()
+
+
+def test_train_split_from_a_pack_gives_the_models_probabilities(checkpoint, tiny_sample, tmp_path):
+    packed = pack(
+        tmp_path / "pack",
+        tiny_sample.affwild2_dir,
+        size=32,
+        workers=1,
+        progress=False,
+        index_cache_dir=tmp_path / "cache",
+    )
+    packed_args = ("--split", "train", "--data.packed_dir", str(packed.root))
+    report = main(evaluate_args(checkpoint, tmp_path / "out", *packed_args))
+    assert report["data"].startswith("Aff-Wild2 train")
+    predictions = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    index = read_affwild2(tiny_sample.affwild2_dir, "train", progress=False)
+    assert predictions["frame"].tolist() == index.frames.tolist()
+    assert predictions["target"].tolist() == index.labels.tolist()
+    assert (
+        sorted(predictions["video"].unique()) == tiny_sample.manifest["affwild2"]["train"]["videos"]
+    )
+    rows = [0, len(index) // 2, len(index) - 1]
+    expected = model_probabilities(checkpoint, index, rows)
+    np.testing.assert_allclose(predictions[PROBS].to_numpy()[rows], expected, atol=1e-5)
+
+
+def test_train_split_from_the_data_folders_is_the_readers_index(tiny_sample, tmp_path):
+    data = ExpressionDataModule(
+        affwild2_dir=str(tiny_sample.affwild2_dir), index_cache_dir=str(tmp_path / "cache")
+    )
+    index = affwild2_index(data, "train")
+    expected = read_affwild2(tiny_sample.affwild2_dir, "train", progress=False)
+    assert index.frames.tolist() == expected.frames.tolist()
+    assert index.labels.tolist() == expected.labels.tolist()
+    assert index.group_names.tolist() == expected.group_names.tolist()
 
 
 def test_fill_frames_by_hand():
