@@ -1,12 +1,19 @@
-"""Callbacks Lightning lacks: the end-of-run summary of the best validation."""
+"""Callbacks Lightning lacks: the end-of-run summary of the best validation, and a stop on
+SIGTERM that a resumed run continues exactly."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 
@@ -41,11 +48,11 @@ class BestValidationSummary(pl.Callback):
         self.best_step = state_dict["best_step"]
         self.history = [tuple(h) for h in state_dict["history"]]
 
-    @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.best is None:
-            return
+        # Every rank asks: under DDP ``trainer.log_dir`` is a broadcast; only rank 0 writes.
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if self.best is None or not trainer.is_global_zero:
+            return
         log_dir.mkdir(parents=True, exist_ok=True)
         report = {"step": self.best_step, **self.best, "history": self.history}
         (log_dir / "best_validation.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -60,3 +67,73 @@ class BestValidationSummary(pl.Callback):
         for key in ("f1", "acc", "criterion"):
             table.add_row("macro-F1" if key == "f1" else key, f"{self.best[f'val/{key}']:.4f}")
         Console().print(table)
+
+
+class Preemption(pl.Callback):
+    """On SIGTERM (or SLURM's requeue signal), stop at the next optimizer step and save ``last.ckpt``.
+
+    Lightning's own handling stops after whichever micro-batch or validation batch comes next.
+    With gradient accumulation the gradients summed so far are not in a checkpoint, and a
+    validation cut short restarts without its metric states: either changes what the resumed
+    run computes. This callback holds the signal until the optimizer step, and that step's
+    validation if one is due, are complete, then hands it to Lightning, which stops the loop
+    (``SIGTERMException``) at that boundary; the callback then writes ``last.ckpt`` beside the
+    run's checkpoints, where ``--ckpt_path last`` finds it. With ``SLURMEnvironment(auto_requeue=
+    True)`` the requeue signal is held the same way, and Lightning's requeue handler (which saves
+    its ``hpc_ckpt_N.ckpt`` and runs ``scontrol requeue``) runs once the run has stopped there.
+    """
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+        self.saved: str | None = None
+        self._handlers: dict[int, object] = {}
+        self._release_after_validation = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning has installed its handlers by now (Trainer._run, before the loops run).
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signums = [signal.SIGTERM]
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+            signums.append(environment.requeue_signal)
+        for signum in signums:
+            self._handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._hold)
+
+    def _hold(self, signum: int, frame: FrameType | None) -> None:
+        if signum not in self.held:
+            self.held.append(signum)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.held or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        loop = trainer.fit_loop.epoch_loop
+        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._release_after_validation = True  # validation runs right after this hook
+        else:
+            self._release()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._release_after_validation and not trainer.sanity_checking:
+            self._release()
+
+    def _release(self) -> None:
+        """Give SIGTERM to Lightning: it raises ``SIGTERMException`` at the end of this step."""
+        self._release_after_validation = False
+        handler = self._handlers.get(signal.SIGTERM)
+        if callable(handler):
+            handler(signal.SIGTERM, None)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath is not None:
+            name = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
+            self.saved = os.path.join(checkpoint.dirpath, name)
+            trainer.save_checkpoint(self.saved)
+        for signum in self.held:
+            handler = self._handlers.get(signum)
+            if signum != signal.SIGTERM and callable(handler):
+                handler(signum, None)

@@ -16,20 +16,29 @@ Beyond Lightning's own options, this adds:
 * ``--checkpoint.*``: the best ``val/criterion`` checkpoint (mode max) plus ``last.ckpt``.
 * ``--early_stopping.*``: stop when ``val/criterion`` stops improving ("stopped on the best
   validation performance").
-* ``--ckpt_path``: resume from a checkpoint (``last`` for the newest).
+* ``--ckpt_path``: resume from a checkpoint; ``last`` is the newest ``last.ckpt`` of this run's
+  logger folders (all versions). The resumed run goes on exactly as if never stopped (the rest
+  of the epoch in the same order, the same validation steps, best score and patience).
+* SIGTERM (or SLURM's requeue signal): stop after the current optimizer step with a resumable
+  ``last.ckpt``, and exit with status 143 (``ferlit.callbacks.Preemption``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
+import lightning.pytorch as pl
 import timm
+import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
-from ferlit.callbacks import BestValidationSummary
+from ferlit.callbacks import BestValidationSummary, Preemption
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError, user_message
 from ferlit.module import ExpressionModule
@@ -115,6 +124,48 @@ class FerlitCLI(LightningCLI):
             )
 
 
+def resume_checkpoint(trainer: pl.Trainer, ckpt_path: str | None) -> str | None:
+    """The checkpoint ``--ckpt_path`` names, with ``last`` found across the run's versions.
+
+    Lightning looks for ``last`` only in the checkpoint folder of the *new* logger version, which
+    never holds one, and would silently start over. ferlit takes the newest ``last*.ckpt`` in
+    the checkpoint folder set by ``checkpoint.dirpath``, else in every version of the logger's
+    folder. A resumed run keeps checkpointing into the folder of the checkpoint it resumes (if
+    that checkpoint was written there and ``checkpoint.dirpath`` is unset): ``ModelCheckpoint``
+    drops its best score and top-k list when the folder changes.
+    """
+    if ckpt_path is None:
+        return None
+    callback = trainer.checkpoint_callback
+    callback = callback if isinstance(callback, ModelCheckpoint) else None
+    if ckpt_path == "last":
+        if callback is not None and callback.dirpath is not None:
+            folders = [Path(callback.dirpath)]
+        else:
+            folders = [Path(trainer.default_root_dir) / "checkpoints"]
+            if trainer.loggers:
+                logger = trainer.loggers[0]
+                root = Path(logger.save_dir or ".") / str(logger.name)
+                folders += sorted(root.glob("*/checkpoints"))
+        found = [f for folder in folders for f in folder.glob("last*.ckpt")]
+        if not found:
+            Console(stderr=True).print(
+                f"--ckpt_path last: no last.ckpt in {', '.join(map(str, folders)) or 'any run folder'}"
+                " yet: starting a new run"
+            )
+            return None
+        ckpt_path = str(max(found, key=lambda f: f.stat().st_mtime))
+    elif ckpt_path not in ("best", "hpc") and not Path(ckpt_path).is_file():
+        raise ConfigError(f"--ckpt_path: no checkpoint file {ckpt_path}")
+    if callback is not None and callback.dirpath is None and Path(ckpt_path).is_file():
+        folder = os.path.realpath(Path(ckpt_path).parent)
+        saved = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+        states = saved.get("callbacks", {}).values()
+        if any(isinstance(s, dict) and s.get("dirpath") == folder for s in states):
+            callback.dirpath = folder
+    return ckpt_path
+
+
 def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
     """Build the CLI from ``args`` (default: sys.argv) and, with ``run``, train."""
     try:
@@ -131,12 +182,22 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                     "class_path": "lightning.pytorch.loggers.CSVLogger",
                     "init_args": {"save_dir": "runs", "name": "ferlit"},
                 },
-                "callbacks": [BestValidationSummary()],
+                "callbacks": [BestValidationSummary(), Preemption()],
             },
             parser_kwargs={"description": __doc__.split("\n\n")[0]},
         )
         if run:
-            cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=cli.config.ckpt_path)
+            ckpt_path = resume_checkpoint(cli.trainer, cli.config.ckpt_path)
+            try:
+                cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
+            except SIGTERMException:
+                saved = next(c.saved for c in cli.trainer.callbacks if isinstance(c, Preemption))
+                print(
+                    f"stopped by SIGTERM after optimizer step {cli.trainer.global_step}; "
+                    f"resumable checkpoint {saved}: continue with --ckpt_path last",
+                    file=sys.stderr,
+                )
+                raise SystemExit(143) from None
     except FerlitError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
