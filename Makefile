@@ -49,3 +49,10 @@ sweep: install
 	echo "Start agents from this folder, on as many machines or SLURM nodes as you like:"; \
 	echo "  source $(VENV)/bin/activate"; \
 	echo "  FERLIT_AFFWILD2_DIR=/data/Aff-Wild2 FERLIT_EXPW_DIR=/data/ExpW wandb agent $$sweep"
+
+## Evaluate the sample run (after `make fit`): the best checkpoint of the newest runs/sample/version_*
+## into runs/sample-eval/ (predictions, metrics, plots, ABAW files; see README "Evaluation and exploration").
+.PHONY: evaluate
+evaluate: install
+	$(PY) -m ferlit.evaluate --ckpt runs/sample --out runs/sample-eval --overwrite \
+		--smooth auto --submission runs/sample-eval/submission

@@ -99,7 +99,7 @@ def per_class_f1_figure(
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("F1")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
+    fig.legend(fontsize=8, loc="outside lower center", ncol=len(series) + (reference is not None))
     return fig
 
 
@@ -113,7 +113,9 @@ def window_figure(
     ax = fig.add_subplot()
     for label, values in scores.items():
         ax.plot(windows, values, marker="o", label=label)
-    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xscale("log")
+    ax.set_xticks(list(windows), [str(w) for w in windows], fontsize=7)
+    ax.minorticks_off()
     ax.set_xlabel("window (frames; 1 = no smoothing)")
     ax.set_ylabel("score")
     ax.set_title(title)

@@ -84,8 +84,12 @@ def names_of(predictions: pd.DataFrame) -> tuple[str, ...]:
 
 
 def scores_from_labels(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, Any]:
-    """The training metric (:class:`ExpressionCriterion`) over labelled frames, as numpy arrays."""
-    metric = ExpressionCriterion(num_classes)
+    """The training metric (:class:`ExpressionCriterion`) over labelled frames, as numpy arrays.
+
+    The frames are all here already (gathered on rank 0 under DDP), so the metric must not wait
+    for other processes to sum their share as it does in training.
+    """
+    metric = ExpressionCriterion(num_classes, sync_on_compute=False)
     metric.update(
         torch.as_tensor(np.asarray(preds, np.int64)), torch.as_tensor(np.asarray(targets, np.int64))
     )

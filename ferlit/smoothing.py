@@ -102,7 +102,7 @@ def criterion_by_window(
     target = torch.as_tensor(np.asarray(targets, np.int64))
     result = {}
     for window in windows:
-        metric = ExpressionCriterion(num_classes)
+        metric = ExpressionCriterion(num_classes, sync_on_compute=False)  # all frames are here
         labels = smooth_predictions(videos, frames, probs, window)
         metric.update(torch.as_tensor(labels), target)
         result[int(window)] = float(metric.compute()["criterion"])
