@@ -26,6 +26,7 @@ Beyond Lightning's own options, this adds:
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -191,10 +192,11 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
             try:
                 cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
             except SIGTERMException:
-                saved = next(c.saved for c in cli.trainer.callbacks if isinstance(c, Preemption))
+                stop = next(c for c in cli.trainer.callbacks if isinstance(c, Preemption))
+                names = "/".join(signal.Signals(s).name for s in stop.held) or "SIGTERM"
                 print(
-                    f"stopped by SIGTERM after optimizer step {cli.trainer.global_step}; "
-                    f"resumable checkpoint {saved}: continue with --ckpt_path last",
+                    f"stopped by {names} after optimizer step {cli.trainer.global_step}; "
+                    f"resumable checkpoint {stop.saved}: continue with --ckpt_path last",
                     file=sys.stderr,
                 )
                 raise SystemExit(143) from None

@@ -55,17 +55,18 @@ def run_args(sample, out: Path, *extra: str) -> list[str]:
     ]
 
 
-class SigtermAt(pl.Callback):
-    """Sends this process SIGTERM once, after the ``micro_batch``-th micro-batch (from 1)."""
+class SignalAt(pl.Callback):
+    """Sends this process ``signum`` once, after the ``micro_batch``-th micro-batch (from 1)."""
 
-    def __init__(self, micro_batch: int) -> None:
+    def __init__(self, micro_batch: int, signum: str = "SIGTERM") -> None:
         self.micro_batch = micro_batch
+        self.signum = signal.Signals[signum]
         self.seen = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.seen += 1
         if self.seen == self.micro_batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def validations(out: Path) -> list[tuple[int, float]]:
@@ -201,7 +202,7 @@ def test_sigterm_then_resume_ends_as_if_never_stopped(
     tiny_sample, tmp_path, uninterrupted, capsys, signal_at, stopped_at
 ):
     sigterm = [
-        "--trainer.callbacks+=test_resume.SigtermAt",
+        "--trainer.callbacks+=test_resume.SignalAt",
         *("--trainer.callbacks.micro_batch", str(signal_at)),
     ]
     with pytest.raises(SystemExit) as stop:
@@ -271,3 +272,40 @@ def test_ckpt_path_last_without_a_checkpoint_starts_a_new_run(tiny_sample, tmp_p
     assert "no last.ckpt" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="--ckpt_path: no checkpoint file"):
         resume_checkpoint(cli.trainer, str(tmp_path / "nothing.ckpt"))
+
+
+def test_slurm_requeue_signal_stops_saves_requeues_and_resumes(
+    tiny_sample, tmp_path, uninterrupted, monkeypatch, capsys
+):
+    """experiments/slurm/ddp.yaml under a stand-in SLURM: one task, a recording ``scontrol``."""
+    calls = tmp_path / "scontrol-calls"
+    scontrol = tmp_path / "bin/scontrol"
+    scontrol.parent.mkdir()
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{scontrol.parent}{os.pathsep}{os.environ['PATH']}")
+    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_JOB_NAME": "ferlit", "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "4242"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    config = ["--config", str(REPO / "experiments/slurm/ddp.yaml")]
+    requeue = [
+        "--trainer.callbacks+=test_resume.SignalAt",
+        *("--trainer.callbacks.micro_batch", "9", "--trainer.callbacks.signum", "SIGUSR1"),
+    ]
+    with pytest.raises(SystemExit) as stop:
+        main([*config, *run_args(tiny_sample, tmp_path, *requeue)])
+    assert stop.value.code == 143
+    assert "stopped by SIGUSR1 after optimizer step 5" in capsys.readouterr().err
+    assert calls.read_text() == "requeue 4242\n"
+    for checkpoint in (
+        tmp_path / "run/version_0/checkpoints/last.ckpt",
+        tmp_path / "hpc_ckpt_1.ckpt",
+    ):
+        assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 5
+
+    # The requeued job: the same command with --ckpt_path last, as fit.sbatch runs it.
+    resumed = main([*config, *run_args(tiny_sample, tmp_path, "--ckpt_path", "last")])
+    assert type(resumed.trainer.strategy).__name__ == "DDPStrategy"
+    assert_bitwise_equal(weights(resumed), uninterrupted["weights"])
+    assert validations(tmp_path) == uninterrupted["validations"]
