@@ -288,7 +288,7 @@ def predict(
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m ferlit.evaluate", description=__doc__.split("\n\n")[0].strip('"` ')
+        prog="python -m ferlit.evaluate", description=__doc__.split("\n\n")[0].replace("``", "")
     )
     parser.add_argument(
         "--ckpt",
@@ -364,6 +364,21 @@ def check_destinations(out: Path, submission: Path | None, overwrite: bool) -> N
         )
 
 
+def frames_to_evaluate(config, data: ExpressionDataModule) -> tuple[FrameIndex, str | None, str]:
+    """The index of the frames to evaluate, its pack part (if read from one), and its name."""
+    if config.frames_dir is not None:
+        index = frames_dir_index(config.frames_dir, config.data.num_classes)
+        return index, None, f"{config.frames_dir} (unlabelled)"
+    index = affwild2_index(data, config.split)
+    if data.pack is not None:
+        described = f"Aff-Wild2 {config.split} from the pack {config.data.packed_dir}"
+    elif data.uses_sample_data:
+        described = f"ferlit sample data (drawn faces, not Aff-Wild2), {config.split} split"
+    else:
+        described = f"Aff-Wild2 {config.split}, {index.roots[0]}"
+    return index, f"affwild2_{config.split}", described
+
+
 def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     """Run ``python -m ferlit.evaluate`` with ``args``; returns the metrics.json content (rank 0)."""
     config, checkpoint, model_hparams = parse_args(args)
@@ -380,17 +395,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
         )
     names = class_names(num_classes)
     data = ExpressionDataModule(**config.data.as_dict(), image_size=model_hparams["input_size"])
-    if config.frames_dir is not None:
-        index, part = frames_dir_index(config.frames_dir, num_classes), None
-        described = f"{config.frames_dir} (unlabelled)"
-    else:
-        index, part = affwild2_index(data, config.split), f"affwild2_{config.split}"
-        if data.pack is not None:
-            described = f"Aff-Wild2 {config.split} from the pack {config.data.packed_dir}"
-        elif data.uses_sample_data:
-            described = f"ferlit sample data (drawn faces, not Aff-Wild2), {config.split} split"
-        else:
-            described = f"Aff-Wild2 {config.split}, {index.roots[0]}"
+    index, part, described = frames_to_evaluate(config, data)
     module = load_module(checkpoint, model_hparams)
     t = config.trainer
     trainer = pl.Trainer(

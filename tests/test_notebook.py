@@ -37,14 +37,18 @@ def run_notebook(**parameters) -> dict:
 
 @pytest.fixture(scope="module")
 def predictions_file(tiny_sample, tmp_path_factory) -> Path:
-    """Predictions over the tiny sample's validation frames from a noisy but informed model."""
+    """Predictions over the tiny sample's validation frames from a noisy but informed model,
+    as ``evaluate --smooth 5`` writes them."""
     index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(7), size=len(index))
     probs[np.arange(len(index)), index.labels] += 0.3
     probs /= probs.sum(axis=1, keepdims=True)
     path = tmp_path_factory.mktemp("predictions") / "predictions.parquet"
-    predictions_frame(index, probs, EXPRESSIONS_7).to_parquet(path, index=False)
+    predictions = predictions_frame(index, probs, EXPRESSIONS_7)
+    videos, frames = predictions["video"], predictions["frame"]
+    predictions["pred_smoothed"] = smooth_predictions(videos, frames, probs, 5).astype(np.int8)
+    predictions.to_parquet(path, index=False)
     return path
 
 
@@ -70,8 +74,8 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(predictions_file)
     assert sweep["window"].tolist() == list(windows)
     assert sweep["criterion"].iloc[0] == pytest.approx(ns["scores"]["criterion"], abs=1e-12)
     probs = predictions[[c for c in predictions.columns if c.startswith("prob_")]].to_numpy()
-    smoothed = smooth_predictions(predictions["video"], predictions["frame"], probs, 9)
-    accuracy_9 = (smoothed == target).mean()
+    smoothed_9 = smooth_predictions(predictions["video"], predictions["frame"], probs, 9)
+    accuracy_9 = (smoothed_9 == target).mean()
     assert sweep["acc"].iloc[2] == pytest.approx(accuracy_9, abs=1e-12)
 
     videos = ns["videos"]
@@ -84,8 +88,11 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(predictions_file)
     confusion = np.bincount(target * 7 + pred, minlength=49).reshape(7, 7)
     shown = np.asarray(ns["confusion"].axes[0].images[0].get_array())
     np.testing.assert_allclose(shown, confusion / confusion.sum(axis=1, keepdims=True))
+    smoothed = predictions["pred_smoothed"].to_numpy()
+    f1_smoothed = f1_score(target, smoothed, labels=range(7), average=None, zero_division=0)
+    np.testing.assert_allclose(ns["table"]["F1 (pred_smoothed)"], f1_smoothed, atol=1e-12)
     bars = [p.get_height() for p in ns["f1_figure"].axes[0].patches]
-    np.testing.assert_allclose(bars, f1, atol=1e-12)
+    np.testing.assert_allclose(bars, [*f1, *f1_smoothed], atol=1e-12)
     assert isinstance(ns["sweep_figure"], Figure)
     lines = ns["sweep_figure"].axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["macro-F1", "accuracy", "criterion"]
