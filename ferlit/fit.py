@@ -125,6 +125,23 @@ class FerlitCLI(LightningCLI):
             )
 
 
+def check_run_folders(trainer: pl.Trainer) -> None:
+    """Refuse folders the run cannot write now, not at its first checkpoint hours later."""
+    folders = {"trainer.default_root_dir": trainer.default_root_dir}
+    if trainer.loggers and trainer.loggers[0].save_dir:
+        folders["trainer.logger.save_dir"] = trainer.loggers[0].save_dir
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+        folders["checkpoint.dirpath"] = callback.dirpath
+    for option, folder in folders.items():
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"{option} {folder}: cannot be created ({error.strerror})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {folder}: not writable by this user")
+
+
 def resume_checkpoint(trainer: pl.Trainer, ckpt_path: str | None) -> str | None:
     """The checkpoint ``--ckpt_path`` names, with ``last`` found across the run's versions.
 
@@ -188,6 +205,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
             parser_kwargs={"description": __doc__.split("\n\n")[0]},
         )
         if run:
+            check_run_folders(cli.trainer)
             ckpt_path = resume_checkpoint(cli.trainer, cli.config.ckpt_path)
             try:
                 cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)

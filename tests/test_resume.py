@@ -309,3 +309,19 @@ def test_slurm_requeue_signal_stops_saves_requeues_and_resumes(
     assert type(resumed.trainer.strategy).__name__ == "DDPStrategy"
     assert_bitwise_equal(weights(resumed), uninterrupted["weights"])
     assert validations(tmp_path) == uninterrupted["validations"]
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_training(
+    tiny_sample, tmp_path, capsys
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = run_args(tiny_sample, tmp_path, "--trainer.default_root_dir", str(blocker / "runs"))
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"trainer.default_root_dir {blocker / 'runs'}: cannot be created (Not a directory)" in err
+    )
+    assert not (tmp_path / "run").exists()
