@@ -43,6 +43,7 @@ from ferlit.callbacks import BestValidationSummary, Preemption
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError, user_message
 from ferlit.module import ExpressionModule
+from ferlit.wandb_logging import WandbSaveConfig, WandbValidation, sweep_checkpoint_dir
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
 
@@ -111,6 +112,7 @@ class FerlitCLI(LightningCLI):
                 raise ConfigError(f"--val_every_n_steps must be a positive integer, got {n}")
             config.trainer.val_check_interval = n * accumulate
             config.trainer.check_val_every_n_epoch = None
+        config.checkpoint.dirpath = sweep_checkpoint_dir(config.checkpoint.dirpath)
         callbacks = config.trainer.callbacks or []
         if config.trainer.enable_progress_bar is not False and not any(
             "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
@@ -192,6 +194,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
             ExpressionDataModule,
             run=False,
             args=args,
+            save_config_callback=WandbSaveConfig,
             seed_everything_default=0,
             trainer_defaults={
                 "default_root_dir": "runs",
@@ -200,7 +203,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                     "class_path": "lightning.pytorch.loggers.CSVLogger",
                     "init_args": {"save_dir": "runs", "name": "ferlit"},
                 },
-                "callbacks": [BestValidationSummary(), Preemption()],
+                "callbacks": [BestValidationSummary(), WandbValidation(), Preemption()],
             },
             parser_kwargs={"description": __doc__.split("\n\n")[0]},
         )
