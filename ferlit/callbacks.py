@@ -23,7 +23,7 @@ class BestValidationSummary(pl.Callback):
 
     The paper keeps the checkpoint with the best validation criterion; the user wants to see, at
     the end of a run, that score, the optimizer step it came from, and its per-class F1 — written
-    to ``best_validation.json`` in the run's log folder and printed as a table.
+    to ``best_validation.json`` beside the run's checkpoints and printed as a table.
     """
 
     def __init__(self, monitor: str = "val/criterion") -> None:
@@ -49,8 +49,13 @@ class BestValidationSummary(pl.Callback):
         self.history = [tuple(h) for h in state_dict["history"]]
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Every rank asks: under DDP ``trainer.log_dir`` is a broadcast; only rank 0 writes.
+        # Beside the run's checkpoints: that folder is the run's own under every logger (a W&B
+        # logger's log_dir is shared by all its runs). Every rank asks for ``trainer.log_dir``,
+        # a broadcast under DDP; only rank 0 writes.
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath:
+            log_dir = Path(checkpoint.dirpath)
         if self.best is None or not trainer.is_global_zero:
             return
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ def test_only_rank_zero_writes_checkpoints_and_logs(ddp_fit):
     assert len(checkpoints) == 2
     assert "ddp/version_0/checkpoints/last.ckpt" in checkpoints
     assert [Path(f).name.startswith("best-step0000004-") for f in checkpoints].count(True) == 1
-    assert "ddp/version_0/best_validation.json" in files
+    assert "ddp/version_0/checkpoints/best_validation.json" in files
     assert [f for f in files if f.endswith("metrics.csv")] == ["ddp/version_0/metrics.csv"]
 
 

@@ -164,7 +164,9 @@ def test_best_checkpoint_has_the_highest_logged_criterion(tiny_sample, tmp_path)
     state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
     assert state["global_step"] == int(best_row["step"])
     assert Path(checkpoint.last_model_path).name == "last.ckpt"
-    summary = yaml.safe_load((Path(cli.trainer.log_dir) / "best_validation.json").read_text())
+    summary = yaml.safe_load(
+        (Path(checkpoint.best_model_path).parent / "best_validation.json").read_text()
+    )
     assert summary["step"] == int(best_row["step"])
     assert summary["val/criterion"] == pytest.approx(float(best_row["val/criterion"]))
     assert {f"val/f1_{c}" for c in ("neutral", "anger", "happiness", "surprise")} <= set(summary)

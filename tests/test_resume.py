@@ -232,7 +232,7 @@ def test_sigterm_then_resume_ends_as_if_never_stopped(
     assert Path(best.best_model_path).parent == checkpoints
     assert len(list(checkpoints.glob("best-*.ckpt"))) == 1
     assert not list((tmp_path / "run/version_1").glob("checkpoints/*"))
-    summary = json.loads((tmp_path / "run/version_1/best_validation.json").read_text())
+    summary = json.loads((checkpoints / "best_validation.json").read_text())
     assert [tuple(h) for h in summary["history"]] == uninterrupted["validations"]
 
 
