@@ -244,7 +244,7 @@ def test_sigterm_to_a_running_fit_process(tiny_sample, tmp_path, uninterrupted):
     while not (metrics.is_file() and "train/loss" in metrics.read_text()):
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, "no training step within 120 s"
-        time.sleep(0.02)
+        time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
