@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,31 +181,6 @@ def test_submission_has_every_annotated_frame_filled_from_the_nearest(smoothed_r
             filled_frames += 1
     manifest = tiny_sample.manifest["affwild2"]["val"]["skipped"]
     assert filled_frames == manifest["unannotated"] + manifest["no_image"] > 0
-
-
-@pytest.mark.slow
-def test_two_processes_write_what_one_does(smoothed_run, checkpoint, tmp_path):
-    """DDP on the CPU (gloo): each rank predicts its shard, rank 0 gathers, scores and writes."""
-    out, report = smoothed_run
-    args = evaluate_args(checkpoint, tmp_path / "ddp", "--smooth", "5")
-    args += ["--submission", str(tmp_path / "ddp" / "sub")]
-    args += ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    run = subprocess.run(
-        [sys.executable, "-m", "ferlit.evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(tmp_path / "ddp" / "predictions.parquet"),
-        pd.read_parquet(out / "predictions.parquet"),
-        atol=1e-6,
-    )
-    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert (metrics["raw"], metrics["smoothed"]) == (report["raw"], report["smoothed"])
-    for file in (out / "sub").iterdir():
-        assert (tmp_path / "ddp" / "sub" / file.name).read_text() == file.read_text()
 
 
 def test_smooth_auto_picks_the_best_window_on_the_validation_set(checkpoint, tmp_path, capsys):
