@@ -52,7 +52,7 @@ from ferlit.data.index import FRAME_FOLDER, FrameIndex
 from ferlit.data.packed import PackedFaceDataset
 from ferlit.data.samplers import ShardSampler
 from ferlit.data.transforms import build_transform
-from ferlit.errors import ConfigError, DataError, FerlitError, WeightsError
+from ferlit.errors import ConfigError, DataError, FerlitError, WeightsError, user_message
 from ferlit.expressions import EXPRESSIONS_7, class_names
 from ferlit.module import ExpressionModule
 from ferlit.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
@@ -576,7 +576,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
     try:
         return evaluate(args)
     except FerlitError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

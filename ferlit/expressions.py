@@ -6,6 +6,8 @@ ABAW 2022 and later add an 8th class, ``Other`` (index 7).
 
 from __future__ import annotations
 
+from ferlit.errors import ConfigError
+
 EXPRESSIONS_7: tuple[str, ...] = (
     "Neutral",
     "Anger",
@@ -36,7 +38,7 @@ def class_names(num_classes: int) -> tuple[str, ...]:
         return EXPRESSIONS_7
     if num_classes == 8:
         return EXPRESSIONS_8
-    raise ValueError(
+    raise ConfigError(
         f"num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes}"
     )
 

@@ -233,6 +233,7 @@ def test_paper_config_parses_with_every_number(capsys):
         ),
         (["--val_every_n_steps", "0"], "--val_every_n_steps must be a positive integer, got 0"),
         (["--data.class_weighting", "[1, 2, 3]"], "data.class_weighting has 3 weights, expected 7"),
+        (["--data.num_classes", "9"], "data.num_classes must be 7 (ABAW 2020) or 8"),
     ],
 )
 def test_bad_options_fail_before_any_data_is_read(tmp_path, monkeypatch, capsys, extra, message):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ferlit.data.affwild2 import LAYOUTS
 from ferlit.data.synth import write_sample_data
-from ferlit.errors import DataError, FerlitError
+from ferlit.errors import DataError, FerlitError, user_message
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except FerlitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -174,7 +174,10 @@ class ExpressionDataModule(pl.LightningDataModule):
         max_class_share: float | None = None,
     ) -> None:
         super().__init__()
-        class_names(num_classes)  # validates 7 or 8
+        if num_classes not in (7, 8):
+            raise ConfigError(
+                f"data.num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes}"
+            )
         if isinstance(class_weighting, list) and len(class_weighting) != num_classes:
             raise ConfigError(
                 f"data.class_weighting has {len(class_weighting)} weights, expected "
