@@ -1,4 +1,5 @@
-"""The ABAW criterion: equal to sklearn's definition on any input, exact across ranks."""
+"""The ABAW criterion: equal to sklearn's definition on any input, exact across ranks; the ABAW
+2020 formula for a 7-class run, the mean F1 over 8 classes (ABAW 2022+) for an 8-class run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from torchmetrics.functional.classification import multiclass_f1_score
 
-from ferlit.metrics import ACCURACY_WEIGHT, F1_WEIGHT, ExpressionCriterion, scores_from_confusion
+from ferlit.metrics import (
+    ACCURACY_WEIGHT,
+    CRITERIA,
+    F1_WEIGHT,
+    ExpressionCriterion,
+    challenge_of,
+    scores_from_confusion,
+)
 
 
 def sklearn_scores(target: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[str, object]:
@@ -20,8 +28,10 @@ def sklearn_scores(target: np.ndarray, preds: np.ndarray, num_classes: int) -> d
     )
     macro = f1_score(target, preds, labels=labels, average="macro", zero_division=0)
     acc = accuracy_score(target, preds)
+    abaw2020 = 0.67 * macro + 0.33 * acc
     return {
-        "criterion": 0.67 * macro + 0.33 * acc,
+        "criterion": macro if num_classes == 8 else abaw2020,
+        "abaw2020": abaw2020,
         "f1": macro,
         "acc": acc,
         "f1_per_class": f1,
@@ -179,3 +189,41 @@ def test_a_target_outside_the_classes_is_refused() -> None:
 def test_fewer_than_two_classes_is_refused() -> None:
     with pytest.raises(ValueError, match="num_classes must be at least 2, got 1"):
         ExpressionCriterion(1)
+
+
+def test_an_eight_class_criterion_is_sklearns_macro_f1_without_accuracy() -> None:
+    # ABAW 2022+ (8 classes): P = sum of the 8 per-class F1 / 8, absent classes counting 0.
+    rng = np.random.default_rng(8)
+    target = rng.choice(8, size=300, p=[0.5, 0.05, 0.02, 0.02, 0.2, 0.1, 0.06, 0.05])
+    preds = np.where(rng.random(300) < 0.6, target, rng.integers(0, 6, 300))  # 6, 7 rarely hit
+    metric = ExpressionCriterion(8)
+    metric.update(torch.from_numpy(preds), torch.from_numpy(target))
+    scores = metric.compute()
+    macro = f1_score(target, preds, average="macro", labels=range(8), zero_division=0)
+    acc = accuracy_score(target, preds)
+    assert scores["criterion"].item() == pytest.approx(macro, abs=1e-12)
+    assert scores["abaw2020"].item() == pytest.approx(0.67 * macro + 0.33 * acc, abs=1e-12)
+    assert scores["criterion"].item() != pytest.approx(scores["abaw2020"].item())
+    assert (metric.challenge, metric.description) == (
+        "abaw2022",
+        "abaw2022: mean F1 over 8 classes",
+    )
+
+
+def test_a_seven_class_criterion_is_the_abaw2020_formula() -> None:
+    metric = ExpressionCriterion(7)
+    metric.update(torch.tensor([0, 0, 4, 4]), torch.tensor([0, 4, 4, 4]))
+    scores = metric.compute()
+    assert scores["criterion"].item() == scores["abaw2020"].item()
+    assert scores["criterion"].item() == pytest.approx(0.67 * (2 / 3 + 0.8) / 7 + 0.33 * 0.75)
+    assert metric.challenge == "abaw2020" and CRITERIA["abaw2020"].startswith("abaw2020: 0.67")
+
+
+def test_a_part_of_a_run_keeps_the_runs_challenge() -> None:
+    # The classes one video shows (3 of 8): still scored as the 8-class run is, by mean F1.
+    confusion = torch.tensor([[5, 1, 0], [0, 2, 0], [1, 0, 1]])
+    part = scores_from_confusion(confusion, challenge_of(8))
+    assert part["criterion"].item() == part["f1"].item()
+    assert scores_from_confusion(confusion)["criterion"].item() == part["abaw2020"].item()
+    with pytest.raises(ValueError, match="challenge must be one of abaw2020, abaw2022, got 'x'"):
+        scores_from_confusion(confusion, "x")
