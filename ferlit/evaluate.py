@@ -45,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from ferlit.cli_values import PARSER_MODE
 from ferlit.data.affwild2 import frame_file, read_affwild2
 from ferlit.data.cache import cached_read_affwild2
 from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
@@ -288,7 +289,9 @@ def predict(
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m ferlit.evaluate", description=__doc__.split("\n\n")[0].replace("``", "")
+        prog="python -m ferlit.evaluate",
+        description=__doc__.split("\n\n")[0].replace("``", ""),
+        parser_mode=PARSER_MODE,  # a value None is null, as in fit (ferlit.cli_values)
     )
     parser.add_argument(
         "--ckpt",

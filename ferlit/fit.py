@@ -26,30 +26,55 @@ Beyond Lightning's own options, this adds:
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import timm
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 
 from ferlit.callbacks import BestValidationSummary, Preemption
+from ferlit.cli_values import PARSER_MODE
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError, user_message
 from ferlit.module import ExpressionModule
-from ferlit.wandb_logging import WandbSaveConfig, WandbValidation, sweep_checkpoint_dir
+from ferlit.runs import (
+    CHECKPOINT_KEY,
+    FerlitCheckpoint,
+    RunRecord,
+    config_differences,
+    is_debug_run,
+    same_folder,
+    use_atomic_checkpoints,
+)
+from ferlit.wandb_logging import (
+    WandbSaveConfig,
+    WandbValidation,
+    flat_config,
+    sweep_checkpoint_dir,
+)
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
 
 
 class FerlitCLI(LightningCLI):
     """LightningCLI plus the paper's cadence, checkpointing and data-to-model links."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
+        return super().init_parser(**{"parser_mode": PARSER_MODE, **kwargs})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -65,7 +90,7 @@ class FerlitCLI(LightningCLI):
             default=None,
             help="Checkpoint to resume from ('last' for the newest of this run's folder).",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FerlitCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/criterion",
@@ -144,15 +169,123 @@ def check_run_folders(trainer: pl.Trainer) -> None:
             raise ConfigError(f"{option} {folder}: not writable by this user")
 
 
-def resume_checkpoint(trainer: pl.Trainer, ckpt_path: str | None) -> str | None:
-    """The checkpoint ``--ckpt_path`` names, with ``last`` found across the run's versions.
+def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint given to ``--ckpt_path``, read and checked before training starts.
+
+    Every read of such a file goes through here (and through
+    ``ferlit.models.checkpoints.load_checkpoint``, the safe loader, where it exists). A 0-byte
+    or truncated file (a write cut short by a kill, with Lightning's own writer) or a file that
+    is not a checkpoint of ``python -m ferlit.fit`` is refused, naming the file.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ConfigError(
+            f"--ckpt_path {path}: empty file (0 bytes), a checkpoint write cut short; give an "
+            "earlier checkpoint of the run (its best-*.ckpt), or delete it to start over"
+        )
+    try:
+        from ferlit.models.checkpoints import load_checkpoint
+    except ImportError:
+        load_checkpoint = None
+    try:
+        if load_checkpoint is not None:
+            saved = load_checkpoint(path)
+        else:
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except FerlitError as error:
+        raise ConfigError(f"--ckpt_path: {user_message(error)}") from None
+    except Exception as error:  # a truncated zip, a foreign pickle: any of torch's errors
+        raise ConfigError(
+            f"--ckpt_path {path}: not a readable PyTorch checkpoint ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no detail'}); "
+            "the file is damaged or truncated, give an earlier checkpoint of the run"
+        ) from None
+    missing = [
+        k
+        for k in ("state_dict", "loops", "callbacks")
+        if not isinstance(saved, dict) or k not in saved
+    ]
+    if missing:
+        raise ConfigError(
+            f"--ckpt_path {path}: not a training checkpoint of python -m ferlit.fit (no "
+            f"{', '.join(missing)}); to start a new run from its weights use --model.pretrained"
+        )
+    return saved
+
+
+def check_same_experiment(
+    path: str | os.PathLike, saved: dict[str, Any], config: dict | None
+) -> None:
+    """Refuse to resume a checkpoint into another experiment (``ferlit.runs.MAY_CHANGE``)."""
+    record = saved.get(CHECKPOINT_KEY)
+    if config is None:
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        Console(stderr=True).print(
+            f"--ckpt_path {path}: written by a ferlit that did not record its options; "
+            "they cannot be compared with this run's"
+        )
+        return
+    differences = config_differences(record["config"], config)
+    if differences:
+        raise ConfigError(
+            f"--ckpt_path {path}: written by another experiment; options that differ: "
+            + "; ".join(differences)
+            + ". Resume with the checkpoint's options, or start a new run in its own folder "
+            "(another --trainer.logger.name or --trainer.logger.save_dir); to start from its "
+            "weights use --model.pretrained"
+        )
+
+
+def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
+    """Log a resumed run into the version folder of the checkpoint it resumes.
+
+    A checkpoint in ``<save_dir>/<name>/version_N/checkpoints`` of this run's (CSV or
+    TensorBoard) logger continues in ``version_N``: one folder holds the run's config,
+    ``metrics.csv``, checkpoints and ``best_validation.json`` after any number of resumes.
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts, so the file is
+    moved aside while the writer is created and then appended to.
+    """
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if not isinstance(logger, CSVLogger | TensorBoardLogger) or folder.name != "checkpoints":
+        return
+    version_dir = folder.parent
+    root = Path(
+        os.path.realpath(Path(logger.save_dir or trainer.default_root_dir) / str(logger.name))
+    )
+    if version_dir.parent != root:
+        return
+    number = re.fullmatch(r"version_(\d+)", version_dir.name)
+    logger._version = int(number[1]) if number else version_dir.name
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback):
+            callback.overwrite = True  # the run's config.yaml, checked equal but for MAY_CHANGE
+    metrics = version_dir / "metrics.csv"
+    if isinstance(logger, CSVLogger) and rank_zero_only.rank == 0 and metrics.is_file():
+        aside = version_dir / ".metrics.csv.resumed"
+        os.replace(metrics, aside)
+        try:
+            writer = logger.experiment
+        finally:
+            os.replace(aside, metrics)
+        with open(metrics, newline="") as f:
+            header = f.readline().strip()
+        writer.metrics_keys = header.split(",") if header else []
+
+
+def resume_checkpoint(
+    trainer: pl.Trainer, ckpt_path: str | None, config: dict[str, Any] | None = None
+) -> str | None:
+    """The checkpoint ``--ckpt_path`` names, checked, with ``last`` found across the run's versions.
 
     Lightning looks for ``last`` only in the checkpoint folder of the *new* logger version, which
     never holds one, and would silently start over. ferlit takes the newest ``last*.ckpt`` in
     the checkpoint folder set by ``checkpoint.dirpath``, else in every version of the logger's
-    folder. A resumed run keeps checkpointing into the folder of the checkpoint it resumes (if
-    that checkpoint was written there and ``checkpoint.dirpath`` is unset): ``ModelCheckpoint``
-    drops its best score and top-k list when the folder changes.
+    folder. The file is read first (:func:`read_checkpoint_file`) and, with ``config`` (the
+    run's flattened options), refused if another experiment wrote it. A resumed run continues
+    in the folders of the checkpoint it resumes, whatever the working directory and whether
+    ``save_dir`` is relative: checkpoints beside it (``ModelCheckpoint`` drops its best score
+    and top-k list when the folder changes) and logs in its ``version_N``.
     """
     if ckpt_path is None:
         return None
@@ -175,15 +308,42 @@ def resume_checkpoint(trainer: pl.Trainer, ckpt_path: str | None) -> str | None:
             )
             return None
         ckpt_path = str(max(found, key=lambda f: f.stat().st_mtime))
-    elif ckpt_path not in ("best", "hpc") and not Path(ckpt_path).is_file():
+    elif ckpt_path in ("best", "hpc"):
+        return ckpt_path
+    elif not Path(ckpt_path).is_file():
         raise ConfigError(f"--ckpt_path: no checkpoint file {ckpt_path}")
-    if callback is not None and callback.dirpath is None and Path(ckpt_path).is_file():
-        folder = os.path.realpath(Path(ckpt_path).parent)
-        saved = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    saved = read_checkpoint_file(ckpt_path)
+    check_same_experiment(ckpt_path, saved, config)
+    folder = Path(os.path.realpath(Path(ckpt_path).parent))
+    if callback is not None and callback.dirpath is None:
         states = saved.get("callbacks", {}).values()
-        if any(isinstance(s, dict) and s.get("dirpath") == folder for s in states):
-            callback.dirpath = folder
+        if any(isinstance(s, dict) and same_folder(s.get("dirpath"), folder) for s in states):
+            continue_logger_version(trainer, folder)
+            callback.dirpath = str(folder)
+    for record in trainer.callbacks:
+        if isinstance(record, RunRecord):
+            record.resumed_from = os.path.abspath(ckpt_path)
     return ckpt_path
+
+
+def resolved_config(cli: LightningCLI) -> dict[str, Any]:
+    """The run's options, flattened (``model.lr_head``), as plain values a checkpoint can hold."""
+    return flat_config(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)) or {})
+
+
+def resume_command(args: list[str] | None, last: str | None) -> str:
+    """The command that continues a stopped run: the same, with ``--ckpt_path <its last.ckpt>``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    command = shlex.join([sys.executable, "-m", "ferlit.fit", *kept, "--ckpt_path", last or "last"])
+    return f"cd {shlex.quote(os.getcwd())} && {command}"
 
 
 def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
@@ -209,7 +369,16 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
         )
         if run:
             check_run_folders(cli.trainer)
-            ckpt_path = resume_checkpoint(cli.trainer, cli.config.ckpt_path)
+            config = resolved_config(cli)
+            argv = list(sys.argv[1:] if args is None else args)
+            cli.trainer.callbacks.append(RunRecord(config, argv))
+            use_atomic_checkpoints(cli.trainer)
+            ckpt_path = resume_checkpoint(cli.trainer, cli.config.ckpt_path, config)
+            if ckpt_path is not None and is_debug_run(cli.trainer):
+                raise ConfigError(
+                    "--ckpt_path with trainer.fast_dev_run or trainer.overfit_batches: a debug "
+                    "run writes no checkpoint, so it cannot continue a run"
+                )
             try:
                 cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
             except SIGTERMException:
@@ -217,10 +386,12 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                 names = "/".join(signal.Signals(s).name for s in stop.held) or "SIGTERM"
                 print(
                     f"stopped by {names} after optimizer step {cli.trainer.global_step}; "
-                    f"resumable checkpoint {stop.saved}: continue with --ckpt_path last",
+                    f"resumable checkpoint {stop.saved}: continue with --ckpt_path last, i.e.\n"
+                    f"  {resume_command(args, stop.saved)}",
                     file=sys.stderr,
                 )
-                raise SystemExit(143) from None
+                interrupted = stop.held and stop.held[0] == signal.SIGINT
+                raise SystemExit(130 if interrupted else 143) from None
     except FerlitError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None

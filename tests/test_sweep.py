@@ -145,6 +145,19 @@ def test_sampled_values_reach_the_model_and_the_data(agent_env, wandb_offline, s
     assert (model.class_weights == 1).all() == (weighting == "none")
 
 
+def test_a_null_sweep_value_reaches_the_config_as_null(agent_env, capsys):
+    # A sweep parameter with `values: [null, ...]` reaches the command as --x=None (str(None)).
+    values = suggestion(seed=2) | {"model.pretrained": None, "data.max_class_share": None}
+    command = agent_command(values)
+    assert "--model.pretrained=None" in command and "--data.max_class_share=None" in command
+    with pytest.raises(SystemExit) as stop:
+        main([*cli_args(command), "--print_config"])
+    assert stop.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["pretrained"] is None and config["data"]["max_class_share"] is None
+    assert config["model"]["lr_head"] == pytest.approx(values["model.lr_head"], rel=1e-12)
+
+
 def test_agent_without_data_variables_names_them(agent_env, wandb_offline, monkeypatch, capsys):
     monkeypatch.delenv("FERLIT_AFFWILD2_DIR")
     with pytest.raises(SystemExit) as exit_:
