@@ -17,6 +17,11 @@ class WeightsError(FerlitError):
     """A weights file cannot be loaded into the chosen backbone."""
 
 
+class DataWarning(UserWarning):
+    """Data that ferlit can use but the user should know about (e.g. a video with no face
+    image at all); shown once per message, and filterable by this category."""
+
+
 class TrainingDiverged(FerlitError):
     """The loss became NaN or infinite; the message names the step."""
 

@@ -9,6 +9,7 @@ import pytest
 
 from ferlit.data.affwild2 import (
     LAYOUTS,
+    NEW_FRAMES_DIR,
     annotation_dir,
     detect_layout,
     read_affwild2,
@@ -16,7 +17,7 @@ from ferlit.data.affwild2 import (
 )
 from ferlit.data.images import load_face
 from ferlit.data.index import FRAME_FOLDER
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import ConfigError, DataError, DataWarning
 
 SIZE = 16
 
@@ -49,20 +50,28 @@ def test_kept_and_skipped_counts(tmp_path, add_video):
     add_video("c", [-1, -1], [1, 2])
     (tmp_path / "annotations/EXPR_Set/Training_Set/._a.txt").write_bytes(b"\x00\x05\x16\x07\xff")
 
-    index = read_affwild2(tmp_path, "train")
+    with pytest.warns(DataWarning) as warned:  # b, a single video: warned, not fatal
+        index = read_affwild2(tmp_path, "train")
 
+    assert [str(w.message) for w in warned] == [
+        f"{tmp_path}/annotations/EXPR_Set/Training_Set/b.txt: video b has annotated frames but "
+        f"no image of any of them in {tmp_path}/cropped_aligned/ (a video in which the face "
+        "detector found no face?); its frames are skipped"
+    ]
     assert len(index) == 3
     assert index.num_classes == 7
     assert index.labels.tolist() == [0, 4, 2]
     assert index.frames.tolist() == [1, 3, 5]
     assert index.lines.tolist() == [2, 4, 6]
-    assert index.skipped == {
+    reasons = ("unannotated", "no_image", "other", "duplicate", "low_confidence")
+    assert {reason: index.skipped[reason] for reason in reasons} == {
         "unannotated": 3,
         "no_image": 3,
         "other": 0,
         "duplicate": 0,
         "low_confidence": 0,
     }
+    assert index.skipped["no_image_videos"] == 1
     assert index.group_names.tolist() == ["cropped_aligned/a"]
     assert index.group_sources.tolist() == ["annotations/EXPR_Set/Training_Set/a.txt"]
     assert index.group_kinds.tolist() == [FRAME_FOLDER]
@@ -250,8 +259,139 @@ def test_many_videos_with_progress_bar_and_no_images(tmp_path, add_video):
     for v in range(60):  # over PROGRESS_MIN_VIDEOS, so the rich progress bar runs
         add_video(f"video{v:02d}", [v % 7, -1, 3], [])
 
-    index = read_affwild2(tmp_path, "train", progress=True)
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train", progress=True)
+    assert str(error.value) == (
+        f"{tmp_path}/annotations/EXPR_Set/Training_Set: the train split keeps no frame: none of "
+        "its 60 annotated videos (video00, video01, video02, video03, video04, ...) has an image "
+        f"of an annotated frame in {tmp_path}/cropped_aligned/; likely cause: no video folder "
+        "matches an annotation file name (<video>.txt needs a frame folder <video>/; no video "
+        "folder found)"
+    )
 
-    assert len(index) == 0
-    assert index.group_names.tolist() == []
-    assert (index.skipped["no_image"], index.skipped["unannotated"]) == (120, 60)
+
+# -- ABAW 2023+ frame folders and layouts that yield nothing -----------------------------------
+
+
+def add_new_video(tmp_path, write_jpeg, name, labels, with_image, split="train", video=9):
+    """A video of the 50 added in ABAW 2023: frames in cropped_aligned_new_50_vids/."""
+    write_annotation_file(annotation_dir(tmp_path, "abaw2024", split) / f"{name}.txt", labels, 8)
+    for frame in with_image:
+        image = np.full((SIZE, SIZE, 3), colour(video, frame), np.uint8)
+        write_jpeg(tmp_path / NEW_FRAMES_DIR / name / f"{frame:05d}.jpg", image)
+
+
+def test_abaw2024_tree_reads_both_frame_folders(tmp_path, add_video, write_jpeg):
+    add_video("10-60-1280x720", [0, 1, 7], [1, 2, 3], layout="abaw2024", num_classes=8)
+    add_new_video(tmp_path, write_jpeg, "new_video_1", [4, -1, 5, 5], [1, 2, 4], video=3)
+    add_video("val_old", [2, 2], [1, 2], layout="abaw2024", split="val", num_classes=8, video=4)
+    add_new_video(tmp_path, write_jpeg, "val_new", [6, 3], [1, 2], split="val", video=5)
+
+    train = read_affwild2(tmp_path, "train", num_classes=8)
+    val = read_affwild2(tmp_path, "val", num_classes=8)
+
+    assert train.group_names.tolist() == [
+        "cropped_aligned/10-60-1280x720",
+        "cropped_aligned_new_50_vids/new_video_1",
+    ]
+    assert train.labels.tolist() == [0, 1, 7, 4, 5]
+    assert train.frames.tolist() == [1, 2, 3, 1, 4]
+    assert train.skipped["no_image"] == 1 and train.skipped["no_image_videos"] == 0
+    assert train.image_path(4) == str(
+        tmp_path / "cropped_aligned_new_50_vids/new_video_1/00004.jpg"
+    )
+    face = load_face(train, 4)
+    assert np.abs(face.astype(int) - np.array(colour(3, 4))).max() <= 2
+    assert val.group_names.tolist() == [  # in video name order, whichever folder holds them
+        "cropped_aligned_new_50_vids/val_new",
+        "cropped_aligned/val_old",
+    ]
+    assert val.labels.tolist() == [6, 3, 2, 2]
+
+
+def test_a_video_in_both_frame_folders_is_an_error_naming_both(tmp_path, add_video, write_jpeg):
+    add_video("twice", [0, 1], [1, 2], layout="abaw2024", num_classes=8)
+    add_new_video(tmp_path, write_jpeg, "twice", [0, 1], [1, 2])
+
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train", num_classes=8)
+    assert str(error.value) == (
+        f"video twice is in two frame folders: {tmp_path}/cropped_aligned/twice and "
+        f"{tmp_path}/cropped_aligned_new_50_vids/twice; keep one of them"
+    )
+
+
+def test_only_the_new_frame_folder(tmp_path, write_jpeg):
+    add_new_video(tmp_path, write_jpeg, "n", [1, 2], [1, 2])
+
+    index = read_affwild2(tmp_path, "train", num_classes=8)
+
+    assert index.group_names.tolist() == ["cropped_aligned_new_50_vids/n"]
+
+
+def test_nested_frame_folders_are_an_error_naming_the_likely_cause(tmp_path, write_jpeg):
+    # The archive unpacked into a folder of its own name, as in entrants' paths
+    # (<db>/cropped_aligned/cropped_aligned/<video>/ and .../cropped_aligned_new_50_vids/<video>/).
+    for split, names in (("train", ("a", "b")), ("val", ("c",))):
+        for name in names:
+            write_annotation_file(annotation_dir(tmp_path, "abaw2024", split) / f"{name}.txt", [1])
+    for inner, name in (("cropped_aligned", "a"), ("cropped_aligned", "c"), (NEW_FRAMES_DIR, "b")):
+        write_jpeg(tmp_path / "cropped_aligned" / inner / name / "00001.jpg", np.zeros((4, 4, 3)))
+
+    for split, annotated in (
+        ("train", "2 annotated videos (a, b)"),
+        ("val", "1 annotated videos (c)"),
+    ):
+        with pytest.raises(DataError) as error:
+            read_affwild2(tmp_path, split)
+        folder = annotation_dir(tmp_path, "abaw2024", split)
+        assert str(error.value) == (
+            f"{folder}: the {split} split keeps no frame: none of its {annotated} has an image of "
+            f"an annotated frame in {tmp_path}/cropped_aligned/; likely cause: cropped_aligned/ "
+            "holds a cropped_aligned/ folder: nested one level too deep? (move its video folders "
+            f"up to {tmp_path}/cropped_aligned/); or cropped_aligned/ holds a "
+            "cropped_aligned_new_50_vids/ folder: nested one level too deep? (move its video "
+            f"folders up to {tmp_path}/cropped_aligned_new_50_vids/); or no "
+            "cropped_aligned_new_50_vids/ folder: from the 5th ABAW (2023) on, the frames of the "
+            "50 new videos ship there, beside cropped_aligned/; or no video folder matches an "
+            "annotation file name (<video>.txt needs a frame folder <video>/; 2 video folders "
+            "found, e.g. cropped_aligned, cropped_aligned_new_50_vids)"
+        )
+
+
+def test_many_videos_without_images_stop_one_warns(tmp_path, add_video):
+    # ABAW 2023+ data without cropped_aligned_new_50_vids/: its videos have no frame folder.
+    for v in range(4):
+        add_video(f"old{v}", [1, 2], [1, 2], layout="abaw2024", num_classes=8)
+    add_video("new1", [3], [], layout="abaw2024", num_classes=8)
+    with pytest.warns(DataWarning, match="video new1 has annotated frames but no image"):
+        assert len(read_affwild2(tmp_path, "train", num_classes=8)) == 8
+    add_video("new2", [3, 3], [], layout="abaw2024", num_classes=8)
+
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train", num_classes=8)
+    message = str(error.value)
+    assert message.startswith(
+        f"{tmp_path}/EXPR_Recognition_Challenge/Train_Set: the train split loses 2 of its 6 "
+        "annotated videos (new1, new2), more than 5%: none of them has an image of an annotated "
+        f"frame in {tmp_path}/cropped_aligned/; likely cause: no cropped_aligned_new_50_vids/ "
+        "folder: from the 5th ABAW (2023) on"
+    )
+    assert "no video folder matches an annotation file name" in message
+
+
+def test_misnamed_frames_and_nothing_annotated_are_errors(tmp_path, add_video, write_jpeg):
+    add_video("v", [-1, -1], [1, 2])
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train")
+    assert str(error.value) == (
+        f"{tmp_path}/annotations/EXPR_Set/Training_Set: the train split keeps no frame: none of "
+        "its annotation files labels a frame with an expression class (every line is -1, or "
+        "Other in a 7-class run)"
+    )
+    add_video("w", [1], [])
+    write_jpeg(tmp_path / "cropped_aligned/w/frame_1.jpg", np.zeros((4, 4, 3)))
+    with pytest.raises(
+        DataError, match=r"likely cause: the folders of w hold no frame file named "
+    ):
+        read_affwild2(tmp_path, "train")

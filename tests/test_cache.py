@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
 
 import ferlit.data.cache as cache
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.affwild2 import (
+    NEW_FRAMES_DIR,
+    annotation_dir,
+    read_affwild2,
+    write_annotation_file,
+)
 from ferlit.data.cache import (
     cache_file,
     cached_read_affwild2,
@@ -20,7 +26,7 @@ from ferlit.data.cache import (
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.data.index import FrameIndex
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import ConfigError, DataError, DataWarning
 
 
 def add_video(root, name, labels, frames_with_image, split="train"):
@@ -225,3 +231,82 @@ def test_datamodule_without_the_cache_writes_nothing(affwild2, tmp_path, monkeyp
     dm = ExpressionDataModule(affwild2_dir=str(affwild2), index_cache=False)
     assert len(dm.train_index) == 5
     assert not (tmp_path / "cache").exists()
+
+
+def add_new_video(root, name, labels, frames_with_image, split="train"):
+    """A video of ABAW 2023's 50 new ones: its frames in cropped_aligned_new_50_vids/."""
+    write_annotation_file(annotation_dir(root, "abaw2020", split) / f"{name}.txt", labels)
+    folder = root / NEW_FRAMES_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame in frames_with_image:
+        (folder / f"{frame:05d}.jpg").touch()
+
+
+def test_a_frame_added_in_the_new_frame_folder_rebuilds(affwild2, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    add_new_video(affwild2, "n", [3, 2, 1], [1, 3])
+    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert first.group_names.tolist()[-1] == "cropped_aligned_new_50_vids/n"
+    assert first.frames.tolist() == [1, 2, 4, 1, 3, 1, 3]
+    with monkeypatch.context() as m:
+        no_rebuild(m)
+        assert same(cached_read_affwild2(affwild2, "train", cache_dir=cache_dir), first)
+
+    (affwild2 / NEW_FRAMES_DIR / "n/00002.jpg").touch()  # n's frame 2 now has a face crop
+    later(affwild2 / NEW_FRAMES_DIR / "n")
+    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert after.frames.tolist() == [1, 2, 4, 1, 3, 1, 2, 3]
+    assert len(list(cache_dir.iterdir())) == 1
+
+
+def test_a_video_moved_to_the_new_frame_folder_rebuilds(affwild2, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    (affwild2 / NEW_FRAMES_DIR).mkdir()
+    (affwild2 / "cropped_aligned/b").rename(affwild2 / NEW_FRAMES_DIR / "b")
+
+    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert after.group_names.tolist() == ["cropped_aligned/a", "cropped_aligned_new_50_vids/b"]
+    assert after.image_path(4) == str(affwild2 / NEW_FRAMES_DIR / "b/00003.jpg")
+
+
+def test_a_video_without_images_warns_again_on_a_cache_hit(affwild2, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    add_video(affwild2, "e", [1, 1], [])
+    with pytest.warns(DataWarning, match=r"Training_Set/e.txt: video e has annotated frames"):
+        cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+
+    no_rebuild(monkeypatch)
+    with pytest.warns(DataWarning) as warned:
+        index = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    assert index.skipped["no_image_videos"] == 1
+    assert [str(w.message) for w in warned] == [
+        f"{affwild2}: 1 video(s) of the Aff-Wild2 train split have annotated frames but no image "
+        "of any of them (index from the cache; python -m ferlit.data stats --affwild2-dir "
+        f"{affwild2} names them)"
+    ]
+
+
+def test_nested_frames_stop_the_cached_read_and_the_datamodule(tmp_path):
+    root = tmp_path / "affwild2"
+    for name, split in (("a", "train"), ("c", "val")):
+        write_annotation_file(annotation_dir(root, "abaw2020", split) / f"{name}.txt", [0, 1])
+        folder = root / "cropped_aligned/cropped_aligned" / name  # unpacked one level too deep
+        folder.mkdir(parents=True)
+        (folder / "00001.jpg").touch()
+    cause = (
+        "likely cause: cropped_aligned/ holds a cropped_aligned/ folder: nested one level too deep?"
+    )
+
+    with pytest.raises(DataError, match=re.escape(cause)):
+        cached_read_affwild2(root, "train", cache_dir=tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()
+    dm = ExpressionDataModule(affwild2_dir=str(root), index_cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"the train split keeps no frame: .*" + re.escape(cause)):
+        dm.class_weights  # noqa: B018 (fit links them into the model before anything else)
+
+    (root / "cropped_aligned/cropped_aligned/a").rename(root / "cropped_aligned/a")  # train fixed
+    dm = ExpressionDataModule(affwild2_dir=str(root), index_cache_dir=str(tmp_path / "cache"))
+    assert dm.class_counts == [1, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(DataError, match=r"the val split keeps no frame: .*" + re.escape(cause)):
+        dm.setup("fit")  # before the first training step

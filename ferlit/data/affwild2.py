@@ -3,17 +3,30 @@
 On disk (as distributed to ABAW participants)::
 
     <affwild2_dir>/cropped_aligned/<video>/00001.jpg ...   112x112 aligned faces, 5-digit, 1-based
+    <affwild2_dir>/cropped_aligned_new_50_vids/<video>/... ABAW 2023+: the 50 videos added then
     <affwild2_dir>/<annotations>/<Train dir>/<video>.txt   header line, then one label per frame
 
-Line k after the header of ``<video>.txt`` labels frame k, i.e. ``cropped_aligned/<video>/%05d.jpg``
+Line k after the header of ``<video>.txt`` labels frame k, i.e. ``<frames folder>/<video>/%05d.jpg``
 (Kollias & Zafeiriou, "Aff-Wild2", and the ABAW 2020-2024 challenge data descriptions). Frames
 labelled -1 are not annotated, and an annotated frame may have no image: the face detector found
 no face in it, so the challenge ships no crop.
+
+From the 5th ABAW (2023) on, the faces of the 50 videos added to the set ship in a second folder,
+``cropped_aligned_new_50_vids/``, beside ``cropped_aligned/`` (entrants' code reads both, taking a
+video from whichever holds it). A video's frames come from the one folder that holds it; a video in
+both is refused rather than one copy picked silently.
+
+A layout that yields nothing is an error, not an empty run: a split that keeps no frame, or more
+than a few videos none of whose annotated frames has an image (see ``MAX_VIDEOS_WITHOUT_IMAGES``),
+stop indexing with the folders looked in and the likely cause (frames nested one level too deep,
+as in ``cropped_aligned/cropped_aligned/<video>/`` from unpacking the archive into a folder of its
+own name; a missing ``cropped_aligned_new_50_vids/``; folder names that match no annotation file).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +34,7 @@ import numpy as np
 from rich.progress import track
 
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.expressions import AFFWILD2_HEADERS, OTHER, class_names
 
 #: Known annotation layouts, by challenge year: (folder under affwild2_dir, train dir, val dir).
@@ -32,6 +45,17 @@ LAYOUTS: dict[str, tuple[str, str, str]] = {
 }
 SPLITS = ("train", "val")
 FRAMES_DIR = "cropped_aligned"
+#: ABAW 2023+ (5th ABAW on): the frames of the 50 new videos, beside ``cropped_aligned/``.
+NEW_FRAMES_DIR = "cropped_aligned_new_50_vids"
+#: The folders a video's frames may be in, in the order they are looked in.
+FRAMES_DIRS = (FRAMES_DIR, NEW_FRAMES_DIR)
+
+#: A video with annotated frames none of which has an image is normal once in a while (the face
+#: detector found no face in the whole video): such videos only warn. More of them than this
+#: share of the split's annotated videos (and more than one) is a broken copy or layout, e.g. the
+#: 50 new videos of ABAW 2023+ without their ``cropped_aligned_new_50_vids/`` (50 of ~250 train
+#: videos, 20%), and stops indexing.
+MAX_VIDEOS_WITHOUT_IMAGES = 0.05
 
 #: Show a progress bar when a split has more videos than this (the real train split has ~250).
 PROGRESS_MIN_VIDEOS = 50
@@ -98,8 +122,12 @@ def read_affwild2(
     Videos are taken in name order (``<video>_left`` and ``<video>_right`` are two videos). Skipped
     frames are counted, not silently lost: ``unannotated`` (label -1), ``other`` (the 8th class of
     a 2022+ file in a 7-class run; an 8-class run keeps it as label 7) and, among the frames left,
-    ``no_image`` (no ``cropped_aligned`` crop, or no folder at all for the video). The group table
-    lists the videos that contribute at least one frame.
+    ``no_image`` (no crop, or no folder at all for the video). ``no_image_videos`` counts the
+    videos (not frames) with annotated frames but no image of any of them; each is named in a
+    ``DataWarning``, and a split that keeps no frame or has too many such videos
+    (``MAX_VIDEOS_WITHOUT_IMAGES``) is a ``DataError`` naming the folders looked in and the likely
+    cause. The group table lists the videos that contribute at least one frame, each as
+    ``<frames folder>/<video>`` (``cropped_aligned/...`` or ``cropped_aligned_new_50_vids/...``).
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
@@ -132,6 +160,8 @@ def read_affwild2(
     groups: list[np.ndarray] = []
     frames: list[np.ndarray] = []
     skipped = {"unannotated": 0, "other": 0, "no_image": 0}
+    folders = video_folders(root)
+    without_images: list[str] = []
     if progress and len(files) > PROGRESS_MIN_VIDEOS:
         files = track(files, description=f"Indexing Aff-Wild2 {split}", transient=True)
     for name in files:
@@ -144,18 +174,24 @@ def read_affwild2(
             other = video_labels == OTHER
             skipped["other"] += int(np.count_nonzero(other))
             keep &= ~other
-        on_disk = _frames_on_disk(os.path.join(root, FRAMES_DIR, video), len(video_labels))
+        frames_dir = folders.get(video, FRAMES_DIR)
+        on_disk = _frames_on_disk(os.path.join(root, frames_dir, video), len(video_labels))
         skipped["no_image"] += int(np.count_nonzero(keep & ~on_disk))
+        if keep.any() and not (keep & on_disk).any():
+            without_images.append(video)
         keep &= on_disk
         if not keep.any():
             continue
         labels.append(video_labels[keep])
         frames.append(frame_numbers[keep])
         groups.append(np.full(int(np.count_nonzero(keep)), len(group_names)))
-        group_names.append(f"{FRAMES_DIR}/{video}")
+        group_names.append(f"{frames_dir}/{video}")
         group_sources.append(f"{rel_folder}/{name}")
 
     all_frames = _concat(frames, np.int32)
+    annotated = len(group_names) + len(without_images)
+    _check_yield(root, folder, split, layout, folders, without_images, annotated, len(all_frames))
+    skipped["no_image_videos"] = len(without_images)
     return FrameIndex.build(
         root=root,
         num_classes=num_classes,
@@ -173,11 +209,129 @@ def read_affwild2(
 def _check_frames_dir(root: str) -> None:
     if not os.path.isdir(root):
         raise DataError(f"{root}: Aff-Wild2 folder does not exist")
-    if not os.path.isdir(os.path.join(root, FRAMES_DIR)):
+    if not any(os.path.isdir(os.path.join(root, d)) for d in FRAMES_DIRS):
         raise DataError(
             f"{root}: no {FRAMES_DIR}/ folder; expected the challenge's aligned face crops "
-            f"in {FRAMES_DIR}/<video>/00001.jpg ..."
+            f"in {FRAMES_DIR}/<video>/00001.jpg ... (and, from ABAW 2023 on, "
+            f"{NEW_FRAMES_DIR}/<video>/...)"
         )
+
+
+def video_folders(affwild2_dir: str | os.PathLike) -> dict[str, str]:
+    """Which frames folder (an entry of ``FRAMES_DIRS``) holds each video's frame folder.
+
+    One listing per frames folder. A video in both folders is an error naming both paths: the
+    two copies may differ, and reading one silently would hide it. Videos not listed here have
+    no frame folder (no face found in the whole video, or a broken copy: see ``read_affwild2``).
+    """
+    root = os.fspath(affwild2_dir)
+    found: dict[str, str] = {}
+    for frames_dir in FRAMES_DIRS:
+        path = os.path.join(root, frames_dir)
+        try:
+            with os.scandir(path) as entries:
+                videos = sorted(
+                    e.name for e in entries if not e.name.startswith(".") and e.is_dir()
+                )
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            raise DataError(f"{path}: not a folder; expected <video>/00001.jpg ... in it") from None
+        for video in videos:
+            if video in found:
+                raise DataError(
+                    f"video {video} is in two frame folders: "
+                    f"{os.path.join(root, found[video], video)} and {os.path.join(path, video)}; "
+                    "keep one of them"
+                )
+            found[video] = frames_dir
+    return found
+
+
+def _check_yield(
+    root: str,
+    annotations: Path,
+    split: str,
+    layout: str,
+    folders: dict[str, str],
+    without_images: list[str],
+    annotated: int,
+    kept: int,
+) -> None:
+    """Stop on a split that yields nothing or loses too many videos; warn on a single video.
+
+    ``annotated`` counts the videos with at least one annotated frame (after -1 and Other).
+    """
+    looked = " and ".join(
+        f"{os.path.join(root, d)}/" for d in FRAMES_DIRS if os.path.isdir(os.path.join(root, d))
+    )
+    if annotated == 0:
+        raise DataError(
+            f"{annotations}: the {split} split keeps no frame: none of its annotation files "
+            "labels a frame with an expression class (every line is -1, or Other in a "
+            "7-class run)"
+        )
+    shown = ", ".join(without_images[:5]) + (", ..." if len(without_images) > 5 else "")
+    if kept == 0:
+        what = f"keeps no frame: none of its {annotated} annotated videos ({shown}) has"
+    elif len(without_images) > 1 and len(without_images) > MAX_VIDEOS_WITHOUT_IMAGES * annotated:
+        what = (
+            f"loses {len(without_images)} of its {annotated} annotated videos ({shown}), more "
+            f"than {MAX_VIDEOS_WITHOUT_IMAGES:.0%}: none of them has"
+        )
+    else:
+        what = None
+    if what is not None:
+        raise DataError(
+            f"{annotations}: the {split} split {what} an image of an annotated frame in "
+            f"{looked}; {_likely_cause(root, layout, folders, without_images)}"
+        )
+    for video in without_images:
+        where = os.path.join(root, folders[video], video) if video in folders else None
+        warnings.warn(
+            f"{annotations / (video + '.txt')}: video {video} has annotated frames but no image "
+            f"of any of them in {where or looked} (a video in which the face detector found no "
+            "face?); its frames are skipped",
+            DataWarning,
+            stacklevel=3,
+        )
+
+
+def _likely_cause(
+    root: str, layout: str, folders: dict[str, str], without_images: list[str]
+) -> str:
+    """The likely reasons why videos have no image, most specific first."""
+    causes = []
+    for outer in FRAMES_DIRS:
+        for inner in FRAMES_DIRS:
+            if os.path.isdir(os.path.join(root, outer, inner)):
+                causes.append(
+                    f"{outer}/ holds a {inner}/ folder: nested one level too deep? (move its "
+                    f"video folders up to {os.path.join(root, inner)}/)"
+                )
+    if layout != "abaw2020" and not os.path.isdir(os.path.join(root, NEW_FRAMES_DIR)):
+        causes.append(
+            f"no {NEW_FRAMES_DIR}/ folder: from the 5th ABAW (2023) on, the frames of the 50 "
+            f"new videos ship there, beside {FRAMES_DIR}/"
+        )
+    with_folder = [v for v in without_images if v in folders]
+    if len(with_folder) < len(without_images):
+        found = sorted(folders)
+        found_text = (
+            f"{len(found)} video folders found, e.g. {', '.join(found[:3])}"
+            if found
+            else "no video folder found"
+        )
+        causes.append(
+            "no video folder matches an annotation file name (<video>.txt needs a frame "
+            f"folder <video>/; {found_text})"
+        )
+    if with_folder:
+        causes.append(
+            f"the folders of {', '.join(with_folder[:3])} hold no frame file named as the "
+            "annotation lines expect (00001.jpg for line 2, 5 digits, 1-based)"
+        )
+    return "likely cause: " + "; or ".join(causes)
 
 
 def _read_annotation_file(path: str) -> tuple[np.ndarray, int]:

@@ -9,14 +9,15 @@ An entry is valid while nothing the index was built from has changed. Its key ho
 
 * the annotation files' names, sizes and modification and change times (``mtime_ns``,
   ``ctime_ns``: an edit, or a copy over it that keeps the old mtime, changes one of them);
-* for Aff-Wild2, each ``cropped_aligned/<video>`` folder's mtime, which changes whenever a frame
-  is added or removed: which frames have an image decides the index; for ExpW, the mtime of
-  ``image/origin``, whose listing the reader checks;
+* for Aff-Wild2, each ``cropped_aligned/<video>`` and ``cropped_aligned_new_50_vids/<video>``
+  folder's mtime (None where it is missing), which changes whenever a frame is added or removed:
+  which frames have an image decides the index, and a video may be in either folder (ABAW 2023+);
+  for ExpW, the mtime of ``image/origin``, whose listing the reader checks;
 * the reader options (split, num_classes, layout, min_confidence), the absolute data folder, and
   a hash of the reader's source code and ``CACHE_VERSION``, so a ferlit update never serves an
   index its new reader would build differently.
 
-Checking the key costs one ``stat`` per annotation file and per video folder (~1,100 at full
+Checking the key costs one ``stat`` per annotation file and two per video (~1,700 at full
 scale), not one per frame.
 """
 
@@ -27,16 +28,17 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ferlit.data import affwild2, expw, index
-from ferlit.data.affwild2 import FRAMES_DIR, LAYOUTS, annotation_dir, detect_layout, read_affwild2
+from ferlit.data.affwild2 import FRAMES_DIRS, LAYOUTS, annotation_dir, detect_layout, read_affwild2
 from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, read_expw
 from ferlit.data.index import FrameIndex
-from ferlit.errors import ConfigError
+from ferlit.errors import ConfigError, DataWarning
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +63,26 @@ def cached_read_affwild2(
     """``read_affwild2`` through the cache: the same index, rebuilt only when the data changed."""
     root = os.fspath(affwild2_dir)
 
+    built = []
+
     def build() -> FrameIndex:
+        built.append(True)
         return read_affwild2(root, split, num_classes, layout, progress)
 
     key = affwild2_cache_key(root, split, num_classes, layout)
     if key is None:
         return build()  # the reader names what is missing
-    return _cached(key, root, build, cache_dir)
+    index = _cached(key, root, build, cache_dir)
+    without_images = index.skipped.get("no_image_videos", 0)
+    if without_images and not built:  # the reader warned when it built the entry; say it again
+        warnings.warn(
+            f"{root}: {without_images} video(s) of the Aff-Wild2 {split} split have annotated "
+            "frames but no image of any of them (index from the cache; python -m ferlit.data "
+            f"stats --affwild2-dir {root} names them)",
+            DataWarning,
+            stacklevel=2,
+        )
+    return index
 
 
 def cached_read_expw(
@@ -111,11 +126,13 @@ def affwild2_cache_key(
     videos = []
     for name, *_ in files:
         video = name[: -len(".txt")]
-        try:
-            mtime = os.stat(os.path.join(root, FRAMES_DIR, video)).st_mtime_ns
-        except FileNotFoundError:
-            mtime = None
-        videos.append([video, mtime])
+        mtimes = []
+        for frames_dir in FRAMES_DIRS:
+            try:
+                mtimes.append(os.stat(os.path.join(root, frames_dir, video)).st_mtime_ns)
+            except (FileNotFoundError, NotADirectoryError):
+                mtimes.append(None)
+        videos.append([video, *mtimes])
     return {
         "reader": "affwild2",
         "root": os.path.abspath(root),

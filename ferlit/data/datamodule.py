@@ -233,6 +233,13 @@ class ExpressionDataModule(pl.LightningDataModule):
         if self.hparams.packed_dir is None:
             self._dirs()
 
+    def setup(self, stage: str) -> None:
+        """Index validation with training before the first step (every rank does, as each uses
+        both): a validation layout that yields nothing stops the run here, not after an epoch
+        (``read_affwild2``), even with ``trainer.num_sanity_val_steps`` 0."""
+        if stage == "fit":
+            self.train_index, self.val_index  # noqa: B018 (the properties build the indexes)
+
     @property
     def pack(self) -> Pack | None:
         """The pack read instead of the data folders (``packed_dir``), checked against the options."""
