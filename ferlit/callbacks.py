@@ -23,7 +23,9 @@ class BestValidationSummary(pl.Callback):
 
     The paper keeps the checkpoint with the best validation criterion; the user wants to see, at
     the end of a run, that score, the optimizer step it came from, and its per-class F1 — written
-    to ``best_validation.json`` beside the run's checkpoints and printed as a table.
+    to ``best_validation.json`` beside the run's checkpoints and printed as a table. Both name the
+    score ``val/criterion`` is (``"criterion": "abaw2022: mean F1 over 8 classes"`` for an 8-class
+    run; :data:`ferlit.metrics.CRITERIA`), since it differs between challenges.
     """
 
     def __init__(self, monitor: str = "val/criterion") -> None:
@@ -59,7 +61,11 @@ class BestValidationSummary(pl.Callback):
         if self.best is None or not trainer.is_global_zero:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
-        report = {"step": self.best_step, **self.best, "history": self.history}
+        criterion = getattr(pl_module, "criterion_description", None)
+        report = {"step": self.best_step, "monitor": self.monitor}
+        if criterion is not None:
+            report["criterion"] = criterion
+        report.update({**self.best, "history": self.history})
         (log_dir / "best_validation.json").write_text(json.dumps(report, indent=2) + "\n")
         table = Table(
             title=f"Best validation: {self.monitor} {self.best[self.monitor]:.4f} at step {self.best_step}"
@@ -69,9 +75,16 @@ class BestValidationSummary(pl.Callback):
         for name in pl_module.class_names:
             table.add_row(name, f"{self.best[f'val/f1_{name.lower()}']:.4f}")
         table.add_section()
-        for key in ("f1", "acc", "criterion"):
-            table.add_row("macro-F1" if key == "f1" else key, f"{self.best[f'val/{key}']:.4f}")
-        Console().print(table)
+        rows = [("f1", "macro-F1"), ("acc", "acc"), ("criterion", "criterion")]
+        if criterion is not None and not criterion.startswith("abaw2020"):
+            rows.insert(2, ("abaw2020", "0.67 F1 + 0.33 acc"))  # the 2020 formula, to compare
+        for key, label in rows:
+            if f"val/{key}" in self.best:
+                table.add_row(label, f"{self.best[f'val/{key}']:.4f}")
+        console = Console()
+        console.print(table)
+        if criterion is not None:
+            console.print(f"criterion = {criterion}", soft_wrap=True, highlight=False)
 
 
 class Preemption(pl.Callback):

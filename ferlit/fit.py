@@ -67,6 +67,36 @@ from ferlit.wandb_logging import (
 )
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
+WHOLE_STEP_EPOCHS = "ferlit.fit.WholeStepEpochs"
+
+
+class WholeStepEpochs(pl.Callback):
+    """A fractional ``trainer.limit_train_batches`` as a whole number of optimizer steps.
+
+    Lightning turns a fraction into ``int(fraction x micro-batches per epoch)`` micro-batches,
+    which with ``accumulate_grad_batches`` > 1 need not be a multiple of it: every epoch would
+    end with a partial step (fewer samples than the recipe's 256) and the micro-batch count of
+    ``val_check_interval`` would drift off the optimizer steps of ``--val_every_n_steps``.
+    Before the first epoch (the training set's size is known only then), the limit becomes that
+    count rounded down to a multiple of ``accumulate_grad_batches``, at least one step, and the
+    conversion is printed. An integer limit that is not a multiple is refused instead
+    (``FerlitCLI.before_instantiate_classes``), as the user chose it exactly.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        limit, accumulate = trainer.limit_train_batches, trainer.accumulate_grad_batches
+        if stage != "fit" or not isinstance(limit, float) or not 0 < limit < 1 or accumulate == 1:
+            return
+        batches = len(trainer.datamodule.train_dataloader())  # a whole number of steps
+        steps = max(int(batches * limit) // accumulate, 1)
+        trainer.limit_train_batches = steps * accumulate
+        if trainer.is_global_zero:
+            print(
+                f"trainer.limit_train_batches {limit} of {batches} micro-batches per epoch: "
+                f"{steps * accumulate} micro-batches = {steps} optimizer step(s) of "
+                f"trainer.accumulate_grad_batches {accumulate}",
+                file=sys.stderr,
+            )
 
 
 class FerlitCLI(LightningCLI):
@@ -131,6 +161,9 @@ class FerlitCLI(LightningCLI):
                 f"trainer.limit_train_batches {limit} is not a multiple of "
                 f"trainer.accumulate_grad_batches {accumulate}: an epoch would end mid-step"
             )
+        if isinstance(limit, float) and 0 < limit < 1 and accumulate > 1:
+            callbacks = config.trainer.callbacks or []
+            config.trainer.callbacks = [*callbacks, Namespace(class_path=WHOLE_STEP_EPOCHS)]
         n = config.val_every_n_steps
         if n is not None:
             if n <= 0:

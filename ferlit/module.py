@@ -2,7 +2,9 @@
 
 SE-ResNet-50 with a new 7-way classifier, class-weighted cross entropy, SGD (momentum 0.9, weight
 decay 0.005) with two learning rates — 1e-3 for the new classifier, 1e-6 for the pre-trained rest —
-and model selection by the ABAW expression criterion (0.67 x macro-F1 + 0.33 x accuracy).
+and model selection by the ABAW expression criterion (0.67 x macro-F1 + 0.33 x accuracy). An
+8-class run (with Other, ABAW 2022 and later) is selected by those challenges' score instead, the
+mean F1 over the 8 classes (:mod:`ferlit.metrics`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,25 @@ class ExpressionModule(pl.LightningModule):
 
     # -- validation ----------------------------------------------------------------------------
 
+    @property
+    def criterion_description(self) -> str:
+        """Which score ``val/criterion`` is: the run's challenge's (by its number of classes)."""
+        return self.val_criterion.description
+
+    def on_fit_start(self) -> None:
+        """Say which score selects the checkpoint, before hours of training depend on it."""
+        monitors = []
+        for callback, what in (
+            (self.trainer.checkpoint_callback, "the best checkpoint"),
+            (self.trainer.early_stopping_callback, "early stopping"),
+        ):
+            if callback is not None and callback.monitor:
+                monitors.append(f"{what} by {callback.monitor}")
+        rank_zero_info(
+            f"val/criterion = {self.criterion_description}"
+            + (f"; {', '.join(monitors)}" if monitors else "")
+        )
+
     def on_train_start(self) -> None:
         # The sanity check's few batches must not leak into the first real validation.
         self.val_criterion.reset()
@@ -160,6 +181,7 @@ class ExpressionModule(pl.LightningModule):
         scores = self.val_criterion.compute()
         metrics = {
             "val/criterion": scores["criterion"],
+            "val/abaw2020": scores["abaw2020"],
             "val/f1": scores["f1"],
             "val/acc": scores["acc"],
             "val/loss": self.val_loss.compute(),

@@ -4,7 +4,8 @@
 ``frame``, ``target`` (-1 when unknown, as in the Aff-Wild2 annotation files), ``pred``, one
 ``prob_<class>`` column per class and, with smoothing on, ``pred_smoothed``. The functions here
 read that table and score it with the training metric (:mod:`ferlit.metrics`), so that the
-notebooks and ``evaluate`` agree to the last digit.
+notebooks and ``evaluate`` agree to the last digit. ``criterion`` is the score of the run's
+challenge, as in training: the ABAW 2020 formula for 7 classes, the mean F1 for 8 (ABAW 2022+).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from ferlit.data.index import FrameIndex
 from ferlit.errors import DataError
 from ferlit.expressions import class_names, metric_key
-from ferlit.metrics import ExpressionCriterion, scores_from_confusion
+from ferlit.metrics import CRITERIA, ExpressionCriterion, challenge_of, scores_from_confusion
 from ferlit.smoothing import AUTO_WINDOWS, smooth_predictions
 
 #: Where ``make evaluate`` writes the sample run's evaluation, under the repository root.
@@ -109,13 +110,24 @@ def scores_of(predictions: pd.DataFrame, column: str = "pred") -> dict[str, Any]
 
 
 def scores_json(scores: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """Scores as JSON: scalars, ``{class: value}`` per class, the confusion as rows (target)."""
-    report: dict[str, Any] = {k: float(scores[k]) for k in ("criterion", "f1", "acc")}
+    """Scores as JSON: scalars, ``{class: value}`` per class, the confusion as rows (target).
+
+    ``criterion`` is the score of the run's challenge (named by :func:`criterion_of`);
+    ``abaw2020`` the 2020 formula, the same number for a 7-class run.
+    """
+    report: dict[str, Any] = {k: float(scores[k]) for k in ("criterion", "abaw2020", "f1", "acc")}
     for key in ("f1_per_class", "precision", "recall"):
         report[key] = {n: float(v) for n, v in zip(names, scores[key], strict=True)}
     report["support"] = {n: int(v) for n, v in zip(names, scores["support"], strict=True)}
     report["confusion"] = np.asarray(scores["confusion"]).astype(int).tolist()
     return report
+
+
+def criterion_of(num_classes: int) -> dict[str, str]:
+    """Which score ``criterion`` is for a run of ``num_classes`` classes, for ``metrics.json``:
+    ``{"challenge": "abaw2022", "criterion": "abaw2022: mean F1 over 8 classes"}``."""
+    challenge = challenge_of(num_classes)
+    return {"challenge": challenge, "criterion": CRITERIA[challenge]}
 
 
 def per_class_table(
@@ -160,15 +172,17 @@ def per_video_scores(predictions: pd.DataFrame, column: str = "pred") -> pd.Data
 
     F1 here is the mean over the classes that occur in the video as target or prediction: over
     all classes, as the ABAW score is defined for a whole split, a video showing only Neutral
-    could never exceed F1 1/7 however well it is predicted.
+    could never exceed F1 1/7 however well it is predicted. The criterion is still the run's
+    challenge's (mean F1 alone for an 8-class run), whatever classes a video shows.
     """
     num_classes = len(prob_columns(predictions))
+    challenge = challenge_of(num_classes)
     rows = []
     for video, part in labelled(predictions).groupby("video", observed=True):
         scores = scores_from_labels(part["target"].to_numpy(), part[column].to_numpy(), num_classes)
         confusion = scores["confusion"]
         present = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
-        within = scores_from_confusion(confusion[np.ix_(present, present)])
+        within = scores_from_confusion(confusion[np.ix_(present, present)], challenge)
         rows.append(
             {
                 "video": video,

@@ -144,6 +144,41 @@ def test_validation_every_n_optimizer_steps_across_epochs(tiny_sample, tmp_path)
     assert cli.trainer.global_step == 10
 
 
+def test_fractional_train_limit_with_accumulation_keeps_whole_steps(tiny_sample, tmp_path, capsys):
+    # 3 accumulated micro-batches; a fraction that Lightning would make 7 micro-batches per
+    # epoch (3 + 3 + 1: a partial step) becomes 6 = 2 whole optimizer steps.
+    accumulate = ["--trainer.accumulate_grad_batches", "3"]
+    probe = main(fit_args(tiny_sample, tmp_path, *accumulate), run=False)
+    batches = len(probe.datamodule.train_index) // (4 * 3) * 3
+    assert batches >= 9
+    fraction = 7.5 / batches
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        *accumulate,
+        "--trainer.limit_train_batches",
+        str(fraction),
+        "--trainer.max_steps",
+        "8",
+        "--val_every_n_steps",
+        "4",
+        "--early_stopping.patience",
+        "100",
+    )
+    cli = main(args)
+    assert cli.trainer.num_training_batches == 6
+    rows = validations(cli)
+    # 2 steps per epoch: validations after steps 4 and 8, at the ends of epochs 1 and 3.
+    assert [int(r["step"]) for r in rows] == [4, 8]
+    assert [int(float(r["epoch"])) for r in rows] == [1, 3]
+    assert cli.trainer.global_step == 8 and cli.trainer.current_epoch == 4
+    err = capsys.readouterr().err
+    assert (
+        f"trainer.limit_train_batches {fraction} of {batches} micro-batches per epoch: "
+        "6 micro-batches = 2 optimizer step(s) of trainer.accumulate_grad_batches 3"
+    ) in err
+
+
 def test_best_checkpoint_has_the_highest_logged_criterion(tiny_sample, tmp_path):
     args = fit_args(
         tiny_sample,
