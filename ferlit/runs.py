@@ -1,0 +1,339 @@
+"""A run's checkpoints and records: never lost, never mixed up with another run's.
+
+* :class:`AtomicCheckpointIO`: every checkpoint write goes through :func:`ferlit.io.atomic_write`
+  (a temporary file in the checkpoint's own folder, fsync, rename). Lightning's own writer saves
+  through ``fsspec``'s transaction, a temporary file in ``$TMPDIR`` moved into place: on a
+  cluster whose run folder is on NFS or Lustre that move is a copy, and a kill during it left a
+  0-byte ``last.ckpt`` that every requeued job then died on.
+* :class:`FerlitCheckpoint`: Lightning's ``ModelCheckpoint``, plus ``last.ckpt`` rewritten after
+  *every* validation (Lightning 2.6 rewrites it only when a top-k checkpoint is written, i.e. on
+  an improvement, so a kill lost everything since the last improvement) and, with
+  ``last_every_n_steps``, every N optimizer steps; a resumed run keeps its best score and top-k
+  list whatever the working directory (Lightning drops them when the checkpoint's recorded
+  ``dirpath`` string differs from the current one, e.g. relative then absolute).
+* :class:`RunRecord`: the resolved configuration inside every checkpoint (a resume compares it
+  with its own, :func:`config_differences`) and ``run_info.json`` in the run folder: how to
+  reproduce the run.
+* Debug runs (``fast_dev_run``, ``overfit_batches``) write no checkpoint and no summary that a
+  later ``--ckpt_path last`` or ``ferlit.evaluate`` could take for a real run's
+  (:func:`is_debug_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+import ferlit
+from ferlit.io import atomic_write
+
+#: The key of ferlit's record in a Lightning checkpoint.
+CHECKPOINT_KEY = "ferlit"
+
+#: Options a resumed run may change: how long it runs, on what hardware, how it reports, and
+#: where it finds the same data. Anything else (learning rates, backbone, batch, seed,
+#: validation cadence, patience, checkpoint policy...) would make the resumed run another
+#: experiment: Lightning restores the optimizer's param groups, the early-stopping state and
+#: the loops from the checkpoint, so a changed value would be silently ignored or mixed.
+#: A key ending in "." covers everything under it.
+MAY_CHANGE = (
+    "ckpt_path",
+    "config",
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.max_time",
+    "trainer.min_steps",
+    "trainer.min_epochs",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.strategy.",
+    "trainer.plugins",
+    "trainer.plugins.",
+    "trainer.logger",
+    "trainer.logger.",
+    "trainer.callbacks",
+    "trainer.callbacks.",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.default_root_dir",
+    "trainer.profiler",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.val_batch_size",
+    "data.affwild2_dir",
+    "data.expw_dir",
+    "data.packed_dir",
+    "data.index_cache",
+    "data.index_cache_dir",
+    "checkpoint.verbose",
+    "checkpoint.last_every_n_steps",
+)
+
+#: Packages whose versions change what a run computes (``run_info.json``).
+PACKAGES = (
+    "torch",
+    "lightning",
+    "timm",
+    "torchmetrics",
+    "albumentations",
+    "numpy",
+    "opencv-python",
+)
+
+
+def is_debug_run(trainer: pl.Trainer) -> bool:
+    """``fast_dev_run`` or ``overfit_batches``: a check of the code, not a run to keep."""
+    return bool(trainer.fast_dev_run) or bool(getattr(trainer, "overfit_batches", 0))
+
+
+def may_change(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``option old -> new`` for every option that differs and may not change on resume."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if may_change(key):
+            continue
+        old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
+        if old != new:
+            lines.append(f"{key} {old!r} -> {new!r}")
+    return lines
+
+
+def same_folder(recorded: str | os.PathLike | None, folder: str | os.PathLike) -> bool:
+    """Whether a folder recorded in a checkpoint (relative to the cwd of the run that wrote it,
+    or absolute) is ``folder``: equal once resolved, or a relative path ``folder`` ends with."""
+    if recorded is None:
+        return False
+    real = os.path.realpath(folder)
+    if os.path.realpath(recorded) == real:
+        return True
+    recorded = os.path.normpath(os.fspath(recorded))
+    return not os.path.isabs(recorded) and (real + os.sep).endswith(os.sep + recorded + os.sep)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are crash-safe (:func:`ferlit.io.atomic_write`).
+
+    A kill at any moment leaves the previous file whole (and at most a hidden ``.<name>.*.tmp``
+    beside it). Remote paths (``s3://...``) keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_write(path) as file:
+            torch.save(checkpoint, file)
+
+
+def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
+    """Have the trainer's strategy write checkpoints with :class:`AtomicCheckpointIO`.
+
+    Only Lightning's default writer is replaced; a writer the user configured is kept.
+    """
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class FerlitCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the last state, and whose bookkeeping survives
+    a resume from any working directory.
+
+    Args:
+        last_every_n_steps: also rewrite ``last.ckpt`` every N optimizer steps (0: only after
+            each validation), so that a hard kill loses at most N steps. A step followed by a
+            validation is saved after that validation, like a stop on SIGTERM.
+        **kwargs: Lightning's ``ModelCheckpoint`` options.
+    """
+
+    def __init__(self, *args: Any, last_every_n_steps: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_steps < 0:
+            from ferlit.errors import ConfigError
+
+            raise ConfigError(
+                f"checkpoint.last_every_n_steps must be 0 or a positive integer, got {last_every_n_steps}"
+            )
+        self.last_every_n_steps = last_every_n_steps
+        self._last_written_at: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if is_debug_run(trainer):  # nothing a later resume or evaluation could pick up
+            self.save_top_k, self.save_last = 0, False
+        super().setup(trainer, pl_module, stage)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_at = trainer.global_step
+
+    def _last_is_due(self, trainer: pl.Trainer) -> bool:
+        return (
+            bool(self.save_last)
+            and not is_debug_run(trainer)
+            and not trainer.sanity_checking
+            and self._last_written_at != trainer.global_step
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._last_is_due(trainer) and trainer.state.fn == "fit":
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_steps
+        if not n or (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step % n:
+            return
+        loop = trainer.fit_loop.epoch_loop
+        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return  # saved after the validation that follows this step
+        if self._last_is_due(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning's, with the recorded folder and paths taken as this run's when they name
+        the same folder (a relative ``save_dir`` records a path relative to the cwd of the run
+        that wrote it)."""
+        recorded = state_dict.get("dirpath")
+        if (
+            self.dirpath is not None
+            and recorded != self.dirpath
+            and same_folder(recorded, self.dirpath)
+        ):
+            here = os.fspath(self.dirpath)
+
+            def moved(path: Any) -> Any:
+                if isinstance(path, str) and path and same_folder(os.path.dirname(path), here):
+                    return os.path.join(here, os.path.basename(path))
+                return path
+
+            state_dict = dict(state_dict, dirpath=self.dirpath)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = moved(state_dict[key])
+            if isinstance(state_dict.get("best_k_models"), dict):
+                state_dict["best_k_models"] = {
+                    moved(k): v for k, v in state_dict["best_k_models"].items()
+                }
+        super().load_state_dict(state_dict)
+
+
+def git_commit(folder: Path) -> dict[str, Any] | None:
+    """The commit of the git work tree ``folder`` is in (and whether it has changes), or None."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(), "modified": bool(status.stdout.strip())}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def data_folders(datamodule: Any) -> dict[str, str | None]:
+    """The data folders the run reads, resolved (the sample data's when none is configured)."""
+    if datamodule is None or not hasattr(datamodule, "hparams"):
+        return {}
+    hp = datamodule.hparams
+    folders = {key: hp.get(key) for key in ("affwild2_dir", "expw_dir", "packed_dir")}
+    if getattr(datamodule, "uses_sample_data", False):
+        affwild2, expw = datamodule._dirs()
+        folders.update(affwild2_dir=str(affwild2), expw_dir=str(expw), sample_data=True)
+    return {k: os.path.realpath(v) if isinstance(v, str) else v for k, v in folders.items()}
+
+
+class RunRecord(pl.Callback):
+    """Puts the run's resolved configuration in every checkpoint, and writes ``run_info.json``.
+
+    ``run_info.json`` (beside ``config.yaml``) lists every start of the run, a resume being
+    another start: ferlit's version and git commit, the package versions, the resolved data
+    folders, the working directory and the command line. It is rewritten crash-safely.
+    """
+
+    def __init__(self, config: dict[str, Any], argv: list[str], folder: str | None = None) -> None:
+        self.config = config
+        self.argv = argv
+        self.folder = folder
+        self.resumed_from: str | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.setdefault(CHECKPOINT_KEY, {})  # shared with the module's entries
+        record.update(version=ferlit.__version__, config=self.config)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from ferlit.wandb_logging import find_wandb_logger, run_dir
+
+        wandb = find_wandb_logger(trainer)
+        folder = self.folder or (run_dir(wandb) if wandb is not None else trainer.log_dir)
+        if folder is None or is_debug_run(trainer) or not trainer.is_global_zero:
+            return
+        self.write(Path(folder), trainer)
+
+    @rank_zero_only
+    def write(self, folder: Path, trainer: pl.Trainer) -> None:
+        package = Path(ferlit.__file__).resolve().parent
+        start = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ferlit": ferlit.__version__,
+            "git": git_commit(package),
+            "python": platform.python_version(),
+            "packages": package_versions(),
+            "data": data_folders(trainer.datamodule),
+            "cwd": os.getcwd(),
+            "argv": [sys.executable, "-m", "ferlit.fit", *self.argv],
+            "resumed_from": self.resumed_from,
+        }
+        path = folder / "run_info.json"
+        starts = []
+        if path.is_file():
+            try:
+                starts = json.loads(path.read_text())["starts"]
+            except (ValueError, KeyError, TypeError):
+                starts = []
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w", encoding="utf-8") as file:
+            json.dump({"starts": [*starts, start]}, file, indent=2)
+            file.write("\n")

@@ -1,0 +1,250 @@
+"""A run never loses or mixes up its model: crash-safe checkpoints, resumes into the same run
+only, from any working directory with the shipped configs' relative ``save_dir``.
+
+The runs are tiny (the narrow SE-ResNet-18 of tests/test_resume.py on the tiny sample data), but
+use ``experiments/sample.yaml`` as shipped (``save_dir: runs``, relative) from a temporary
+working directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferlit.callbacks import Preemption
+from ferlit.errors import ConfigError
+from ferlit.evaluate import resolve_checkpoint
+from ferlit.fit import main, read_checkpoint_file
+from ferlit.io import atomic_write
+from ferlit.runs import AtomicCheckpointIO, config_differences
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_YAML = REPO / "experiments/sample.yaml"
+
+
+def sample_args(sample, *extra: str) -> list[str]:
+    """experiments/sample.yaml (logging to the relative runs/sample), scaled down to seconds."""
+    return [
+        *("--config", str(SAMPLE_YAML)),
+        *("--data.affwild2_dir", str(sample.affwild2_dir), "--data.expw_dir", str(sample.expw_dir)),
+        *("--model.input_size", "32"),
+        *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
+        *("--model.lr_head", "0.01", "--model.lr_backbone", "0.01"),
+        *("--data.batch_size", "4", "--data.num_workers", "0"),
+        *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+        *("--trainer.accumulate_grad_batches", "2", "--trainer.limit_train_batches", "8"),
+        *("--trainer.limit_val_batches", "3", "--trainer.num_sanity_val_steps", "0"),
+        *("--val_every_n_steps", "3", "--trainer.max_steps", "9"),
+        *extra,
+    ]
+
+
+def saved_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def summary_history(path: Path) -> list[tuple[int, float]]:
+    """The (step, val/criterion) history BestValidationSummary saved in a checkpoint."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if "BestValidationSummary" in k)
+    return [(int(step), score) for step, score in state["history"]]
+
+
+def true_best(history: list[tuple[int, float]]) -> tuple[int, float]:
+    """(step, criterion) of the best validation; the earlier one on a tie, as ModelCheckpoint."""
+    best = max(score for _, score in history)
+    return next((step, score) for step, score in history if score == best)
+
+
+# -- crash-safe writes ----------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_the_old_file_whole_when_the_write_dies(tmp_path):
+    target = tmp_path / "summary.json"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError, match="killed"), atomic_write(target, "w") as file:
+        file.write("half of the new")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old\n"
+    assert os.listdir(tmp_path) == ["summary.json"]  # no temporary left behind
+    with atomic_write(target, "w") as file:
+        file.write("new\n")
+    assert target.read_text() == "new\n"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_a_checkpoint_write_killed_half_way_leaves_the_previous_last_ckpt_loadable(
+    tmp_path, monkeypatch
+):
+    io = AtomicCheckpointIO()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 30, "state_dict": {"w": torch.ones(3)}}, last)
+
+    def dies_half_way(obj, file):
+        file.write(b"PK\x03\x04" + b"\0" * 1000)  # the start of a zip, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 80}, last)
+    monkeypatch.undo()
+    assert torch.load(last, weights_only=True)["global_step"] == 30
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "foreign"])
+def test_a_damaged_or_foreign_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    path = tmp_path / "last.ckpt"
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1000)}, "loops": {}, "callbacks": {}}, whole)
+    if damage == "empty":
+        path.touch()
+        expected = "empty file (0 bytes), a checkpoint write cut short"
+    elif damage == "truncated":
+        path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        expected = "not a readable PyTorch"
+    else:
+        torch.save({"model": {"w": torch.ones(2)}}, path)
+        expected = "not a "  # "Lightning checkpoint" / "training checkpoint of ferlit.fit"
+    with pytest.raises(ConfigError, match=r"^--ckpt_path:? ") as error:
+        read_checkpoint_file(path)
+    assert f"{path}: {expected}" in str(error.value)
+
+
+# -- stop, kill and resume with the shipped config, from another working directory ---------------
+
+
+def test_stop_kill_and_resume_keep_one_run_and_its_true_best(
+    tiny_sample, tmp_path, monkeypatch, capsys
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    run = work / "runs/sample/version_0"
+    checkpoints = run / "checkpoints"
+
+    # 1. Ctrl-C in the middle of step 5: stops after it, resumable, summary and command printed.
+    ctrl_c = ["--trainer.callbacks+=test_resume.SignalAt", "--trainer.callbacks.micro_batch", "9"]
+    ctrl_c += ["--trainer.callbacks.signum", "SIGINT"]
+    with pytest.raises(SystemExit) as stop:
+        main(sample_args(tiny_sample, *ctrl_c))
+    assert stop.value.code == 130
+    out, err = capsys.readouterr()
+    assert "stopped by SIGINT after optimizer step 5" in err
+    assert f"cd {work} && {sys.executable} -m ferlit.fit --config {SAMPLE_YAML}" in err
+    assert err.rstrip().endswith(f"--ckpt_path {checkpoints / 'last.ckpt'}")
+    assert "Best validation: val/criterion" in out
+    assert saved_step(checkpoints / "last.ckpt") == 5
+    summary = json.loads((checkpoints / "best_validation.json").read_text())
+    assert summary["step"] == 3 and Path(summary["checkpoint"]).parent == checkpoints
+    info = json.loads((run / "run_info.json").read_text())["starts"]
+    assert len(info) == 1 and info[0]["cwd"] == str(work)
+    assert info[0]["argv"][1:5] == ["-m", "ferlit.fit", "--config", str(SAMPLE_YAML)]
+    assert info[0]["data"]["affwild2_dir"] == os.path.realpath(tiny_sample.affwild2_dir)
+    assert info[0]["packages"]["torch"] == metadata.version("torch")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True)
+    if head.returncode == 0:
+        assert info[0]["git"]["commit"] == head.stdout.decode().strip()
+
+    # 2. A changed learning rate or backbone is another experiment: refused, naming the options.
+    for changed, message in (
+        (["--model.lr_head", "0.02"], "model.lr_head 0.01 -> 0.02"),
+        (
+            ["--model.backbone_kwargs", '{"channels": [8, 16, 32, 32], "layers": [1, 1, 1, 1]}'],
+            "model.backbone_kwargs.channels [8, 16, 32, 64] -> [8, 16, 32, 32]",
+        ),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(sample_args(tiny_sample, "--ckpt_path", "last", *changed))
+        assert refused.value.code == 2
+        err = capsys.readouterr().err
+        last = checkpoints / "last.ckpt"
+        assert f"error: --ckpt_path {last}: written by another experiment" in err
+        assert message in err
+    assert sorted(p.name for p in (work / "runs/sample").iterdir()) == ["version_0"]
+
+    # 3. Resume (--ckpt_path last, relative save_dir) with a longer max_steps: the same run.
+    resumed = main(sample_args(tiny_sample, "--ckpt_path", "last", "--trainer.max_steps", "12"))
+    assert resumed.trainer.global_step == 12
+    assert sorted(p.name for p in (work / "runs/sample").iterdir()) == ["version_0"]
+    history = summary_history(checkpoints / "last.ckpt")
+    assert [step for step, _ in history] == [3, 6, 9, 12]
+    step, score = true_best(history)
+    best = resumed.trainer.checkpoint_callback
+    assert float(best.best_model_score) == pytest.approx(score, rel=1e-6)
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == [Path(best.best_model_path).name]
+    assert f"best-step{step:07d}" in best.best_model_path
+    with open(run / "metrics.csv") as f:  # both parts' validations, in the one folder
+        assert [int(r["step"]) for r in csv.DictReader(f) if r["val/criterion"]] == [3, 6, 9, 12]
+    assert len(json.loads((run / "run_info.json").read_text())["starts"]) == 2
+    capsys.readouterr()
+
+    # 4. kill -9 right after a validation, from another working directory: last.ckpt is that
+    #    validation's state (Lightning alone rewrote it only on an improvement).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [sys.executable, "-m", "ferlit.fit", *sample_args(tiny_sample)]
+    command += ["--trainer.max_steps", "60", "--trainer.logger.save_dir", str(work / "runs")]
+    command += ["--ckpt_path", str(checkpoints / "last.ckpt")]
+    before = (checkpoints / "last.ckpt").stat().st_mtime_ns
+    process = subprocess.Popen(command, cwd=elsewhere, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while (checkpoints / "last.ckpt").stat().st_mtime_ns == before:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "no validation within 180 s"
+        time.sleep(0.005)
+    process.kill()
+    process.communicate(timeout=60)
+    killed_at = saved_step(checkpoints / "last.ckpt")
+    assert killed_at % 3 == 0 and 12 < killed_at < 60
+    assert sorted(p.name for p in (work / "runs/sample").iterdir()) == ["version_0"]
+
+    # 5. The log folder means the true best over every part of the run.
+    history = summary_history(checkpoints / "last.ckpt")
+    assert [s for s, _ in history] == list(range(3, killed_at + 1, 3))
+    step, _ = true_best(history)
+    chosen = resolve_checkpoint(work / "runs/sample")
+    assert chosen.parent == checkpoints and chosen.name.startswith(f"best-step{step:07d}")
+
+
+def test_debug_runs_leave_nothing_resumable(tiny_sample, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(sample_args(tiny_sample, "--trainer.fast_dev_run", "true"))
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("best_validation.json"))
+    overfit = ["--trainer.overfit_batches", "2", "--val_every_n_steps", "1"]
+    cli = main(sample_args(tiny_sample, *overfit, "--trainer.max_steps", "2"))
+    assert cli.trainer.global_step == 2 and (tmp_path / "runs/sample/version_0").is_dir()
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("best_validation.json"))
+    assert not list(tmp_path.rglob("run_info.json"))
+
+
+def test_second_ctrl_c_aborts_at_once():
+    stop = Preemption()
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        stop._interrupt(signal.SIGINT, None)
+        assert stop.held == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            stop._interrupt(signal.SIGINT, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_only_run_length_hardware_and_reporting_may_change_on_resume():
+    saved = {"model.lr_head": 0.01, "trainer.max_steps": 9, "data.num_workers": 2}
+    saved |= {"trainer.logger.init_args.name": "a", "early_stopping.patience": 5}
+    current = saved | {"trainer.max_steps": 90, "data.num_workers": 8}
+    current |= {"trainer.logger.init_args.name": "b", "early_stopping.patience": 7}
+    assert config_differences(saved, current) == ["early_stopping.patience 5 -> 7"]
