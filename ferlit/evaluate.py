@@ -48,7 +48,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import PARSER_MODE
-from ferlit.data.affwild2 import frame_file, read_affwild2
+from ferlit.data.affwild2 import _frames_on_disk, frame_file, read_affwild2
 from ferlit.data.cache import cached_read_affwild2
 from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
@@ -67,8 +67,22 @@ from ferlit.predictions import (
     scores_json,
     scores_of,
 )
-from ferlit.smoothing import check_window, choose_window, smooth_predictions
-from ferlit.submission import annotation_frame_counts, write_submission
+from ferlit.smoothing import (
+    KERNELS,
+    check_window,
+    choose_smoothing,
+    gaussian_sigma,
+    smooth_predictions,
+)
+from ferlit.submission import (
+    SINGLE_FILE_NAME,
+    annotation_frame_counts,
+    frame_counts_from_videos,
+    read_frame_counts,
+    read_test_list,
+    write_single_file,
+    write_submission,
+)
 
 OUTPUTS = ("predictions.parquet", "metrics.json", "confusion_matrix.png", "per_class_f1.png")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -223,6 +237,79 @@ def affwild2_index(data: ExpressionDataModule, split: str) -> FrameIndex:
     return index
 
 
+#: Highest frame number looked for among a video's face images: 5-digit names as shipped, plus
+#: room for a sixth digit (a video of more than 99,999 frames, 55 minutes at 30 fps).
+MAX_FRAME = 999_999
+
+
+def face_frames_index(index: FrameIndex) -> FrameIndex | None:
+    """Every face frame of an Aff-Wild2 split's videos, annotated or not, with its target.
+
+    The smoothing window of an annotated frame should see its neighbours whether or not they
+    are annotated: a frame labelled -1, or past the annotation file's last line, still has a
+    face and a prediction. Here each video of ``index`` (the reader's annotated frames) gets a row
+    for every frame image in its folder, in frame order, with the target the training metric
+    uses: the label where it scores (the reader kept the frame), -1 elsewhere (unannotated,
+    Other in a 7-class run, or past the last line). None when a video's folder or annotation file
+    cannot be read (a pack moved away from its source): then only the annotated frames exist.
+    """
+    frames_parts, labels_parts, groups_parts = [], [], []
+    for g in range(len(index.group_names)):
+        root = index.roots[index.group_roots[g]]
+        folder = os.path.join(root, str(index.group_names[g]))
+        source = os.path.join(root, str(index.group_sources[g]))
+        if index.group_kinds[g] != FRAME_FOLDER or not (
+            os.path.isdir(folder) and os.path.isfile(source)
+        ):
+            return None
+        faces = np.flatnonzero(_frames_on_disk(folder, MAX_FRAME)) + 1
+        annotated = index.frames[index.groups == g]
+        targets = np.full(len(faces), -1, np.int64)
+        at = np.searchsorted(faces, annotated)
+        if np.any(at >= len(faces)) or np.any(faces[np.minimum(at, len(faces) - 1)] != annotated):
+            raise DataError(
+                f"{folder}: frames of the index have no image any more; was the folder changed "
+                "while evaluating?"
+            )
+        targets[at] = index.labels[index.groups == g]
+        frames_parts.append(faces)
+        labels_parts.append(targets)
+        groups_parts.append(np.full(len(faces), g))
+    if not frames_parts:
+        return None
+    frames = np.concatenate(frames_parts)
+    return FrameIndex(
+        roots=index.roots,
+        num_classes=index.num_classes,
+        labels=np.concatenate(labels_parts).astype(np.int8),
+        groups=np.concatenate(groups_parts).astype(np.int32),
+        frames=frames.astype(np.int32),
+        boxes=np.full((len(frames), 4), -1, np.int32),
+        lines=(frames + 1).astype(np.int32),  # frame k is line k + 1 (after the header)
+        group_names=index.group_names,
+        group_roots=index.group_roots,
+        group_kinds=index.group_kinds,
+        group_sources=index.group_sources,
+        skipped=dict(index.skipped),
+    )
+
+
+def with_context(
+    data: ExpressionDataModule, index: FrameIndex, part: str | None
+) -> tuple[FrameIndex, str | None, str]:
+    """The frames to predict for a labelled split: every face frame (:func:`face_frames_index`)
+    read from the frame folders, or, from a pack (which holds the annotated frames only) or
+    without readable folders, the annotated frames alone; and a note on which it is."""
+    if part is None:
+        return index, part, "every frame given (--frames_dir)"
+    if data.pack is not None:
+        return index, part, "annotated frames only: a pack holds no unannotated frame"
+    every = face_frames_index(index)
+    if every is None:
+        return index, part, "annotated frames only: the frame folders could not be read"
+    return every, None, "every face frame of the split's videos, annotated or not"
+
+
 class EvaluationData(pl.LightningDataModule):
     """The faces to predict, sharded over the Trainer's processes as validation is."""
 
@@ -319,14 +406,50 @@ def build_parser() -> ArgumentParser:
         "--smooth",
         type=int | Literal["auto"],
         default=0,
-        help="Temporal smoothing window in frames (odd; 0 = off), or 'auto': chosen on the "
-        "validation set.",
+        help="Temporal smoothing window in frames (odd; 0 = off), or 'auto': kernel and window "
+        "chosen on the validation set.",
+    )
+    parser.add_argument(
+        "--smooth_kernel",
+        type=Literal["box", "gaussian"] | None,
+        default=None,
+        help="Window weights: box (the mean) or gaussian (sigma = window / 6). Default: box for "
+        "--smooth W; both tried for --smooth auto.",
     )
     parser.add_argument(
         "--submission",
         type=str | None,
         default=None,
-        help="Write the ABAW submission files (<video>.txt) into this folder.",
+        help="Write the ABAW submission into this folder: <video>.txt per video (2020/2022) "
+        "or one predictions.txt (2023/2024, see --submission_format).",
+    )
+    parser.add_argument(
+        "--submission_format",
+        type=Literal["auto", "per_video", "single_file"],
+        default="auto",
+        help="per_video: <video>.txt with a line per frame of the video (ABAW 2020/2022); "
+        "single_file: predictions.txt with a line per frame of --test_list (ABAW 2023/2024); "
+        "auto: single_file when --test_list is given.",
+    )
+    parser.add_argument(
+        "--test_list",
+        type=str | None,
+        default=None,
+        help="The organisers' test-set list of frames (<video>/00001.jpg per line) that a "
+        "single-file submission follows, line by line.",
+    )
+    parser.add_argument(
+        "--videos_dir",
+        type=str | None,
+        default=None,
+        help="Folder of the test videos (<video>.mp4 or .avi): each per-video file gets a line "
+        "per frame decoded from its video.",
+    )
+    parser.add_argument(
+        "--frame_counts",
+        type=str | None,
+        default=None,
+        help="CSV of video,frames: the frame count of each test video for per-video files.",
     )
     parser.add_class_arguments(ExpressionDataModule, "data", skip={"image_size"})
     parser.add_argument("--trainer.accelerator", type=str, default="auto")
@@ -385,13 +508,84 @@ def frames_to_evaluate(config, data: ExpressionDataModule) -> tuple[FrameIndex, 
     return index, f"affwild2_{config.split}", described
 
 
+def check_submission_options(config) -> str | None:
+    """The submission format to write (None: no submission), its options checked together.
+
+    A per-video file has a line per frame of its video: the annotation files give that count for
+    a labelled split; test videos (``--frames_dir``) need ``--videos_dir`` or ``--frame_counts``,
+    since the face images cannot tell how many frames follow the last face.
+    """
+    given = [f"--{o}" for o in ("test_list", "videos_dir", "frame_counts") if config.get(o)]
+    if config.submission is None:
+        if given or config.submission_format != "auto":
+            option = given[0] if given else f"--submission_format {config.submission_format}"
+            raise ConfigError(f"{option}: only used with --submission DIR")
+        return None
+    form = config.submission_format
+    if form == "auto":
+        form = "single_file" if config.test_list else "per_video"
+    if form == "single_file":
+        if not config.test_list:
+            raise ConfigError(
+                "--submission_format single_file: needs --test_list FILE, the organisers' list "
+                "of test frames (<video>/00001.jpg per line) that the file follows line by line"
+            )
+        extra = [o for o in given if o != "--test_list"]
+        if extra:
+            raise ConfigError(
+                f"{extra[0]}: not used by a single-file submission, whose lines are those of "
+                "--test_list; it is for --submission_format per_video"
+            )
+        read_test_list(config.test_list)  # a bad list stops before the frames are predicted
+        return form
+    if config.test_list:
+        raise ConfigError(
+            "--test_list: only for --submission_format single_file (ABAW 2023/2024); per-video "
+            "files take their frame counts from --videos_dir or --frame_counts"
+        )
+    if config.videos_dir and config.frame_counts:
+        raise ConfigError("--videos_dir and --frame_counts: give one source of frame counts")
+    if config.frames_dir is None and (config.videos_dir or config.frame_counts):
+        raise ConfigError(
+            f"{given[0]}: the annotation files give the frame counts of the labelled "
+            f"{config.split} split; it is for test videos (--frames_dir)"
+        )
+    if config.frames_dir is not None and not (config.videos_dir or config.frame_counts):
+        raise ConfigError(
+            "--submission: per-video files need each test video's frame count, which the face "
+            "images cannot tell (frames after the last face have no image); give --videos_dir "
+            "DIR (the videos: frames decoded with OpenCV) or --frame_counts FILE (CSV "
+            "video,frames)"
+        )
+    if config.frame_counts:
+        read_frame_counts(config.frame_counts)
+    if config.videos_dir and not Path(config.videos_dir).is_dir():
+        raise ConfigError(f"--videos_dir {config.videos_dir}: no such folder")
+    return form
+
+
+def smoothing_kernels(window: int | str, kernel: str | None) -> tuple[str, ...]:
+    """The kernels to smooth with: ``--smooth_kernel``'s, or box for a fixed window and both
+    for ``--smooth auto``; a kernel without smoothing is refused rather than ignored."""
+    if kernel is not None and window != "auto" and window <= 1:
+        raise ConfigError(
+            f"--smooth_kernel {kernel}: smoothing is off (--smooth {window}); give a window "
+            "(--smooth 15) or --smooth auto"
+        )
+    if kernel is not None:
+        return (kernel,)
+    return KERNELS if window == "auto" else ("box",)
+
+
 def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     """Run ``python -m ferlit.evaluate`` with ``args``; returns the metrics.json content (rank 0)."""
     config, checkpoint, model_hparams = parse_args(args)
     window = config.smooth if config.smooth == "auto" else check_window(config.smooth)
+    kernels = smoothing_kernels(window, config.smooth_kernel)
     out = Path(config.out)
     submission = Path(config.submission) if config.submission else None
     check_destinations(out, submission, config.overwrite)
+    submission_format = check_submission_options(config)
     num_classes = int(model_hparams["num_classes"])
     if num_classes != config.data.num_classes:
         raise ConfigError(
@@ -401,7 +595,8 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
         )
     names = class_names(num_classes)
     data = ExpressionDataModule(**config.data.as_dict(), image_size=model_hparams["input_size"])
-    index, part, described = frames_to_evaluate(config, data)
+    index, split_part, described = frames_to_evaluate(config, data)
+    index, part, context = with_context(data, index, split_part)
     module = load_module(checkpoint, model_hparams)
     t = config.trainer
     trainer = pl.Trainer(
@@ -418,29 +613,32 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
         use_distributed_sampler=False,  # EvaluationData shards by rank itself, without padding
     )
 
-    auto_on_val = window == "auto" and part != "affwild2_val"
+    auto_on_val = window == "auto" and split_part != "affwild2_val"
     if auto_on_val:
-        val_index = affwild2_index(data, "val")
-        val_probs = predict(trainer, module, evaluation_data(data, val_index, "affwild2_val"))
+        val_index, val_part, _ = with_context(data, affwild2_index(data, "val"), "affwild2_val")
+        val_probs = predict(trainer, module, evaluation_data(data, val_index, val_part))
     probs = predict(trainer, module, evaluation_data(data, index, part))
     if probs is None:
         return None  # another rank: rank 0 writes
     predictions = predictions_frame(index, probs, names)
 
     search = None
+    kernel = kernels[0]
     if window == "auto":
         chosen_on = "the validation split" if auto_on_val else "these frames (optimistic)"
         choice = predictions_frame(val_index, val_probs, names) if auto_on_val else predictions
-        rows = labelled(choice)
-        window, search = choose_window(
-            rows["video"].to_numpy(),
-            rows["frame"].to_numpy(),
-            rows[prob_columns(choice)].to_numpy(),
-            rows["target"].to_numpy(),
+        if not (choice["target"] >= 0).any():
+            raise DataError(f"--smooth auto: {described} has no labelled frame to choose on")
+        kernel, window, search = choose_smoothing(
+            choice["video"].to_numpy(),
+            choice["frame"].to_numpy(),
+            choice[prob_columns(choice)].to_numpy(),
+            choice["target"].to_numpy(),
+            kernels=kernels,
         )
         console.print(
-            f"--smooth auto: window {window} frames, the best criterion on {chosen_on} "
-            f"(raw {search[1]:.4f}, smoothed {search[window]:.4f})"
+            f"--smooth auto: {kernel} window {window} frames, the best criterion on {chosen_on} "
+            f"(raw {search[kernel][1]:.4f}, smoothed {search[kernel][window]:.4f})"
         )
     else:
         chosen_on = "--smooth"
@@ -451,6 +649,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
             predictions["frame"].to_numpy(),
             predictions[prob_columns(predictions)].to_numpy(),
             window,
+            kernel,
         ).astype(np.int8)
         columns = ("pred", "pred_smoothed")
 
@@ -463,7 +662,14 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
         "frames": len(predictions),
         "videos": int(predictions["video"].nunique()),
         "labelled_frames": len(labelled(predictions)),
-        "smoothing": {"window": window, "chosen_by": chosen_on, "criterion_by_window": search},
+        "smoothing": {
+            "window": window,
+            "kernel": kernel if window > 1 else None,
+            "sigma": gaussian_sigma(window) if window > 1 and kernel == "gaussian" else None,
+            "chosen_by": chosen_on,
+            "context": context,
+            "criterion_by_window": search,
+        },
         "raw": scores_json(scores_of(predictions), names) if has_labels else None,
         "smoothed": (
             scores_json(scores_of(predictions, "pred_smoothed"), names)
@@ -475,7 +681,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     print_report(report, names)
     if submission is not None:
         write_submission_files(
-            submission, predictions, index, columns[-1], num_classes, config.overwrite
+            submission, predictions, index, columns[-1], num_classes, config, submission_format
         )
     return report
 
@@ -560,25 +766,49 @@ def write_submission_files(
     index: FrameIndex,
     column: str,
     num_classes: int,
-    overwrite: bool,
+    config,
+    form: str,
 ) -> None:
-    """The ABAW files of ``column``'s labels; frame counts from the annotation files if known."""
-    known = bool((predictions["target"] >= 0).any())
-    num_frames = annotation_frame_counts(index) if known else None
-    if overwrite and folder.is_dir():
+    """The ABAW submission of ``column``'s labels in format ``form`` (see
+    :func:`check_submission_options`)."""
+    if config.overwrite and folder.is_dir():
         for stale in folder.glob("*.txt"):
             stale.unlink()
+    videos = predictions["video"].to_numpy().astype(str)
+    frames = predictions["frame"].to_numpy()
+    labels = predictions[column].to_numpy()
+    if form == "single_file":
+        path = folder / SINGLE_FILE_NAME
+        lines = write_single_file(path, config.test_list, videos, frames, labels)
+        note = "" if num_classes == 8 else " (a 7-class model: Other is never predicted)"
+        console.print(f"Wrote {path}: {lines} frames of {config.test_list} ({column}){note}")
+        return
+    keep = np.ones(len(frames), bool)
+    if config.frames_dir is None:
+        num_frames = annotation_frame_counts(index)
+        source = "annotation files"
+        # Faces past an annotation file's last line have no line in its video's file.
+        keep = frames <= np.asarray([num_frames[v] for v in videos])
+    elif config.frame_counts:
+        num_frames = read_frame_counts(config.frame_counts)
+        source = str(config.frame_counts)
+        missing = sorted(set(videos) - set(num_frames))
+        if missing:
+            raise DataError(
+                f"{config.frame_counts}: no frame count for video {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            )
+    else:
+        highest = predictions.groupby("video", observed=True)["frame"].max()
+        num_frames = frame_counts_from_videos(config.videos_dir, highest.astype(int).to_dict())
+        source = f"videos in {config.videos_dir}"
     files = write_submission(
-        folder,
-        predictions["video"].to_numpy(),
-        predictions["frame"].to_numpy(),
-        predictions[column].to_numpy(),
-        num_classes,
-        num_frames,
+        folder, videos[keep], frames[keep], labels[keep], num_classes, num_frames
     )
-    source = "annotation files" if known else "highest frame present"
+    dropped = int((~keep).sum())
+    past = f"; {dropped} face frames past their annotation's last line left out" if dropped else ""
     console.print(
-        f"Wrote {len(files)} submission files ({column}; frame counts from the {source}) "
+        f"Wrote {len(files)} submission files ({column}; frame counts from the {source}{past}) "
         f"to {folder}"
     )
 

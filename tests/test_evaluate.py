@@ -125,9 +125,18 @@ def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sam
         "pred_smoothed",
     ]
     index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
-    assert len(predictions) == len(index) == tiny_sample.manifest["affwild2"]["val"]["samples"]
-    assert predictions["frame"].tolist() == index.frames.tolist()
-    assert predictions["target"].tolist() == index.labels.tolist()
+    # Every face frame of the val videos is predicted; the annotated ones are the reader's.
+    faces = sorted(
+        (p.parent.name, int(p.stem))
+        for p in (Path(tiny_sample.affwild2_dir) / FRAMES_DIR).glob("*/*.jpg")
+        if p.parent.name in tiny_sample.manifest["affwild2"]["val"]["videos"]
+    )
+    assert list(zip(predictions["video"], predictions["frame"], strict=True)) == faces
+    annotated = predictions[predictions["target"] >= 0]
+    assert len(annotated) == len(index) == tiny_sample.manifest["affwild2"]["val"]["samples"]
+    assert len(predictions) > len(index)  # the -1 frames with a face are predicted too
+    assert annotated["frame"].tolist() == index.frames.tolist()
+    assert annotated["target"].tolist() == index.labels.tolist()
     assert (
         sorted(predictions["video"].unique()) == tiny_sample.manifest["affwild2"]["val"]["videos"]
     )
@@ -138,24 +147,31 @@ def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sam
     expected_smoothed = smooth_predictions(videos, frames, probs, 5)
     assert predictions["pred_smoothed"].tolist() == expected_smoothed.tolist()
 
-    assert metrics["frames"] == len(index) and metrics["videos"] == 2
+    assert metrics["frames"] == len(predictions) and metrics["videos"] == 2
+    assert metrics["labelled_frames"] == len(index)
     assert metrics["smoothing"] == {
         "window": 5,
+        "kernel": "box",
+        "sigma": None,
         "chosen_by": "--smooth",
+        "context": "every face frame of the split's videos, annotated or not",
         "criterion_by_window": None,
     }
-    target = predictions["target"].to_numpy()
-    assert_agree(metrics["raw"], sklearn_scores(target, predictions["pred"].to_numpy()))
-    assert_agree(metrics["smoothed"], sklearn_scores(target, expected_smoothed))
+    # Scored over the annotated frames only, smoothed over all of them.
+    scored = predictions["target"].to_numpy() >= 0
+    target = predictions["target"].to_numpy()[scored]
+    assert_agree(metrics["raw"], sklearn_scores(target, predictions["pred"].to_numpy()[scored]))
+    assert_agree(metrics["smoothed"], sklearn_scores(target, expected_smoothed[scored]))
 
 
 def test_probabilities_are_the_trained_models(smoothed_run, checkpoint, tiny_sample):
     out, _ = smoothed_run
     predictions = pd.read_parquet(out / "predictions.parquet")
+    annotated = predictions[predictions["target"] >= 0]
     index = read_affwild2(tiny_sample.affwild2_dir, "val", progress=False)
     rows = [0, 1, len(index) - 1]
     expected = model_probabilities(checkpoint, index, rows)
-    np.testing.assert_allclose(predictions[PROBS].to_numpy()[rows], expected, atol=1e-5)
+    np.testing.assert_allclose(annotated[PROBS].to_numpy()[rows], expected, atol=1e-5)
 
 
 def test_submission_has_every_annotated_frame_filled_from_the_nearest(smoothed_run, tiny_sample):
@@ -180,20 +196,28 @@ def test_submission_has_every_annotated_frame_filled_from_the_nearest(smoothed_r
             assert labels[frame - 1] == smoothed[frames == nearest][0]
             filled_frames += 1
     manifest = tiny_sample.manifest["affwild2"]["val"]["skipped"]
-    assert filled_frames == manifest["unannotated"] + manifest["no_image"] > 0
+    assert filled_frames == manifest["no_image"] > 0  # -1 frames with a face are predicted
 
 
 def test_smooth_auto_picks_the_best_window_on_the_validation_set(checkpoint, tmp_path, capsys):
     report = main(evaluate_args(checkpoint, tmp_path / "auto", "--smooth", "auto"))
     smoothing = report["smoothing"]
-    by_window = smoothing["criterion_by_window"]
-    best = max(by_window.items(), key=lambda item: (item[1], -item[0]))[0]
-    assert smoothing["window"] == best
-    assert smoothing["chosen_by"] == "these frames (optimistic)"
-    assert by_window[1] == pytest.approx(report["raw"]["criterion"], abs=1e-12)
+    by_kernel = smoothing["criterion_by_window"]
+    assert set(by_kernel) == {"box", "gaussian"}
+    candidates = [(v, -w, -k) for k, s in enumerate(by_kernel.values()) for w, v in s.items()]
+    best_score, minus_window, minus_kernel = max(candidates)
+    best, kernel = -minus_window, ("box", "gaussian")[-minus_kernel]
+    assert (smoothing["window"], smoothing["chosen_by"]) == (best, "these frames (optimistic)")
+    for scores in by_kernel.values():
+        assert scores[1] == pytest.approx(report["raw"]["criterion"], abs=1e-12)
     if best > 1:
-        assert report["smoothed"]["criterion"] == pytest.approx(by_window[best], abs=1e-12)
-    assert f"--smooth auto: window {best} frames" in capsys.readouterr().out
+        assert smoothing["kernel"] == kernel
+        assert report["smoothed"]["criterion"] == pytest.approx(best_score, abs=1e-12)
+    assert f"--smooth auto: {kernel} window {best} frames" in capsys.readouterr().out
+    gaussian = main(
+        evaluate_args(checkpoint, tmp_path / "g", "--smooth", "auto", "--smooth_kernel", "gaussian")
+    )
+    assert set(gaussian["smoothing"]["criterion_by_window"]) == {"gaussian"}
 
 
 def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, tiny_sample):
@@ -211,12 +235,15 @@ def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, t
         shutil.copy(image, frames_dir / video / frame_file(frame))
     (frames_dir / "clipA" / "notes.txt").write_text("not an image: ignored")
     submission = out / "sub"
+    lengths = out.parent / "lengths.csv"
+    lengths.write_text("video,frames\nclipA,5\nclipB,6\n")  # clipB's last two frames: no face
 
     report = main(
         evaluate_args(
             checkpoint,
             out,
             *("--frames_dir", str(frames_dir), "--submission", str(submission), "--overwrite"),
+            *("--frame_counts", str(lengths)),
         )
     )
     assert report["raw"] is None and report["smoothed"] is None
@@ -231,9 +258,27 @@ def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, t
     lines_a = (submission / "clipA.txt").read_text().splitlines()
     lines_b = (submission / "clipB.txt").read_text().splitlines()
     assert lines_a[0] == lines_b[0] == HEADER
-    # clipA: frame 3 is nearest to 2, frame 4 to 5; clipB ends at its highest frame, 4.
+    # clipA: frame 3 is nearest to 2, frame 4 to 5; clipB has 6 frames, its last face is 4.
     assert [int(v) for v in lines_a[1:]] == [pred[0], pred[1], pred[1], pred[2], pred[2]]
-    assert [int(v) for v in lines_b[1:]] == [pred[3], pred[3], pred[3], pred[4]]
+    assert [int(v) for v in lines_b[1:]] == [pred[3]] * 3 + [pred[4]] * 3
+
+    # ABAW 2023/2024: one file, following the organisers' list line by line.
+    listed = out.parent / "test_set.txt"
+    listed.write_text("clipB/00006.jpg\nclipA/00003.jpg\nclipA/00001.jpg\n")
+    single = out.parent / "single"
+    main(
+        evaluate_args(
+            checkpoint,
+            out,
+            *("--frames_dir", str(frames_dir), "--overwrite", "--submission", str(single)),
+            *("--test_list", str(listed)),
+        )
+    )
+    assert sorted(p.name for p in single.iterdir()) == ["predictions.txt"]
+    assert (single / "predictions.txt").read_text() == (
+        "image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n"
+        f"clipB/00006.jpg,{pred[4]}\nclipA/00003.jpg,{pred[1]}\nclipA/00001.jpg,{pred[0]}\n"
+    )
 
 
 def model_probabilities(checkpoint: Path, index, rows: list[int]) -> np.ndarray:
@@ -319,11 +364,29 @@ def empty_val_split(root: Path) -> Path:
         (["--frames_dir", "{bad_frames}"], "face_a.jpg: not a frame file; expected 1-based"),
         (
             ["--data.affwild2_dir", "{empty}", "--data.expw_dir", "null"],
-            "the Aff-Wild2 val split has no annotated frame with an image in cropped_aligned/ "
-            "(frames skipped: unannotated 1, no_image 2)",
+            "the val split keeps no frame: none of its 1 annotated videos (b) has an image of "
+            "an annotated frame in ",
         ),
         (["--ckpt", "{missing}"], "missing.ckpt: no such file or folder; expected a checkpoint"),
         (["--ckpt", "{garbage}"], "garbage.ckpt: not a readable PyTorch checkpoint"),
+        (
+            ["--frames_dir", "{frames}", "--submission", "{sub}"],
+            "per-video files need each test video's frame count, which the face images cannot "
+            "tell (frames after the last face have no image); give --videos_dir DIR",
+        ),
+        (["--test_list", "{frames}"], "--test_list: only used with --submission DIR"),
+        (
+            ["--submission", "{sub}", "--submission_format", "single_file"],
+            "--submission_format single_file: needs --test_list FILE",
+        ),
+        (
+            ["--submission", "{sub}", "--frame_counts", "{frames}"],
+            "--frame_counts: the annotation files give the frame counts of the labelled val split",
+        ),
+        (
+            ["--smooth_kernel", "gaussian"],
+            "--smooth_kernel gaussian: smoothing is off (--smooth 0)",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(
@@ -339,6 +402,8 @@ def test_bad_input_is_refused_with_a_clear_message(
         "empty": empty_val_split(tmp_path / "affwild2"),
         "missing": tmp_path / "missing.ckpt",
         "garbage": garbage,
+        "frames": smoothed_run[0].parent / "test_frames",
+        "sub": tmp_path / "sub",
     }
     extra = [v.format(**paths) for v in extra]
     with pytest.raises(SystemExit) as stop:
