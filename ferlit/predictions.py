@@ -150,17 +150,20 @@ def per_class_table(
 
 
 def smoothing_sweep(
-    predictions: pd.DataFrame, windows: tuple[int, ...] = AUTO_WINDOWS
+    predictions: pd.DataFrame, windows: tuple[int, ...] = AUTO_WINDOWS, kernel: str = "box"
 ) -> pd.DataFrame:
-    """Criterion, macro-F1 and accuracy of the labelled frames for each smoothing window."""
-    rows = labelled(predictions)
-    probs = rows[prob_columns(predictions)].to_numpy()
-    videos, frames, targets = (rows[c].to_numpy() for c in ("video", "frame", "target"))
+    """Criterion, macro-F1 and accuracy of the labelled frames for each smoothing window.
+
+    As in ``evaluate``, every row (unannotated frames too) is smoothed and the labelled rows
+    are scored, so that the sweep's numbers are those ``--smooth W`` reports.
+    """
+    probs = predictions[prob_columns(predictions)].to_numpy()
+    videos, frames, targets = (predictions[c].to_numpy() for c in ("video", "frame", "target"))
+    scored = targets >= 0
     sweep = []
     for window in windows:
-        scores = scores_from_labels(
-            targets, smooth_predictions(videos, frames, probs, window), probs.shape[1]
-        )
+        smoothed = smooth_predictions(videos, frames, probs, window, kernel)
+        scores = scores_from_labels(targets[scored], smoothed[scored], probs.shape[1])
         sweep.append(
             {"window": window, **{k: float(scores[k]) for k in ("criterion", "f1", "acc")}}
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ferlit.errors import ConfigError
+from ferlit.predictions import smoothing_sweep
 from ferlit.smoothing import (
     choose_smoothing,
     choose_window,
@@ -171,3 +173,18 @@ def test_smooth_auto_chooses_among_both_kernels():
 def test_bad_kernel_is_refused():
     with pytest.raises(ConfigError, match="--smooth_kernel: expected one of box, gaussian"):
         smooth_probabilities(["a"] * 5, FRAMES, PROBS, 3, kernel="triangle")
+
+
+def test_the_notebooks_sweep_smooths_every_row_and_scores_the_labelled_ones():
+    names = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(7), size=40)
+    targets = np.where(rng.random(40) < 0.3, -1, rng.integers(0, 7, 40))
+    frames = np.tile(np.arange(1, 21), 2)
+    videos = np.repeat(["a", "b"], 20)
+    table = pd.DataFrame({"video": videos, "frame": frames, "target": targets, "pred": 0})
+    for c, name in enumerate(names):
+        table[f"prob_{name.lower()}"] = probs[:, c]
+    sweep = smoothing_sweep(table, (1, 5), kernel="gaussian")
+    expected = criterion_by_window(videos, frames, probs, targets, (1, 5), kernel="gaussian")
+    assert sweep["criterion"].tolist() == pytest.approx([expected[1], expected[5]], abs=1e-12)
