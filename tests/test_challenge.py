@@ -22,6 +22,7 @@ from ferlit.data.affwild2 import FRAMES_DIR, annotation_dir, frame_file, write_a
 from ferlit.evaluate import main as evaluate
 from ferlit.fit import main as fit
 from ferlit.module import ExpressionModule
+from ferlit.smoothing import criterion_by_window, smooth_predictions
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
@@ -227,3 +228,18 @@ def test_the_abaw2024_experiment_is_the_papers_recipe_on_eight_classes(capsys):
     assert (current["data.num_classes"], current["data.affwild2_layout"]) == (8, "abaw2024")
     assert current["trainer.logger.init_args.name"] == "abaw2024"
     assert current["checkpoint.monitor"] == current["early_stopping.monitor"] == "val/criterion"
+
+
+def test_smoothing_windows_of_an_eight_class_model_are_scored_by_mean_f1():
+    rng = np.random.default_rng(2)
+    frames = np.tile(np.arange(1, 61), 2)
+    videos = np.repeat(["a", "b"], 60)
+    targets = np.repeat(rng.integers(0, 8, 12), 10)  # expressions lasting 10 frames
+    probs = rng.dirichlet(np.ones(8), len(targets))
+    probs[np.arange(len(targets)), targets] += 0.3  # a noisy model, better than chance
+    by_window = criterion_by_window(videos, frames, probs, targets, (1, 5, 9))
+    for window, score in by_window.items():
+        pred = smooth_predictions(videos, frames, probs, window)
+        macro = f1_score(targets, pred, average="macro", labels=range(8), zero_division=0)
+        assert score == pytest.approx(macro, abs=1e-12), window
+        assert score != pytest.approx(0.67 * macro + 0.33 * accuracy_score(targets, pred))
