@@ -10,3 +10,16 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+#: The Python API for a trained model (ferlit.inference), imported on first use: ``import ferlit``
+#: stays light for the data tools.
+_LAZY = {"load_model": "ferlit.inference", "predict": "ferlit.inference"}
+__all__ = ["__version__", "load_model", "predict"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ferlit' has no attribute {name!r}")

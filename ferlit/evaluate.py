@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -57,6 +56,7 @@ from ferlit.data.samplers import ShardSampler
 from ferlit.data.transforms import build_transform
 from ferlit.errors import ConfigError, DataError, FerlitError, WeightsError, user_message
 from ferlit.expressions import EXPRESSIONS_7, class_names
+from ferlit.models.checkpoints import load_checkpoint
 from ferlit.module import ExpressionModule
 from ferlit.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
 from ferlit.predictions import (
@@ -119,12 +119,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The model's and the DataModule's hyperparameters saved in a Lightning checkpoint."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
-    if not isinstance(state, dict) or "state_dict" not in state or "hyper_parameters" not in state:
+    """The model's and the DataModule's hyperparameters saved in a Lightning checkpoint, read
+    without running code (:func:`ferlit.models.checkpoints.load_checkpoint`)."""
+    state = load_checkpoint(path, mmap=True)
+    if "hyper_parameters" not in state:
         raise WeightsError(
             f"{path}: not a Lightning checkpoint of ExpressionModule (no state_dict and "
             "hyper_parameters); expected a file written by python -m ferlit.fit"
@@ -137,13 +135,11 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_module(path: Path, hparams: dict[str, Any]) -> ExpressionModule:
     """The trained module, in eval mode on the CPU (the Trainer moves it).
 
-    The VGGFace2 file the run started from is not needed (the checkpoint holds every weight), so
-    it is not read again; the normalisation it implied is kept explicitly.
+    ``ExpressionModule.load_from_checkpoint`` reads the file safely, does not need the VGGFace2
+    file the run started from (the checkpoint holds every weight) and restores the input
+    preprocessing saved in the checkpoint.
     """
-    overrides: dict[str, Any] = {"pretrained": None}
-    if hparams.get("preprocessing", "auto") == "auto" and hparams.get("pretrained"):
-        overrides["preprocessing"] = "vggface2"
-    module = ExpressionModule.load_from_checkpoint(path, map_location="cpu", **overrides)
+    module = ExpressionModule.load_from_checkpoint(path, map_location="cpu")
     return module.eval()
 
 

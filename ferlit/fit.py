@@ -413,7 +413,9 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                     "run writes no checkpoint, so it cannot continue a run"
                 )
             try:
-                cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
+                # ferlit has read the file safely (resume_checkpoint); Lightning reads it again
+                # and must not run code either (ferlit.models.checkpoints.SAFE_GLOBALS).
+                cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
             except SIGTERMException:
                 stop = next(c for c in cli.trainer.callbacks if isinstance(c, Preemption))
                 names = "/".join(signal.Signals(s).name for s in stop.held) or "SIGTERM"

@@ -9,7 +9,9 @@ mean F1 over the 8 classes (:mod:`ferlit.metrics`).
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from contextvars import ContextVar
+from typing import IO, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -18,10 +20,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ferlit.errors import ConfigError, TrainingDiverged
+from ferlit.errors import ConfigError, TrainingDiverged, WeightsError
 from ferlit.expressions import class_names, metric_key
 from ferlit.metrics import ExpressionCriterion
 from ferlit.models.backbone import create_model
+from ferlit.models.checkpoints import (
+    FERLIT_KEY,
+    checkpoint_preprocessing,
+    load_checkpoint,
+    preprocessing_record,
+)
+
+#: True while ``load_from_checkpoint`` builds a module: the checkpoint holds every weight and the
+#: preprocessing, so the weights file named by ``pretrained`` is not read (it may be long gone).
+_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ferlit_from_checkpoint", default=False)
 
 
 class ExpressionModule(pl.LightningModule):
@@ -68,7 +80,8 @@ class ExpressionModule(pl.LightningModule):
             if value < 0:
                 raise ConfigError(f"model.{option} must be >= 0, got {value}")
         self.save_hyperparameters()
-        self.net = create_model(backbone, num_classes, backbone_kwargs, pretrained, preprocessing)
+        start = None if _FROM_CHECKPOINT.get() else pretrained
+        self.net = create_model(backbone, num_classes, backbone_kwargs, start, preprocessing)
         if self.net.weights_report is not None:
             rank_zero_info(f"model.pretrained: {self.net.weights_report}")
         rank_zero_info(f"input preprocessing: {self.net.preprocessing}")
@@ -79,6 +92,60 @@ class ExpressionModule(pl.LightningModule):
         self.last_val_scores: dict[str, float] = {}
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike[str] | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> ExpressionModule:
+        """Lightning's loader, made safe and self-contained.
+
+        The file is first read by :func:`ferlit.models.checkpoints.load_checkpoint` (no code runs;
+        a refusal is a ``WeightsError`` naming the file), then by Lightning with
+        ``weights_only=True``. The weights file the run started from (``pretrained``) is not
+        read: the checkpoint has every weight, and :meth:`on_load_checkpoint` restores the input
+        preprocessing the model was trained with.
+        """
+        if weights_only is False:
+            raise WeightsError(
+                f"{checkpoint_path}: ferlit reads checkpoints only with weights_only=True"
+            )
+        if isinstance(checkpoint_path, str | os.PathLike):
+            load_checkpoint(checkpoint_path, mmap=True)
+        token = _FROM_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True,
+                **kwargs,
+            )
+        finally:
+            _FROM_CHECKPOINT.reset(token)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The resolved input preprocessing goes into every checkpoint (``ferlit.preprocessing``):
+        a trained model carries its normalisation, whatever options or files built it."""
+        checkpoint.setdefault(FERLIT_KEY, {})["preprocessing"] = preprocessing_record(
+            self.net.preprocessing
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's preprocessing replaces whatever ``__init__`` chose from the options
+        (e.g. ``pretrained=None`` would pick ImageNet's for a VGGFace2-trained model)."""
+        preprocessing = checkpoint_preprocessing(checkpoint)
+        if preprocessing is not None and preprocessing != self.net.preprocessing:
+            self.net.set_preprocessing(preprocessing)
+            rank_zero_info(f"input preprocessing (from the checkpoint): {preprocessing}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 RGB faces (the network normalises them itself)."""

@@ -127,18 +127,46 @@ def test_bad_num_classes_kwargs_and_preprocessing_name_their_option() -> None:
 
 def test_weights_select_vggface2_preprocessing_unless_told_otherwise(tmp_path: Path) -> None:
     trained = tiny().eval()
-    checkpoint = tmp_path / "last.ckpt"
-    # ferlit's own checkpoint: ExpressionModule keeps the ExpressionNet as ``net``
-    state = {f"net.{k}": v for k, v in trained.state_dict().items()}
-    torch.save({"state_dict": state}, checkpoint)
+    weights = tmp_path / "weights.pth"
+    torch.save(trained.backbone.state_dict(), weights)  # a plain timm state dict
 
-    net = tiny(pretrained=checkpoint).eval()
+    net = tiny(pretrained=weights).eval()
     assert net.preprocessing == VGGFACE2
     assert net.weights_report is not None and net.weights_report.naming == "timm"
+    assert net.weights_report.preprocessing is None
     with torch.no_grad():
         same = trained.backbone.forward_features(trained.normalize(images()))
         torch.testing.assert_close(net.backbone.forward_features(trained.normalize(images())), same)
     assert not torch.equal(net.backbone.fc.weight, trained.backbone.fc.weight)
 
-    assert tiny(pretrained=checkpoint, preprocessing="imagenet").preprocessing == IMAGENET
+    assert tiny(pretrained=weights, preprocessing="imagenet").preprocessing == IMAGENET
     assert tiny(preprocessing="vggface2").preprocessing == VGGFACE2
+
+
+def test_a_ferlit_checkpoint_as_weights_keeps_its_own_preprocessing(tmp_path: Path) -> None:
+    """A from-scratch (ImageNet, RGB) model fine-tuned further must not switch to BGR/VGGFace2."""
+    trained = tiny().eval()
+    checkpoint = tmp_path / "last.ckpt"
+    # ferlit's own checkpoint: ExpressionModule keeps the ExpressionNet as ``net``
+    state = {f"net.{k}": v for k, v in trained.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"pretrained": None}}, checkpoint)
+    net = tiny(pretrained=checkpoint).eval()
+    assert net.preprocessing == IMAGENET
+    assert net.weights_report.naming == "ferlit-checkpoint"
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net.forward_features(images()), trained.forward_features(images())
+        )
+
+    recorded = Preprocessing("BGR", (1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    ferlit_entry = {"preprocessing": {"channel_order": "BGR", "mean": [1, 2, 3], "std": [4, 5, 6]}}
+    torch.save({"state_dict": state, "ferlit": ferlit_entry}, checkpoint)
+    assert tiny(pretrained=checkpoint).preprocessing == recorded
+
+
+def test_set_preprocessing_replaces_the_normalisation_on_the_same_device_and_dtype() -> None:
+    net = tiny().to(torch.float64)
+    net.set_preprocessing(VGGFACE2)
+    assert net.preprocessing == VGGFACE2
+    assert net.normalize.mean.dtype == torch.float64
+    assert net.normalize.mean.view(-1).tolist() == pytest.approx(VGGFACE2.mean)

@@ -66,6 +66,13 @@ class ExpressionNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(images))
 
+    def set_preprocessing(self, preprocessing: Preprocessing) -> None:
+        """Normalise inputs as ``preprocessing`` says (a checkpoint's, restored on loading); the
+        new mean/std buffers stay on the device and dtype of the old ones."""
+        old = self.normalize.mean
+        self.preprocessing = preprocessing
+        self.normalize = Normalize(preprocessing).to(device=old.device, dtype=old.dtype)
+
     def head_parameters(self) -> list[nn.Parameter]:
         """The new classifier's parameters (trained from scratch, usually at a higher lr)."""
         return list(self.backbone.get_classifier().parameters())
@@ -86,8 +93,9 @@ def create_model(
     """Build the classifier; timm never downloads anything (``pretrained=False`` in timm).
 
     ``pretrained`` is a VGGFace2 weights file (see :func:`load_vggface2_weights`). With
-    ``preprocessing="auto"`` such weights get :data:`VGGFACE2` (BGR, mean only); without them the
-    timm model's own ``pretrained_cfg`` decides. Dropout defaults to 0 (timm's legacy SENet uses
+    ``preprocessing="auto"`` such weights get :data:`VGGFACE2` (BGR, mean only), a checkpoint of
+    ``python -m ferlit.fit`` the preprocessing it was trained with (saved in it), and without
+    weights the timm model's own ``pretrained_cfg`` decides. Dropout defaults to 0 (timm's legacy SENet uses
     0.2), overridable through ``backbone_kwargs``.
     """
     if not timm.is_model(backbone):
@@ -116,7 +124,9 @@ def create_model(
         report = load_vggface2_weights(net, pretrained)
         log.info("model.pretrained: %s", report)
 
-    if preprocessing == "vggface2" or (preprocessing == "auto" and pretrained is not None):
+    if preprocessing == "auto" and report is not None and report.preprocessing is not None:
+        chosen = report.preprocessing
+    elif preprocessing == "vggface2" or (preprocessing == "auto" and pretrained is not None):
         chosen = VGGFACE2
     elif preprocessing == "imagenet":
         chosen = IMAGENET

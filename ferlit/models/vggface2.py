@@ -16,13 +16,21 @@ bottleneck, 3x3/2 max pool with ``ceil_mode``, SE as 1x1 convs with bias), so th
 map one to one onto timm's names; only the identity classifier is dropped for the new head.
 
 A pickle can run code when loaded, so the ``.pkl`` is read with an unpickler that admits only the
-globals numpy arrays need; torch files go through ``torch.load(weights_only=True)``.
+globals numpy arrays need (and no array larger than the file itself, which would only allocate
+memory); torch files go through ``torch.load(weights_only=True)``
+(:func:`ferlit.models.checkpoints.read_torch_file`). Tensors copied into the model must be finite
+and floating point where the model's are.
+
+A checkpoint of ``python -m ferlit.fit`` is recognised (its ``net.backbone.*`` tensors): its
+backbone is loaded, and the preprocessing it was trained with comes along
+(:attr:`LoadReport.preprocessing`), so that fine-tuning a trained model keeps its normalisation.
 """
 
 from __future__ import annotations
 
 import importlib
 import io
+import math
 import os
 import pickle
 import re
@@ -41,6 +49,8 @@ from timm.models.senet import SENet
 from torch import Tensor, nn
 
 from ferlit.errors import WeightsError
+from ferlit.models.checkpoints import check_tensors, checkpoint_preprocessing, read_torch_file
+from ferlit.models.preprocessing import Preprocessing, preprocessing_from_timm
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
@@ -66,6 +76,8 @@ _TIMM_TO_PORT: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(layer\d+\.\d+\.)se_module\.fc2\."), r"\1conv5."),
 )
 _PORT_SE_KEY = re.compile(r"^layer\d+\.\d+\.conv[45]\.")
+#: Where ExpressionModule keeps the timm backbone (``self.net.backbone``) in its state dict.
+_FERLIT_BACKBONE = "net.backbone."
 
 
 def _resolve(module: str, name: str) -> Any:
@@ -98,14 +110,47 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts of numpy arrays and refuses every other global (so no reduce payload runs)."""
+class _ArrayUnpickler(pickle._Unpickler):
+    """Unpickles dicts of numpy arrays and refuses every other global (so no reduce payload runs).
+
+    The pure-Python unpickler (``pickle._Unpickler``) is used for its visible stack: a refused
+    array is named by the dict key it is the value of. Its speed does not matter here: the file
+    holds a few hundred arrays, whose bytes are read in one piece each.
+    """
 
     def __init__(self, file: io.BufferedIOBase, path: Path) -> None:
         # latin1: the port's pickle was written by Python 2, whose str holds the raw array bytes.
         super().__init__(file, encoding="latin1")
         self._path = path
+        self._size = path.stat().st_size
         self._allowed = _allowed_globals()
+        for old in ("numpy.core", "numpy._core"):
+            key = (f"{old}.multiarray", "_reconstruct")
+            self._allowed[key] = self._bounded(self._allowed[key])
+
+    def _bounded(self, reconstruct: Callable[..., Any]) -> Callable[..., Any]:
+        """numpy's ``_reconstruct(cls, shape, dtype)`` allocates ``shape`` before the data comes
+        (numpy itself always writes ``(0,)``): a shape with more elements than the file has
+        bytes can only be an attempt to exhaust memory."""
+
+        def reconstruct_within_the_file(subtype: Any, shape: Any, dtype: Any) -> Any:
+            dims = tuple(shape) if isinstance(shape, tuple | list) else (shape,)
+            if not all(isinstance(d, int) for d in dims) or math.prod(dims) > self._size:
+                raise WeightsError(
+                    f"{self._path}: entry {self._current_key()!r} asks for a numpy array of shape "
+                    f"{shape}, more elements than the file has bytes ({self._size}); the file is "
+                    "damaged or crafted to exhaust memory"
+                )
+            return reconstruct(subtype, shape, dtype)
+
+        return reconstruct_within_the_file
+
+    def _current_key(self) -> str | None:
+        """The dict key whose value is being built: the last string on the unpickler's stack."""
+        for item in reversed(getattr(self, "stack", [])):
+            if isinstance(item, str):
+                return item
+        return None
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -126,9 +171,14 @@ class LoadReport:
     tensors: int  # tensors copied into the backbone
     parameters: int  # learnable values among them (buffers such as BN statistics excluded)
     dropped: tuple[str, ...]  # file keys left out: the old classifier, replaced by the new head
+    #: a ferlit checkpoint's own preprocessing (None for other files: VGGFace2's or the option's)
+    preprocessing: Preprocessing | None = None
 
     def __str__(self) -> str:
-        naming = "VGGFace2 port names mapped to timm" if self.naming == "vggface2-port" else "timm"
+        naming = {
+            "vggface2-port": "VGGFace2 port names mapped to timm",
+            "ferlit-checkpoint": "the backbone of a ferlit checkpoint",
+        }.get(self.naming, "timm")
         dropped = f"; dropped {', '.join(self.dropped)}" if self.dropped else ""
         return (
             f"loaded {self.tensors} tensors ({self.parameters / 1e6:.2f}M parameters) "
@@ -145,7 +195,19 @@ def load_vggface2_weights(model: nn.Module, path: str | os.PathLike[str]) -> Loa
     and nothing is copied.
     """
     path = Path(path)
-    state = _unwrap(read_weights(path), path)
+    stored = read_weights(path)
+    preprocessing = None
+    if _is_ferlit_checkpoint(stored):
+        state = {
+            k[len(_FERLIT_BACKBONE) :]: v
+            for k, v in stored["state_dict"].items()
+            if k.startswith(_FERLIT_BACKBONE)
+        }
+        preprocessing = checkpoint_preprocessing(stored, path) or preprocessing_from_timm(
+            getattr(model, "pretrained_cfg", None) or {}
+        )
+    else:
+        state = _unwrap(stored, path)
     state, origin = _to_timm_names(state, model, path)
     own = model.state_dict()
     classifier = _classifier_prefix(model)
@@ -174,16 +236,38 @@ def load_vggface2_weights(model: nn.Module, path: str | os.PathLike[str]) -> Loa
             f"{path}: does not fit model.backbone {_architecture(model)}: " + "; ".join(problems)
         )
 
-    loaded = {k: state[k] for k in wanted & state.keys()}
+    loaded = {k: state[k] for k in sorted(wanted & state.keys())}
+    check_tensors(
+        {_named(k, origin, port): v for k, v in loaded.items()},
+        path,
+        _by_file_name(own, origin, port),
+    )
     model.load_state_dict(loaded, strict=False)
     parameter_names = {name for name, _ in model.named_parameters()}
+    naming = "vggface2-port" if port else "timm"
     return LoadReport(
         path=path,
-        naming="vggface2-port" if port else "timm",
+        naming="ferlit-checkpoint" if preprocessing is not None else naming,
         tensors=len(loaded),
         parameters=sum(t.numel() for k, t in loaded.items() if k in parameter_names),
         dropped=tuple(origin[k] for k in dropped),
+        preprocessing=preprocessing,
     )
+
+
+def _is_ferlit_checkpoint(stored: Any) -> bool:
+    """A Lightning checkpoint of ExpressionModule: its state dict holds ``net.backbone.*``."""
+    state = stored.get("state_dict") if isinstance(stored, Mapping) else None
+    return isinstance(state, Mapping) and any(
+        isinstance(k, str) and k.startswith(_FERLIT_BACKBONE) for k in state
+    )
+
+
+def _by_file_name(
+    own: Mapping[str, Tensor], origin: dict[str, str], port: bool
+) -> dict[str, Tensor]:
+    """The model's tensors keyed as :func:`_named` names them in messages."""
+    return {_named(k, origin, port): t for k, t in own.items()}
 
 
 def read_weights(path: Path) -> Mapping[str, Any]:
@@ -200,11 +284,7 @@ def read_weights(path: Path) -> Mapping[str, Any]:
         return _guarded(path, "safetensors", lambda: load_safetensors(path, device="cpu"))
     if suffix in TORCH_SUFFIXES or zipfile.is_zipfile(path):
         # A .pkl written by torch.save is a zip archive: torch's own safe loader reads it.
-        return _guarded(
-            path,
-            "torch.load(weights_only=True)",
-            lambda: torch.load(path, map_location="cpu", weights_only=True),
-        )
+        return read_torch_file(path)
     with path.open("rb") as f:
         return _guarded(path, "unpickle", _ArrayUnpickler(f, path).load)
 
