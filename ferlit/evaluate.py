@@ -4,7 +4,7 @@
     python -m ferlit.evaluate --ckpt best.ckpt --data.affwild2_dir /data/Aff-Wild2 \
         --out eval/val --submission eval/val-submission
     python -m ferlit.evaluate --ckpt best.ckpt --frames_dir /data/test/cropped_aligned \
-        --smooth 15 --out eval/test --submission eval/test-submission
+        --smooth 15 --out eval/test --submission eval/test-submission --videos_dir /data/test/videos
 
 ``--ckpt`` is a checkpoint of ``python -m ferlit.fit``, or a log folder (``runs/sample``, or one
 ``version_N`` of it): then the best checkpoint of its newest version. The frames are the Aff-Wild2
@@ -14,16 +14,20 @@ and default to those the checkpoint was trained with. Written into ``--out``:
 
 * ``predictions.parquet``: one row per frame: ``video``, ``frame``, ``target`` (-1 when unknown,
   as in the annotation files), ``pred``, ``prob_<class>`` per class, and ``pred_smoothed`` when
-  smoothing is on;
+  smoothing is on. For an Aff-Wild2 split, every face image of its videos (unannotated frames
+  too, target -1: :func:`face_frames_index`), so that smoothing sees them; scores count the
+  frames with a target only;
 * ``metrics.json``: criterion, F1, accuracy, per-class F1, precision, recall, support and the
   confusion matrix, raw and smoothed (computed by :mod:`ferlit.metrics`, as in training);
   ``criterion`` is the score of the run's challenge, named under ``"criterion"`` at the top
   (0.67 F1 + 0.33 accuracy for a 7-class run, mean F1 over 8 classes for an 8-class one);
 * ``confusion_matrix.png`` and ``per_class_f1.png`` (labelled frames only).
 
-``--smooth W`` averages class probabilities over a centred window of W frames per video
-(:mod:`ferlit.smoothing`); ``--smooth auto`` picks W on the validation set. ``--submission DIR``
-writes the ABAW challenge files (:mod:`ferlit.submission`). Frames are sharded over the Trainer's
+``--smooth W`` averages class probabilities over a centred window of W frames per video, box or
+Gaussian (``--smooth_kernel``, :mod:`ferlit.smoothing`); ``--smooth auto`` picks kernel and W on
+the validation set. ``--submission DIR`` writes the ABAW challenge files (:mod:`ferlit.submission`):
+``<video>.txt`` per video (2020/2022; test videos need ``--videos_dir`` or ``--frame_counts``) or
+one ``predictions.txt`` following ``--test_list`` (2023/2024). Frames are sharded over the Trainer's
 processes like validation and gathered on rank 0, which alone writes.
 """
 
