@@ -37,6 +37,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +52,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import PARSER_MODE
-from ferlit.data.affwild2 import _frames_on_disk, frame_file, read_affwild2
+from ferlit.data.affwild2 import FRAMES_DIRS, _frames_on_disk, frame_file, read_affwild2
 from ferlit.data.cache import cached_read_affwild2
 from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
@@ -150,17 +151,48 @@ def load_module(path: Path, hparams: dict[str, Any]) -> ExpressionModule:
 # -- frames ------------------------------------------------------------------------------------
 
 
-def frames_dir_index(frames_dir: str | os.PathLike, num_classes: int) -> FrameIndex:
+def frames_dir_index(
+    frames_dir: str | os.PathLike | Sequence[str | os.PathLike], num_classes: int
+) -> FrameIndex:
     """An unlabelled index (labels -1) of face images in the ``cropped_aligned`` layout.
 
     ``frames_dir/<video>/00001.jpg ...`` gives one video per sub-folder; image files directly in
     ``frames_dir`` are one video named after the folder. Frames are named by their 5-digit,
     1-based frame number as in Aff-Wild2 (the ABAW test set ships its faces so); files that are
     not images are ignored, an image named otherwise is an error.
+
+    ``frames_dir`` may be a list of such folders: the ABAW 2023+ test faces come in two downloads
+    (``batch1/cropped_aligned`` and ``batch2/cropped_aligned_new_50_vids`` in entrants' paths).
+    A folder that holds ``cropped_aligned/`` or ``cropped_aligned_new_50_vids/`` (an Aff-Wild2
+    root, or a download holding both) stands for those folders. A video found in two folders is
+    an error naming both, as in the training data (``read_affwild2``).
     """
-    root = Path(frames_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: --frames_dir is not a folder")
+    given = [frames_dir] if isinstance(frames_dir, str | os.PathLike) else list(frames_dir)
+    if not given:
+        raise ConfigError("--frames_dir: an empty list; give one or more folders of face images")
+    folders: list[Path] = []
+    for path in map(Path, given):
+        if not path.is_dir():
+            raise DataError(f"{path}: --frames_dir is not a folder")
+        inner = [path / d for d in FRAMES_DIRS if (path / d).is_dir()]
+        folders += inner or [path]
+    parts, seen = [], {}
+    for folder in folders:
+        index = _one_frames_dir(folder, num_classes)
+        for name in index.group_names:
+            where = Path(index.roots[0]) / name
+            if name in seen:
+                raise DataError(
+                    f"video {name} is in two --frames_dir folders: {seen[name]} and {where}; "
+                    "keep one of them"
+                )
+            seen[name] = where
+        parts.append(index)
+    return parts[0] if len(parts) == 1 else FrameIndex.concat(parts)
+
+
+def _one_frames_dir(root: Path, num_classes: int) -> FrameIndex:
+    """The index of one ``--frames_dir`` folder (see ``frames_dir_index``)."""
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = _frame_numbers(root)
     if subdirs and len(loose):
@@ -398,9 +430,11 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--frames_dir",
-        type=str | None,
+        type=list[str] | str | None,
         default=None,
-        help="Evaluate unlabelled faces in the cropped_aligned layout instead of a split.",
+        help="Evaluate unlabelled faces in the cropped_aligned layout instead of a split: a "
+        "folder, or a list of them ('[batch1/cropped_aligned, batch2/cropped_aligned_new_50_vids]'"
+        "); a folder holding cropped_aligned/ and cropped_aligned_new_50_vids/ reads both.",
     )
     parser.add_argument(
         "--smooth",
@@ -497,7 +531,8 @@ def frames_to_evaluate(config, data: ExpressionDataModule) -> tuple[FrameIndex, 
     """The index of the frames to evaluate, its pack part (if read from one), and its name."""
     if config.frames_dir is not None:
         index = frames_dir_index(config.frames_dir, config.data.num_classes)
-        return index, None, f"{config.frames_dir} (unlabelled)"
+        given = config.frames_dir if isinstance(config.frames_dir, list) else [config.frames_dir]
+        return index, None, f"{', '.join(given)} (unlabelled)"
     index = affwild2_index(data, config.split)
     if data.pack is not None:
         described = f"Aff-Wild2 {config.split} from the pack {config.data.packed_dir}"

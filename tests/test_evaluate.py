@@ -355,6 +355,15 @@ def empty_val_split(root: Path) -> Path:
     return root
 
 
+def nested_tree(root: Path) -> Path:
+    """An Aff-Wild2 tree unpacked one level too deep: cropped_aligned/cropped_aligned/<video>/."""
+    for split, video in (("train", "a"), ("val", "b")):
+        write_annotation_file(annotation_dir(root, "abaw2020", split) / f"{video}.txt", [0, 4])
+        (root / FRAMES_DIR / FRAMES_DIR / video).mkdir(parents=True)
+        (root / FRAMES_DIR / FRAMES_DIR / video / frame_file(1)).touch()
+    return root
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -367,6 +376,12 @@ def empty_val_split(root: Path) -> Path:
             "the val split keeps no frame: none of its 1 annotated videos (b) has an image of "
             "an annotated frame in ",
         ),
+        (
+            ["--data.affwild2_dir", "{nested}", "--data.expw_dir", "null"],
+            "cropped_aligned/; likely cause: cropped_aligned/ holds a cropped_aligned/ folder: "
+            "nested one level too deep?",
+        ),
+        (["--frames_dir", "[{frames}, {frames}]"], "is in two --frames_dir folders: "),
         (["--ckpt", "{missing}"], "missing.ckpt: no such file or folder; expected a checkpoint"),
         (["--ckpt", "{garbage}"], "garbage.ckpt: not a readable PyTorch checkpoint"),
         (
@@ -400,6 +415,7 @@ def test_bad_input_is_refused_with_a_clear_message(
         "earlier": smoothed_run[0],
         "bad_frames": tmp_path / "frames",
         "empty": empty_val_split(tmp_path / "affwild2"),
+        "nested": nested_tree(tmp_path / "nested"),
         "missing": tmp_path / "missing.ckpt",
         "garbage": garbage,
         "frames": smoothed_run[0].parent / "test_frames",
