@@ -126,8 +126,10 @@ class WandbValidation(pl.Callback):
     adds it.
 
     The summary gets every ``val/*`` scalar of the validation with the best ``monitor`` (so F1,
-    accuracy and the per-class F1 shown next to ``val/criterion`` are the selected model's) and
-    ``val/best_step``, the optimizer step it came from. The per-step history keeps every value.
+    accuracy and the per-class F1 shown next to ``val/criterion`` are the selected model's),
+    ``val/best_step``, the optimizer step it came from, and ``criterion``, which score
+    ``val/criterion`` is (the run's challenge's, e.g. ``abaw2022: mean F1 over 8 classes``;
+    :data:`ferlit.metrics.CRITERIA`). The per-step history keeps every value.
 
     Args:
         monitor: the score that picks the best validation (the paper's: ``val/criterion``).
@@ -167,7 +169,11 @@ class WandbValidation(pl.Callback):
         if self._better(scores[self.monitor]):
             self.best, self.best_step = dict(scores), step
         # Lightning has just logged this validation, which made it the summary; put the best back.
-        logger.experiment.summary.update({**self.best, "val/best_step": self.best_step})
+        summary = {**self.best, "val/best_step": self.best_step}
+        criterion = getattr(pl_module, "criterion_description", None)
+        if criterion is not None:
+            summary["criterion"] = criterion
+        logger.experiment.summary.update(summary)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step}

@@ -162,7 +162,12 @@ def test_summary_holds_the_best_validation_not_the_last(tmp_path, wandb_offline)
     callback = WandbValidation()
     names = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
     confusion = torch.eye(7, dtype=torch.int64) * 3
-    module = SimpleNamespace(class_names=names, last_val_confusion=confusion, last_val_scores={})
+    module = SimpleNamespace(
+        class_names=names,
+        last_val_confusion=confusion,
+        last_val_scores={},
+        criterion_description="abaw2022: mean F1 over 8 classes",
+    )
     trainer = SimpleNamespace(loggers=[logger], sanity_checking=False, global_step=0)
 
     def validate(step: int, criterion: float, f1: float) -> None:
@@ -190,3 +195,4 @@ def test_summary_holds_the_best_validation_not_the_last(tmp_path, wandb_offline)
     assert state["summary"]["val/criterion"] == 0.5
     assert state["summary"]["val/f1"] == 0.4
     assert state["summary"]["val/best_step"] == 200
+    assert state["summary"]["criterion"] == "abaw2022: mean F1 over 8 classes"
