@@ -164,5 +164,5 @@ def test_ddp_evaluation_equals_the_single_process_one(tiny_sample, ddp_fit, tmp_
     launch([*command, "--out", str(tmp_path / "ddp"), *options, *ddp])
     report = json.loads((tmp_path / "ddp/metrics.json").read_text())
     _, confusion = single_process_validation(tiny_sample, checkpoint)
-    assert report["frames"] == tiny_sample.manifest["affwild2"]["val"]["samples"]
+    assert report["labelled_frames"] == tiny_sample.manifest["affwild2"]["val"]["samples"]
     assert report["raw"]["confusion"] == confusion.tolist()
