@@ -428,3 +428,35 @@ def test_bad_input_is_refused_with_a_clear_message(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_unannotated_and_past_the_end_faces_are_predicted_but_not_scored(
+    checkpoint, tmp_path, write_jpeg
+):
+    # Video v: 4 label lines (frame 2 is -1, frame 3 has no face) and faces of frames 1-6,
+    # i.e. two past the annotation file's last line.
+    root = tmp_path / "affwild2"
+    write_annotation_file(annotation_dir(root, "abaw2020", "train") / "t.txt", [0, 1])
+    write_annotation_file(annotation_dir(root, "abaw2020", "val") / "v.txt", [4, -1, 2, 4])
+    rng = np.random.default_rng(0)
+    for frame in (1, 2, 4, 5, 6):
+        image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        write_jpeg(root / FRAMES_DIR / "v" / frame_file(frame), image)
+    write_jpeg(root / FRAMES_DIR / "t" / frame_file(1), np.zeros((32, 32, 3), np.uint8))
+    out, sub = tmp_path / "out", tmp_path / "sub"
+    data = ("--data.affwild2_dir", str(root), "--data.expw_dir", "null")
+    report = main(evaluate_args(checkpoint, out, *data, "--smooth", "3", "--submission", str(sub)))
+    predictions = pd.read_parquet(out / "predictions.parquet")
+    assert predictions["frame"].tolist() == [1, 2, 4, 5, 6]
+    assert predictions["target"].tolist() == [4, -1, 4, -1, -1]
+    assert (report["frames"], report["labelled_frames"]) == (5, 2)
+    assert (
+        report["raw"]["support"]["Happiness"] == 2 and sum(report["raw"]["support"].values()) == 2
+    )
+    # The smoothed label of frame 4 averages frames 4 and 5 (5 is past the end, unannotated).
+    probs = predictions[PROBS].to_numpy()
+    assert predictions["pred_smoothed"][2] == (probs[2] + probs[3]).argmax()
+    # The submission has the annotation file's 4 lines; the faces past its end get none.
+    smoothed = predictions["pred_smoothed"].tolist()
+    lines = (sub / "v.txt").read_text().splitlines()
+    assert lines[1:] == [str(v) for v in (smoothed[0], smoothed[1], smoothed[1], smoothed[2])]
