@@ -67,6 +67,11 @@ from ferlit.wandb_logging import (
 )
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
+# Below this, model.lr_backbone is a fine-tuning rate (the paper's 1e-6 on VGGFace2 weights):
+# a randomly initialised backbone barely moves at it (experiments/sample.yaml trains one from
+# scratch at 0.05).
+FINE_TUNING_LR = 1e-4
+OPTIMIZER_OPTIONS = ("optimizer", "lr_scheduler")
 WHOLE_STEP_EPOCHS = "ferlit.fit.WholeStepEpochs"
 
 
@@ -101,6 +106,42 @@ class WholeStepEpochs(pl.Callback):
 
 class FerlitCLI(LightningCLI):
     """LightningCLI plus the paper's cadence, checkpointing and data-to-model links."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        # LightningCLI's --optimizer / --lr_scheduler would replace configure_optimizers, i.e.
+        # the two parameter groups, while config.yaml still recorded model.lr_head/lr_backbone:
+        # ferlit refuses them (parse_arguments) and offers its own schedule (model.lr_schedule).
+        super().__init__(*args, **{**kwargs, "auto_configure_optimizers": False})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Refuse LightningCLI's ``--optimizer`` / ``--lr_scheduler``, on the command line or as
+        keys of a ``--config`` file, with a message that says which options to use instead."""
+        if isinstance(args, (dict, Namespace)):
+            top = args if isinstance(args, dict) else args.as_dict()
+            given, keys = [], [str(k).split(".")[0] for k in top]
+        else:
+            given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+            keys = [a[2:].split("=")[0].split(".")[0] for a in given if a.startswith("--")]
+        for i, arg in enumerate(given):
+            path = given[i + 1] if arg == "--config" and i + 1 < len(given) else None
+            path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
+            if path is not None and os.path.isfile(path):
+                try:
+                    loaded = yaml.safe_load(Path(path).read_text())
+                except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                    loaded = None  # jsonargparse reports an unreadable config itself
+                if isinstance(loaded, dict):
+                    keys += [f"{k} (in {path})" for k in loaded if k in OPTIMIZER_OPTIONS]
+        for key in keys:
+            if key.split(" ")[0] in OPTIMIZER_OPTIONS:
+                raise ConfigError(
+                    f"--{key}: not available in ferlit, which trains with SGD and two learning "
+                    "rates (the paper's recipe); set them with --model.lr_head, "
+                    "--model.lr_backbone, --model.momentum, --model.weight_decay, and their "
+                    "schedule with --model.lr_schedule warmup_cosine, --model.warmup_steps, "
+                    "--model.min_lr_ratio"
+                )
+        super().parse_arguments(parser, args)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
@@ -170,6 +211,15 @@ class FerlitCLI(LightningCLI):
                 raise ConfigError(f"--val_every_n_steps must be a positive integer, got {n}")
             config.trainer.val_check_interval = n * accumulate
             config.trainer.check_val_every_n_epoch = None
+        model = config.model
+        if model.pretrained is None and model.lr_backbone < FINE_TUNING_LR:
+            print(
+                f"warning: model.pretrained is null, so the backbone starts from random weights, "
+                f"but model.lr_backbone {model.lr_backbone:g} is a fine-tuning rate (the paper's "
+                "1e-6 is for VGGFace2 weights): pass --model.pretrained <senet50_ft_weight.pkl>, "
+                f"or raise model.lr_backbone (>= {FINE_TUNING_LR:g}) to train it from scratch",
+                file=sys.stderr,
+            )
         config.checkpoint.dirpath = sweep_checkpoint_dir(config.checkpoint.dirpath)
         callbacks = config.trainer.callbacks or []
         if config.trainer.enable_progress_bar is not False and not any(

@@ -9,6 +9,7 @@ mean F1 over the 8 classes (:mod:`ferlit.metrics`).
 
 from __future__ import annotations
 
+import math
 import os
 from contextvars import ContextVar
 from typing import IO, Any, Literal
@@ -36,6 +37,30 @@ from ferlit.models.checkpoints import (
 _FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ferlit_from_checkpoint", default=False)
 
 
+def schedule_factor(
+    step: int,
+    schedule: str,
+    warmup_steps: int = 0,
+    total_steps: int = 0,
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """The factor of each learning rate at optimizer step ``step`` (0 = the first step).
+
+    Linear warmup reaches the full rate at the last warmup step: ``(step + 1) / warmup_steps``
+    (no step is wasted at rate 0). "constant" then keeps the full rate (the paper's recipe).
+    "warmup_cosine" decays by half a cosine from 1 after the warmup to ``min_lr_ratio`` at
+    ``total_steps`` (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts; timm's and
+    transformers' ``cosine`` schedules): ``r + (1 - r) x (1 + cos(pi x p)) / 2`` with ``p``
+    the fraction of the post-warmup steps done.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class ExpressionModule(pl.LightningModule):
     """Frame-level expression classifier.
 
@@ -48,6 +73,11 @@ class ExpressionModule(pl.LightningModule):
         preprocessing: "auto" takes the normalisation the weights were trained with.
         class_weights: cross-entropy weights; linked from the DataModule's training counts.
         lr_head, lr_backbone: the two learning rates (new classifier / everything else).
+        lr_schedule: how both rates change, per optimizer step: "constant" (the paper) or
+            "warmup_cosine" (cosine decay over the run's optimizer steps, ``trainer.max_steps``
+            or the steps of ``trainer.max_epochs``). See :func:`schedule_factor`.
+        warmup_steps: linear warmup of both rates over the first N optimizer steps (any schedule).
+        min_lr_ratio: "warmup_cosine" decays each rate to this fraction of itself.
         freeze_backbone_steps: train the classifier alone for this many optimizer steps.
         freeze_bn: keep the backbone's BatchNorm statistics fixed (fine-tuning at a tiny lr).
         channels_last: NHWC memory format, faster with tensor cores (GPU, bf16).
@@ -66,6 +96,9 @@ class ExpressionModule(pl.LightningModule):
         lr_backbone: float = 1e-6,
         momentum: float = 0.9,
         weight_decay: float = 0.005,
+        lr_schedule: Literal["constant", "warmup_cosine"] = "constant",
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
         freeze_backbone_steps: int = 0,
         freeze_bn: bool = False,
         channels_last: bool = False,
@@ -79,6 +112,19 @@ class ExpressionModule(pl.LightningModule):
         for option, value in (("lr_head", lr_head), ("lr_backbone", lr_backbone)):
             if value < 0:
                 raise ConfigError(f"model.{option} must be >= 0, got {value}")
+        for option, value in (
+            ("warmup_steps", warmup_steps),
+            ("freeze_backbone_steps", freeze_backbone_steps),
+        ):
+            if value < 0:
+                raise ConfigError(f"model.{option} must be >= 0 optimizer steps, got {value}")
+        if not 0 <= min_lr_ratio <= 1:
+            raise ConfigError(f"model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if min_lr_ratio and lr_schedule != "warmup_cosine":
+            raise ConfigError(
+                f"model.min_lr_ratio {min_lr_ratio} applies to model.lr_schedule warmup_cosine "
+                f"only; the {lr_schedule} schedule does not decay"
+            )
         self.save_hyperparameters()
         start = None if _FROM_CHECKPOINT.get() else pretrained
         self.net = create_model(backbone, num_classes, backbone_kwargs, start, preprocessing)
@@ -170,32 +216,46 @@ class ExpressionModule(pl.LightningModule):
             )
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+        # The rates of the optimizer step this batch is part of (schedule and freezing applied).
+        for group in self.optimizers().optimizer.param_groups:
+            self.log(f"train/lr_{group['name']}", group["lr"], on_step=True, on_epoch=False)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Apply the freezing options before every step.
-
-        ``freeze_backbone_steps``: the backbone's learning rate is 0 for the first N optimizer
-        steps. A zero rate rather than ``requires_grad=False`` keeps every parameter in the
-        graph, which DDP requires, and needs no optimizer rebuild when the backbone thaws.
-
-        ``freeze_bn``: the backbone's BatchNorm layers are put back in eval mode (fixed
+        """``freeze_bn``: put the backbone's BatchNorm layers back in eval mode (fixed
         statistics) before each step, since Lightning switches modules to train mode after
-        every validation.
+        every validation. (``freeze_backbone_steps`` is part of the schedule:
+        :meth:`configure_optimizers`.)
         """
         if self.hparams.freeze_bn:
             for module in self.net.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        if self.hparams.freeze_backbone_steps > 0:
-            frozen = self.global_step < self.hparams.freeze_backbone_steps
-            lr = 0.0 if frozen else self.hparams.lr_backbone
-            for group in self.optimizers().optimizer.param_groups:
-                if group["name"] == "backbone":
-                    group["lr"] = lr
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def total_steps(self) -> int:
+        """The run's optimizer steps, which a decaying schedule spans (``max_steps``, else
+        ``max_epochs`` x the steps of an epoch: Lightning's ``estimated_stepping_batches``)."""
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ConfigError(
+                f"model.lr_schedule {self.hparams.lr_schedule} needs a run of known length: set "
+                "trainer.max_steps (or trainer.max_epochs)"
+            )
+        return int(total)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """SGD with the paper's two parameter groups, ``head`` and ``backbone``, and, unless
+        both rates stay constant, a per-optimizer-step schedule of both.
+
+        The schedule multiplies each group's rate by :func:`schedule_factor` at every optimizer
+        step (Lightning's ``interval: "step"`` steps it once per optimizer step, after the
+        accumulated micro-batches). ``freeze_backbone_steps`` multiplies the backbone's factor
+        by 0 for its first N optimizer steps: a zero rate rather than ``requires_grad=False``
+        keeps every parameter in the graph, which DDP requires, and needs no optimizer rebuild
+        when the backbone thaws. The scheduler's position is saved in the checkpoint, so a
+        resumed run continues the same curve.
+        """
         hp = self.hparams
-        return torch.optim.SGD(
+        optimizer = torch.optim.SGD(
             [
                 {"name": "head", "params": self.net.head_parameters(), "lr": hp.lr_head},
                 {
@@ -209,6 +269,27 @@ class ExpressionModule(pl.LightningModule):
             weight_decay=hp.weight_decay,
         )
 
+        frozen = hp.freeze_backbone_steps
+        if hp.lr_schedule == "constant" and hp.warmup_steps == 0 and frozen == 0:
+            return optimizer
+        total = self.total_steps() if hp.lr_schedule == "warmup_cosine" else 0
+        if hp.lr_schedule == "warmup_cosine" and hp.warmup_steps >= total:
+            raise ConfigError(
+                f"model.warmup_steps {hp.warmup_steps} leaves no step to decay in a run of "
+                f"{total} optimizer steps (trainer.max_steps / trainer.max_epochs)"
+            )
+
+        def head(step: int) -> float:
+            return schedule_factor(step, hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio)
+
+        def backbone(step: int) -> float:
+            return 0.0 if step < frozen else head(step)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [head, backbone])
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
     # -- validation ----------------------------------------------------------------------------
 
     @property
