@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from rich.console import Console
@@ -198,9 +199,11 @@ def write_fullscale_layout(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, int]:
-    """An Aff-Wild2 (ABAW 2020 layout) + ExpW tree of real size whose images are empty files.
+    """An Aff-Wild2 (ABAW 2020 layout) + ExpW tree of real size whose frames are empty files.
 
-    Indexing lists file names and never opens an image, so empty files measure it faithfully.
+    Indexing Aff-Wild2 lists file names and never opens a frame, so empty files measure it
+    faithfully; indexing ExpW reads each image's size from its header, so each ExpW image is the
+    same small JPEG (100x100, every box inside it).
     Labels follow the paper's class frequencies; ``ANNOTATED`` of the lines are labelled and
     ``WITH_IMAGE`` of those have a face crop. Returns the counts written.
     """
@@ -237,8 +240,9 @@ def write_fullscale_layout(
         face_id = face_id + 1 if k and owners[k - 1] == owner else 0
         faces.append(ExpWFace(f"{owner:06d}.jpg", face_id, 10, 10, 90, 90, 90.0, code))
     write_label_list(expw / LABEL_FILE, faces)
+    jpeg = cv2.imencode(".jpg", np.full((100, 100, 3), 128, np.uint8))[1].tobytes()
     for owner in np.unique(owners).tolist():
-        os.close(os.open(expw / IMAGES_DIR / f"{owner:06d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644))
+        (expw / IMAGES_DIR / f"{owner:06d}.jpg").write_bytes(jpeg)
         images += 1
     return {"videos": videos, "lines": lines, "image_files": images, "expw_faces": expw_faces}
 

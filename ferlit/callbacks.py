@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -33,6 +34,36 @@ class BestValidationSummary(pl.Callback):
         self.best: dict[str, float] | None = None
         self.best_step: int | None = None
         self.history: list[tuple[int, float]] = []
+        self.damaged_images = 0  # damaged training images skipped (this rank)
+        self.damaged_names: list[str] = []  # the first DAMAGED_NAMES of them
+
+    #: How many damaged image paths the summary names (the count covers them all).
+    DAMAGED_NAMES = 10
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Count the damaged images the training set skipped in this batch (its 4th element,
+        ``EpochSeededDataset``): sample ``s`` with ``k`` skipped replaced samples s-1 .. s-k."""
+        if not (isinstance(batch, list | tuple) and len(batch) > 3) or not bool(batch[3].any()):
+            return
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        for sample, skipped in zip(batch[2].tolist(), batch[3].tolist(), strict=True):
+            self.damaged_images += skipped
+            for k in range(skipped, 0, -1):
+                if len(self.damaged_names) < self.DAMAGED_NAMES and hasattr(dataset, "image_path"):
+                    path = dataset.image_path((sample - k) % len(dataset))
+                    if path not in self.damaged_names:
+                        self.damaged_names.append(path)
+
+    def _damaged_report(self, trainer: pl.Trainer, device: torch.device) -> dict:
+        """The damaged-image count and first names over all processes (every rank calls this)."""
+        mine = torch.tensor(float(self.damaged_images), device=device)
+        count = int(trainer.strategy.reduce(mine, reduce_op="sum"))
+        names = list(self.damaged_names)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, names)
+            names = list(dict.fromkeys(n for part in gathered for n in part))
+        return {"count": count, "first": names[: self.DAMAGED_NAMES]}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not getattr(pl_module, "last_val_scores", None):
@@ -43,12 +74,20 @@ class BestValidationSummary(pl.Callback):
             self.best, self.best_step = scores, trainer.global_step
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "history": self.history}
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "history": self.history,
+            "damaged_images": self.damaged_images,
+            "damaged_names": self.damaged_names,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict["best"]
         self.best_step = state_dict["best_step"]
         self.history = [tuple(h) for h in state_dict["history"]]
+        self.damaged_images = state_dict.get("damaged_images", 0)
+        self.damaged_names = list(state_dict.get("damaged_names", []))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Beside the run's checkpoints: that folder is the run's own under every logger (a W&B
@@ -58,6 +97,7 @@ class BestValidationSummary(pl.Callback):
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath:
             log_dir = Path(checkpoint.dirpath)
+        damaged = self._damaged_report(trainer, pl_module.device)
         if self.best is None or not trainer.is_global_zero:
             return
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +105,7 @@ class BestValidationSummary(pl.Callback):
         report = {"step": self.best_step, "monitor": self.monitor}
         if criterion is not None:
             report["criterion"] = criterion
-        report.update({**self.best, "history": self.history})
+        report.update({**self.best, "history": self.history, "damaged_images": damaged})
         (log_dir / "best_validation.json").write_text(json.dumps(report, indent=2) + "\n")
         table = Table(
             title=f"Best validation: {self.monitor} {self.best[self.monitor]:.4f} at step {self.best_step}"
@@ -85,6 +125,11 @@ class BestValidationSummary(pl.Callback):
         console.print(table)
         if criterion is not None:
             console.print(f"criterion = {criterion}", soft_wrap=True, highlight=False)
+        if damaged["count"]:
+            console.print(
+                f"damaged training images skipped: {damaged['count']} (first: "
+                f"{', '.join(damaged['first'])}); find them all with python -m ferlit.data check"
+            )
 
 
 class Preemption(pl.Callback):

@@ -206,7 +206,8 @@ class ExpressionModule(pl.LightningModule):
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels, _ = batch
+        # (images, labels, samples, damaged images skipped): EpochSeededDataset's items
+        images, labels = batch[0], batch[1]
         loss = self.loss(self(images), labels)
         if not torch.isfinite(loss):
             raise TrainingDiverged(

@@ -14,7 +14,14 @@ from ferlit.data.__main__ import main
 from ferlit.data.affwild2 import annotation_dir, frame_file, write_annotation_file
 from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 
-REASONS = ("unannotated", "no_image", "other", "duplicate", "low_confidence")
+REASONS = (
+    "unannotated",
+    "no_image",
+    "other",
+    "duplicate",
+    "low_confidence",
+    "box_outside_image",
+)
 CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
 
 
@@ -66,16 +73,20 @@ def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str])
         "samples": 9,
         "class_counts": counts(3, 0, 1, 1, 2, 1, 1),
         "skipped": skipped(unannotated=3, no_image=1),
+        "no_image_videos": 0,
     }
     expw_train = {
         "samples": 3,
         "class_counts": counts(1, 1, 0, 0, 1, 0, 0),
         "skipped": skipped(duplicate=1),
+        "box_clipped": 0,
+        "box_padded": 0,
     }
     val = {
         "samples": 2,
         "class_counts": counts(1, 0, 0, 0, 0, 0, 1),
         "skipped": skipped(unannotated=1, no_image=1),
+        "no_image_videos": 0,
     }
     assert stats == {
         "num_classes": 7,
@@ -85,6 +96,9 @@ def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str])
                 "samples": 12,
                 "class_counts": counts(4, 1, 1, 1, 3, 1, 1),
                 "skipped": skipped(unannotated=3, no_image=1, duplicate=1),
+                "no_image_videos": 0,
+                "box_clipped": 0,
+                "box_padded": 0,
                 "sources": {"affwild2": aw_train, "expw": expw_train},
             },
             "val": {**val, "sources": {"affwild2": val}},
@@ -101,6 +115,8 @@ def test_stats_json_options(tiny: tuple[Path, Path], capsys: pytest.CaptureFixtu
         "samples": 2,
         "class_counts": counts(0, 1, 0, 0, 1, 0, 0),
         "skipped": skipped(duplicate=1, low_confidence=1),
+        "box_clipped": 0,
+        "box_padded": 0,
     }
     assert confident["class_weights"] is None  # no Neutral, Disgust, ... to weight
     eight = run_json(capsys, "--affwild2-dir", str(affwild2), "--num-classes", "8")
@@ -222,7 +238,8 @@ def test_synth_then_stats_agree_with_manifest(
         ("train", "expw", manifest["expw"]),
         ("val", "affwild2", manifest["affwild2"]["val"]),
     ):
-        assert stats["splits"][split]["sources"][source] == {k: entry[k] for k in keys}
+        found = stats["splits"][split]["sources"][source]
+        assert {k: found[k] for k in keys} == {k: entry[k] for k in keys}
     train = stats["splits"]["train"]["class_counts"]
     assert stats["class_weights"] == {c: max(train.values()) / n for c, n in train.items()}
 

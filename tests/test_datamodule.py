@@ -65,7 +65,8 @@ def test_batches_are_uint8_faces_that_the_model_normalises(tiny_sample, tmp_path
         num_workers=0,
         index_cache_dir=str(tmp_path),
     )
-    images, labels, rows = next(iter(dm.train_dataloader()))
+    images, labels, rows, skipped = next(iter(dm.train_dataloader()))
+    assert not skipped.any()  # damaged images replaced (EpochSeededDataset): none here
     assert images.shape == (8, 3, 48, 48) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and ((labels >= 0) & (labels < 7)).all()
     assert torch.equal(labels, torch.as_tensor(dm.train_index.labels[rows.numpy()]).long())

@@ -208,3 +208,36 @@ def test_options_are_checked(tmp_path, expw):
         ConfigError, match="min_confidence must be a finite number or None, got '0.5'"
     ):
         read_expw(tmp_path, min_confidence="0.5")
+
+
+def test_image_sizes_come_from_the_headers_and_survive_the_cache(tmp_path, expw):
+    from ferlit.data.cache import cached_read_expw
+
+    index = read_expw(tmp_path)
+    assert index.group_sizes.tolist() == [[64, 48], [32, 32]]  # a.jpg, b.jpg: width, height
+    assert index.image_size(0) == (32, 32)
+
+    cache = tmp_path.parent / f"{tmp_path.name}-cache"
+    cached_read_expw(tmp_path, cache_dir=cache)
+    again = cached_read_expw(tmp_path, cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert np.array_equal(again.group_sizes, index.group_sizes)
+
+
+def test_unreadable_image_header_names_image_and_line(tmp_path, expw):
+    (tmp_path / "image/origin/b.jpg").write_bytes(b"")  # listed first, by line 1
+
+    with pytest.raises(DataError) as error:
+        read_expw(tmp_path)
+    assert str(error.value) == (
+        f"{expw}:1: image image/origin/b.jpg has no readable image header (not an image format "
+        "PIL knows); expected a JPEG (repair or re-download it)"
+    )
+
+
+def test_skipped_faces_need_no_image_header(tmp_path, expw):
+    (tmp_path / "image/origin/a.jpg").write_bytes(b"")  # a.jpg's faces are both below 0.85
+    index = read_expw(tmp_path, min_confidence=0.85)
+
+    assert index.group_names.tolist() == ["image/origin/b.jpg"]
+    assert index.skipped["low_confidence"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import cv2
@@ -11,7 +12,7 @@ from PIL import Image
 
 from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.expw import ExpWFace, read_expw, write_label_list
-from ferlit.data.images import load_face
+from ferlit.data.images import ImageError, check_image, load_face
 from ferlit.errors import ConfigError, DataError
 
 GREY, GREEN = (128, 128, 128), (30, 200, 60)
@@ -73,18 +74,124 @@ def test_margin_enlarges_then_clips_to_the_image(expw_one_image):
     assert load_face(index, 2).shape == (16, 16, 3)
 
 
-def test_box_outside_the_image_names_line_box_and_size(expw_one_image):
-    index = faces_at(expw_one_image, (0, 0, 16, 16), (8, 40, 72, 24))
+#: Real ExpW boxes past the edge (image width x height; box top, left, right, bottom), from a
+#: public subset of 5,705 real label.lst lines in which 46 boxes overrun (issue 11).
+REAL_OVERRUNS = [
+    ((107, 160), (16, 8, 108, 116)),  # right edge by 1 px
+    ((384, 499), (82, 55, 386, 413)),  # right edge by 2 px
+    ((500, 375), (65, 240, 502, 327)),  # right edge by 2 px
+]
 
-    with pytest.raises(DataError) as error:
-        load_face(index, 1)
-    assert str(error.value) == (
-        f"{expw_one_image}:2: face box (top, left, right, bottom) = (8, 40, 72, 24) "
-        "is not inside the image of 64x48 (width x height) pixels"
-    )
-    index = faces_at(expw_one_image, (40, 0, 16, 49))
-    with pytest.raises(DataError, match=r"label\.lst:1: face box .* = \(40, 0, 16, 49\) is not"):
+
+@pytest.fixture
+def real_overruns(tmp_path, write_jpeg):
+    """ExpW with the three real geometries: noise images (every pixel its own value), one face each."""
+    rng = np.random.default_rng(0)
+    faces = []
+    for k, ((width, height), box) in enumerate(REAL_OVERRUNS):
+        write_jpeg(tmp_path / f"image/origin/{k}.jpg", rng.integers(0, 256, (height, width, 3)))
+        faces.append(ExpWFace(f"{k}.jpg", 0, *box, 50.0, 3))
+    write_label_list(tmp_path / "label/label.lst", faces)
+    return tmp_path
+
+
+def test_real_boxes_past_the_edge_are_clipped_and_kept(real_overruns):
+    index = read_expw(real_overruns)
+
+    assert len(index) == 3 and index.skipped["box_outside_image"] == 0
+    assert index.boxes_past_edge() == 3
+    assert index.group_sizes.tolist() == [list(size) for size, _ in REAL_OVERRUNS]
+    for i, ((width, _), (top, left, _, bottom)) in enumerate(REAL_OVERRUNS):
+        whole = cv2.cvtColor(cv2.imread(index.image_path(i)), cv2.COLOR_BGR2RGB)
+        face = load_face(index, i)
+        assert face.shape == (bottom - top, width - left, 3)  # right clipped to the width
+        assert np.array_equal(face, whole[top:bottom, left:width])
+
+
+def test_pad_keeps_the_box_size_with_black_past_the_edge(real_overruns):
+    index = read_expw(real_overruns)
+
+    for i, ((width, _), (top, left, right, bottom)) in enumerate(REAL_OVERRUNS):
+        whole = cv2.cvtColor(cv2.imread(index.image_path(i)), cv2.COLOR_BGR2RGB)
+        face = load_face(index, i, box_overflow="pad")
+        assert face.shape == (bottom - top, right - left, 3)
+        assert np.array_equal(face[:, : width - left], whole[top:bottom, left:width])
+        assert not face[:, width - left :].any()  # 1 or 2 black columns
+    # margin 0.1 on the 107x160 image: rows 16-10..116+10, the box's own columns padded to 108
+    face = load_face(index, 0, margin=0.1, box_overflow="pad")
+    assert face.shape == (120, 108 - 0, 3)
+    with pytest.raises(ConfigError, match=r"expw_box_overflow must be 'clip' or 'pad', got 'x'"):
+        load_face(index, 0, box_overflow="x")
+
+
+def test_box_past_the_bottom_edge_is_clipped(expw_one_image):
+    index = faces_at(expw_one_image, (40, 32, 64, 55))  # 7 rows past the bottom (real: 1-7)
+
+    assert index.boxes_past_edge() == 1
+    face = load_face(index, 0)
+    assert face.shape == (8, 32, 3)
+    assert np.abs(face.astype(int) - GREEN).max() <= 2
+
+
+def test_box_with_no_pixel_in_its_image_is_skipped_while_indexing(expw_one_image):
+    # 64 wide, 48 high: a box starting at column 64 or at row 48 has nothing to crop
+    index = faces_at(expw_one_image, (0, 0, 16, 16), (8, 64, 80, 24), (48, 0, 16, 60))
+
+    assert len(index) == 1 and index.lines.tolist() == [1]
+    assert index.skipped["box_outside_image"] == 2
+    assert index.boxes_past_edge() == 0
+
+
+def test_image_that_changed_after_indexing_is_named(expw_one_image, write_jpeg):
+    index = faces_at(expw_one_image, (0, 0, 16, 16))
+    image = expw_one_image.parent.parent / "image/origin/a.jpg"
+    write_jpeg(image, np.zeros((40, 40, 3), np.uint8))
+
+    with pytest.raises(
+        DataError, match=r"a\.jpg: decodes to 40x40 pixels but was indexed at 64x48"
+    ):
         load_face(index, 0)
+
+
+def test_truncated_jpeg_is_refused_naming_the_file(expw_one_image):
+    index = faces_at(expw_one_image, (0, 0, 16, 16))
+    image = index.image_path(0)
+    with open(image, "rb") as f:
+        whole = f.read()
+    with open(image, "wb") as f:
+        f.write(whole[: len(whole) // 2])
+    # OpenCV 4 decodes half a JPEG into a half-grey image with a warning naming no file (5.0
+    # returns None): ferlit refuses it by its missing end marker whichever is installed.
+
+    with pytest.raises(ImageError) as error:
+        load_face(index, 0)
+    assert str(error.value) == (
+        f"{image}: truncated JPEG: no end-of-image marker FF D9 at its end "
+        f"({len(whole) // 2:,} bytes; the file was cut short); sample from {expw_one_image}:1"
+    )
+    assert isinstance(error.value, DataError)
+    assert check_image(image) == error.value.reason
+
+
+def test_padding_after_the_end_marker_is_accepted(expw_one_image):
+    index = faces_at(expw_one_image, (0, 0, 16, 16))
+    image = index.image_path(0)
+    with open(image, "ab") as f:
+        f.write(b"\x00" * 300 + b"\r\n")
+
+    assert load_face(index, 0).shape == (16, 16, 3)
+    assert check_image(image) is None
+
+
+def test_empty_and_missing_images(expw_one_image):
+    index = faces_at(expw_one_image, (0, 0, 16, 16))
+    image = index.image_path(0)
+    open(image, "wb").close()
+    assert check_image(image) == "empty file (0 bytes)"
+    with pytest.raises(ImageError, match=r"a\.jpg: empty file \(0 bytes\); sample from"):
+        load_face(index, 0)
+    os.remove(image)
+    assert check_image(image) == "cannot read image: no such file"
 
 
 def test_unreadable_image_names_file_and_label_line(expw_one_image):

@@ -1,15 +1,18 @@
-"""``python -m ferlit.data synth|stats|pack``: write the sample data; count what a run would use;
-pack the faces into memory-mapped arrays for fast loading.
+"""``python -m ferlit.data synth|stats|pack|check``: write the sample data; count what a run would
+use; pack the faces into memory-mapped arrays for fast loading; find damaged images.
 
 Bad input (a missing folder, a malformed annotation line) prints ``error: <message>`` naming the
-file or option and exits with status 2, like a usage error, without a traceback.
+file or option and exits with status 2, like a usage error, without a traceback. ``check`` exits
+with status 1 when it found damaged images, 0 when it found none.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ferlit.data.affwild2 import LAYOUTS
@@ -45,6 +48,7 @@ def _stats(args: argparse.Namespace) -> None:
         affwild2_layout=args.affwild2_layout,
         expw_min_confidence=args.expw_min_confidence,
         progress=not args.json,
+        expw_box_overflow=args.expw_box_overflow,
     )
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -68,6 +72,7 @@ def _pack(args: argparse.Namespace) -> None:
         layout=args.affwild2_layout,
         expw_min_confidence=args.expw_min_confidence,
         expw_margin=args.expw_margin,
+        expw_box_overflow=args.expw_box_overflow,
         workers=args.workers,
         index_cache=not args.no_index_cache,
         index_cache_dir=args.index_cache_dir,
@@ -76,7 +81,75 @@ def _pack(args: argparse.Namespace) -> None:
     for part, info in result.manifest["parts"].items():
         size = result.frames_file(part).stat().st_size
         print(f"  {part}: {info['samples']:,} faces, {size / 2**30:.2f} GiB")
+    expw = result.manifest["parts"].get("expw")
+    if expw is not None:
+        done = "clipped" if result.manifest["expw_box_overflow"] == "clip" else "padded"
+        print(
+            f"  ExpW boxes past the image edge {done}: {expw['box_' + done]:,}; skipped with no "
+            f"pixel in their image: {expw['skipped']['box_outside_image']:,}"
+        )
     print(f"Train from it with --data.packed_dir {result.root}")
+
+
+#: The files ``check`` decodes: the formats of Aff-Wild2's frames and ExpW's images.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def image_files(folder: Path) -> list[str]:
+    """Every image file under ``folder``, at any depth, sorted (hidden files and folders too:
+    a data set's files are what they are)."""
+    found = []
+    for parent, _, names in os.walk(folder):
+        found += [os.path.join(parent, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+    return sorted(found)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ferlit.data.images import check_image
+
+    folders = [f for f in (args.affwild2_dir, args.expw_dir) if f is not None]
+    if not folders:
+        raise DataError("check needs --affwild2-dir and/or --expw-dir: there is nothing to check")
+    paths: list[str] = []
+    for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
+        if folder is None:
+            continue
+        if not folder.is_dir():
+            raise DataError(f"{option} {folder}: folder does not exist")
+        found = image_files(folder)
+        if not found:
+            raise DataError(
+                f"{option} {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it"
+            )
+        paths += found
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
+    bad: list[tuple[str, str]] = []
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress("Decoding images", *columns, transient=True) as bar:
+        task = bar.add_task("check", total=len(paths))
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            results = (
+                pool.map(check_image, paths, chunksize=256) if pool else map(check_image, paths)
+            )
+            for path, problem in zip(paths, results, strict=True):
+                if problem is not None:
+                    bad.append((path, problem))
+                bar.advance(task)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    for path, problem in bad:
+        print(f"{path}: {problem}")
+    print(
+        f"Checked {len(paths):,} images in {', '.join(map(str, folders))}: "
+        + (f"{len(bad):,} damaged (listed above)" if bad else "none damaged")
+    )
+    return 1 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
     stats.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
     stats.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
+    stats.add_argument(
+        "--expw-box-overflow",
+        choices=("clip", "pad"),
+        default="clip",
+        help="count ExpW boxes past the image edge as clipped (default) or padded",
+    )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.add_argument("--plot", type=Path, help="write a bar chart of the class distributions")
     stats.add_argument("--log", action="store_true", help="log count axis in --plot")
@@ -126,21 +205,41 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
     pack.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
     pack.add_argument("--expw-margin", type=float, default=0.0, help="as data.expw_margin")
+    pack.add_argument(
+        "--expw-box-overflow",
+        choices=("clip", "pad"),
+        default="clip",
+        help="ExpW boxes past the image edge: clip to the image (default) or pad with black; "
+        "as data.expw_box_overflow",
+    )
     pack.add_argument("--workers", type=int, help="decoding processes (default: every core)")
     pack.add_argument("--index-cache-dir", type=Path, help="default: the DataModule's")
     pack.add_argument("--no-index-cache", action="store_true", help="index without the cache")
     pack.set_defaults(run=_pack)
+
+    check = commands.add_parser(
+        "check",
+        help="decode every image once and list the damaged ones (exit status 1 if any)",
+        description="Decode every .jpg/.jpeg/.png under the folders given, once, and list the "
+        "missing, empty, truncated or undecodable ones with the reason; exit status 1 if any is "
+        "damaged, 0 if none. Training skips damaged images (data.strict_images: false); "
+        "validation and evaluation stop on them.",
+    )
+    check.add_argument("--affwild2-dir", type=Path, help="Aff-Wild2 root")
+    check.add_argument("--expw-dir", type=Path, help="ExpW root")
+    check.add_argument("--workers", type=int, help="decoding processes (default: every core)")
+    check.set_defaults(run=_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        status = args.run(args)
     except FerlitError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ a class-weighted cross entropy whose weights are count(most common class) / coun
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,13 +15,14 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.data.affwild2 import read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
-from ferlit.data.images import load_face
-from ferlit.data.index import FrameIndex
+from ferlit.data.images import BOX_OVERFLOW, BoxOverflow, ImageError, load_face
+from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.data.packed import Pack, PackedFaceDataset
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
 from ferlit.data.subsample import subsample
@@ -58,19 +60,51 @@ def class_weights_from_counts(
     return weights.tolist()
 
 
-class FaceDataset(Dataset):
-    """Faces of a FrameIndex as (uint8 3xHxW image, label, sample number) triples."""
+#: Consecutive damaged images a training sample may skip before the run stops: timm's
+#: ``ImageDataset`` likewise moves to the next sample on a read error and gives up after 50.
+MAX_CONSECUTIVE_BAD_IMAGES = 50
 
-    def __init__(self, index: FrameIndex, transform, margin: float = 0.0) -> None:
+
+class DamagedImageWarning(UserWarning):
+    """A training image could not be read and another sample was taken in its place."""
+
+
+def expw_summary(index: FrameIndex, box_overflow: BoxOverflow) -> str:
+    """One line on what became of ExpW's faces: kept, boxes past the edge, skipped by reason."""
+    past = index.boxes_past_edge()
+    done = "clipped to their image" if box_overflow == "clip" else "padded with black"
+    reasons = ("box_outside_image", "duplicate", "low_confidence")
+    skips = ", ".join(f"{index.skipped.get(r, 0):,} {r}" for r in reasons)
+    return (
+        f"ExpW: {len(index):,} faces kept, {past:,} of them {done} (boxes past the edge, "
+        f"data.expw_box_overflow: {box_overflow}); skipped: {skips}"
+    )
+
+
+class FaceDataset(Dataset):
+    """Faces of a FrameIndex as (uint8 3xHxW image, label, sample number) triples.
+
+    A damaged image raises ``ImageError`` naming the file (validation and evaluation stop on it,
+    so their scores are over the whole split); training wraps this in ``EpochSeededDataset``,
+    which replaces it.
+    """
+
+    def __init__(
+        self, index: FrameIndex, transform, margin: float = 0.0, box_overflow: BoxOverflow = "clip"
+    ) -> None:
         self.index = index
         self.transform = transform
         self.margin = margin
+        self.box_overflow = box_overflow
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def image_path(self, i: int) -> str:
+        return self.index.image_path(i)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        face = load_face(self.index, i, self.margin)
+        face = load_face(self.index, i, self.margin, self.box_overflow)
         image = self.transform(image=face)["image"]
         return torch.from_numpy(to_chw_uint8(image)), int(self.index.labels[i]), i
 
@@ -84,13 +118,24 @@ class EpochSeededDataset(Dataset):
     jitter in lockstep). Seeding the transform from (seed, epoch, sample) before each sample
     makes a sample's augmentation the same whatever the number of workers, the batch it falls
     in, or whether the run was resumed. Keys come from ``EpochShuffleSampler(keyed=True)``;
-    a plain sample number reads the wrapped dataset as it is, and the wrapped dataset's
+    a plain sample number reads the wrapped dataset unseeded, and the wrapped dataset's
     attributes read through (``loader.dataset.transform`` etc.).
+
+    A damaged image (``ImageError``) must not end a multi-hour run: unless ``strict``, it is
+    reported by name (``DamagedImageWarning``) and the next sample, ``(i + 1) % n``, is taken in
+    its place, deterministically, failing only after ``MAX_CONSECUTIVE_BAD_IMAGES`` bad ones in a
+    row (timm's ``ImageDataset`` rule). Items are (image, label, sample number, skipped): the
+    number of damaged samples skipped before the one returned, i.e. samples ``sample - 1``, ...,
+    ``sample - skipped`` (mod n), so the main process can count and name them (workers are
+    separate processes); see ``ferlit.callbacks.BestValidationSummary``.
     """
 
-    def __init__(self, dataset: FaceDataset | PackedFaceDataset, seed: int) -> None:
+    def __init__(
+        self, dataset: FaceDataset | PackedFaceDataset, seed: int, strict: bool = False
+    ) -> None:
         self.dataset = dataset
         self.seed = seed
+        self.strict = strict
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -100,12 +145,34 @@ class EpochSeededDataset(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
-        if isinstance(key, int | np.integer):
-            return self.dataset[key]
-        epoch, i = key
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int, int]:
+        epoch, i = (None, int(key)) if isinstance(key, int | np.integer) else key
+        n = len(self.dataset)
+        first: ImageError | None = None
+        for skipped in range(min(MAX_CONSECUTIVE_BAD_IMAGES, n)):
+            j = (i + skipped) % n
+            try:
+                image, label, sample = self._read(epoch, j)
+            except ImageError as error:
+                if self.strict:
+                    raise
+                first = first or error
+                warnings.warn(
+                    f"{error}: damaged training image skipped, sample {(j + 1) % n} taken "
+                    "in its place (data.strict_images: true stops on it instead)",
+                    DamagedImageWarning,
+                    stacklevel=2,
+                )
+                continue
+            return image, label, sample, skipped
+        raise DataError(
+            f"{min(MAX_CONSECUTIVE_BAD_IMAGES, n)} training images in a row are damaged, from "
+            f"{first}; check the data with python -m ferlit.data check"
+        )
+
+    def _read(self, epoch: int | None, i: int) -> tuple[torch.Tensor, int, int]:
         transform = self.dataset.transform
-        if transform is not None:
+        if transform is not None and epoch is not None:
             rng = np.random.default_rng([self.seed, epoch, i])
             transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         return self.dataset[i]
@@ -123,6 +190,14 @@ class ExpressionDataModule(pl.LightningDataModule):
         use_affwild2_train: train on Aff-Wild2 train (switch off to train on ExpW alone).
         expw_margin: ExpW face crop enlarged by this fraction of the box on each side.
         expw_min_confidence: drop ExpW faces whose box confidence is below this.
+        expw_box_overflow: an ExpW box past the edge of its image is clipped to the image
+            ("clip", the default: the face kept, a little narrower) or padded with black to its
+            full size ("pad", as a PIL crop does). Boxes with no pixel in their image are
+            skipped while indexing; the counts are printed when the training set is first read.
+        strict_images: stop training on the first damaged image (missing, empty, truncated or
+            undecodable). By default a damaged training image is reported by name, counted in
+            the run's summary and replaced by the next sample. Validation always stops on one.
+            A pack's images were all decoded when it was packed, so this has nothing to do there.
         class_weighting: a scheme computed from the training counts, or an explicit list.
         image_size: side of the square model input (linked from ``model.input_size`` in the CLI).
         augment: apply the training augmentation (flip, colour jitter) below.
@@ -152,6 +227,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         use_affwild2_train: bool = True,
         expw_margin: float = 0.0,
         expw_min_confidence: float | None = None,
+        expw_box_overflow: Literal["clip", "pad"] = "clip",
+        strict_images: bool = False,
         class_weighting: ClassWeighting | list[float] = "inverse_frequency",
         image_size: int = 112,
         augment: bool = True,
@@ -194,6 +271,10 @@ class ExpressionDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.frame_step must be an integer >= 1, got {frame_step!r}")
         if max_class_share is not None and not 0 < max_class_share <= 1:
             raise ConfigError(f"data.max_class_share must be in (0, 1], got {max_class_share}")
+        if expw_box_overflow not in BOX_OVERFLOW:
+            raise ConfigError(
+                f"data.expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}"
+            )
         if affwild2_dir is None and expw_dir is not None and packed_dir is None:
             raise ConfigError(
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
@@ -254,6 +335,13 @@ class ExpressionDataModule(pl.LightningDataModule):
                 ("num_classes", hp.num_classes, m["num_classes"]),
                 ("expw_margin", hp.expw_margin, m["expw_margin"]),
                 ("expw_min_confidence", hp.expw_min_confidence, m["expw_min_confidence"]),
+                # packs written before the option existed crashed on boxes past the edge, so
+                # theirs are all inside: "clip" reads them as they are.
+                (
+                    "expw_box_overflow",
+                    hp.expw_box_overflow,
+                    m.get("expw_box_overflow", hp.expw_box_overflow),
+                ),
                 (
                     "affwild2_layout",
                     hp.affwild2_layout or m["affwild2_layout"],
@@ -292,6 +380,9 @@ class ExpressionDataModule(pl.LightningDataModule):
                 raise ConfigError(
                     "no training data: data.use_affwild2_train is false and data.expw_dir is not set"
                 )
+            for part in parts:
+                if len(part.group_kinds) and (part.group_kinds == BOXED_IMAGE).all():
+                    rank_zero_info(expw_summary(part, hp.expw_box_overflow))
             full = FrameIndex.concat(parts)
             if hp.frame_step == 1 and hp.max_class_share is None:
                 self._train_index = full
@@ -377,8 +468,8 @@ class ExpressionDataModule(pl.LightningDataModule):
             labels = self.train_index.labels
             dataset = PackedFaceDataset(files, labels, self._train_rows, transform)
         else:
-            dataset = FaceDataset(self.train_index, transform, hp.expw_margin)
-        seeded = EpochSeededDataset(dataset, hp.seed)
+            dataset = FaceDataset(self.train_index, transform, hp.expw_margin, hp.expw_box_overflow)
+        seeded = EpochSeededDataset(dataset, hp.seed, strict=hp.strict_images)
         return self._loader(seeded, sampler, hp.batch_size, ResumableLoader)
 
     def val_dataloader(self) -> DataLoader:
@@ -389,6 +480,6 @@ class ExpressionDataModule(pl.LightningDataModule):
             files = [self.pack.frames_file("affwild2_val")]
             dataset = PackedFaceDataset(files, self.val_index.labels, None, transform)
         else:
-            dataset = FaceDataset(self.val_index, transform, hp.expw_margin)
+            dataset = FaceDataset(self.val_index, transform, hp.expw_margin, hp.expw_box_overflow)
         sampler = ShardSampler(len(dataset), rank, world_size)
         return self._loader(dataset, sampler, hp.val_batch_size or hp.batch_size)

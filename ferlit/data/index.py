@@ -19,7 +19,14 @@ FRAME_FOLDER = 0  # Aff-Wild2: <root>/<group>/<frame:05d>.jpg, the whole image i
 BOXED_IMAGE = 1  # ExpW: <root>/<group> is the image; the face is the sample's box crop
 
 #: The skip reasons counted while indexing (stats and tests read these names).
-SKIP_REASONS = ("unannotated", "no_image", "other", "duplicate", "low_confidence")
+SKIP_REASONS = (
+    "unannotated",
+    "no_image",
+    "other",
+    "duplicate",
+    "low_confidence",
+    "box_outside_image",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,7 +40,9 @@ class FrameIndex:
 
     Per group (length G): ``group_names`` (path relative to its root: ``cropped_aligned/<video>``
     or ``image/origin/<name>.jpg``), ``group_roots`` (index into ``roots``), ``group_kinds``
-    (FRAME_FOLDER or BOXED_IMAGE), ``group_sources`` (annotation file, relative to its root).
+    (FRAME_FOLDER or BOXED_IMAGE), ``group_sources`` (annotation file, relative to its root),
+    ``group_sizes`` (ExpW: the image's stored width and height in pixels, read from its header
+    while indexing, so that boxes past the edge are known before a run; -1 for Aff-Wild2).
     """
 
     roots: tuple[str, ...]
@@ -47,10 +56,17 @@ class FrameIndex:
     group_roots: np.ndarray
     group_kinds: np.ndarray
     group_sources: np.ndarray
+    group_sizes: np.ndarray | None = None
     skipped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, g = len(self.labels), len(self.group_names)
+        if self.group_sizes is None:  # an index saved before sizes were stored
+            object.__setattr__(self, "group_sizes", np.full((g, 2), -1, np.int32))
+        if self.group_sizes.shape != (g, 2):
+            raise ValueError(
+                f"FrameIndex.group_sizes has shape {self.group_sizes.shape}, expected ({g}, 2)"
+            )
         for name in ("groups", "frames", "lines"):
             if len(getattr(self, name)) != n:
                 raise ValueError(
@@ -95,6 +111,7 @@ class FrameIndex:
         lines: np.ndarray,
         boxes: np.ndarray | None = None,
         skipped: dict[str, int] | None = None,
+        group_sizes: np.ndarray | None = None,
     ) -> FrameIndex:
         """An index of one data set under one root, with the arrays cast to their compact dtypes."""
         n = len(labels)
@@ -110,6 +127,7 @@ class FrameIndex:
             group_roots=np.zeros(len(group_names), np.int16),
             group_kinds=np.asarray(group_kinds, np.int8),
             group_sources=np.asarray(group_sources, dtype=np.str_),
+            group_sizes=None if group_sizes is None else np.asarray(group_sizes, np.int32),
             skipped={reason: 0 for reason in SKIP_REASONS} | dict(skipped or {}),
         )
 
@@ -128,6 +146,19 @@ class FrameIndex:
         g = self.groups[i]
         path = os.path.join(self.roots[self.group_roots[g]], self.group_sources[g])
         return f"{path}:{self.lines[i]}"
+
+    def image_size(self, i: int) -> tuple[int, int] | None:
+        """The stored ``(width, height)`` of sample ``i``'s image when indexed, else None."""
+        width, height = (int(v) for v in self.group_sizes[self.groups[i]])
+        return (width, height) if width >= 0 else None
+
+    def boxes_past_edge(self) -> int:
+        """ExpW samples whose box runs past the right or bottom edge of its image (kept, and
+        clipped or padded when loaded: ``ferlit.data.images.load_face``)."""
+        sizes = self.group_sizes[self.groups]
+        boxed = (self.group_kinds[self.groups] == BOXED_IMAGE) & (sizes[:, 0] >= 0)
+        past = (self.boxes[:, 2] > sizes[:, 0]) | (self.boxes[:, 3] > sizes[:, 1])
+        return int(np.count_nonzero(boxed & past))
 
     def group_name(self, i: int) -> str:
         """The video (Aff-Wild2) or image (ExpW) name of sample ``i``."""
@@ -153,6 +184,7 @@ class FrameIndex:
             group_roots=self.group_roots,
             group_kinds=self.group_kinds,
             group_sources=self.group_sources,
+            group_sizes=self.group_sizes,
             skipped=dict(self.skipped),
         )
 
@@ -193,6 +225,7 @@ class FrameIndex:
             group_roots=np.concatenate(parts["group_roots"]),
             group_kinds=np.concatenate([ix.group_kinds for ix in indexes]),
             group_sources=np.concatenate([ix.group_sources for ix in indexes]).astype(np.str_),
+            group_sizes=np.concatenate([ix.group_sizes for ix in indexes]).astype(np.int32),
             skipped=skipped,
         )
 
@@ -208,6 +241,7 @@ class FrameIndex:
         "group_roots",
         "group_kinds",
         "group_sources",
+        "group_sizes",
     )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -239,5 +273,7 @@ class FrameIndex:
                         strict=True,
                     )
                 ),
-                **{name: z[name] for name in cls._ARRAYS},
+                # group_sizes is absent from indexes saved by ferlit before it read image sizes
+                # (a pack written then): its boxes load as they did, unchecked.
+                **{name: z[name] for name in cls._ARRAYS if name in z.files},
             )

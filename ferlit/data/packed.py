@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
-from ferlit.data.images import load_face
+from ferlit.data.images import BOX_OVERFLOW, load_face
 from ferlit.data.index import FrameIndex
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.errors import ConfigError, DataError
@@ -194,6 +194,7 @@ def pack(
     expw_margin: float = 0.0,
     workers: int | None = None,
     chunk_size: int = CHUNK_SIZE,
+    expw_box_overflow: str = "clip",
     progress: bool = True,
     index_cache: bool = True,
     index_cache_dir: str | os.PathLike | None = None,
@@ -203,10 +204,14 @@ def pack(
     The options are the DataModule's of the same names (``size`` is ``data.image_size``), and a
     DataModule reading the pack must use the same ones. ``workers`` processes decode in
     parallel (default: every core). An ``out`` already complete with the same options is
-    returned as it is.
+    returned as it is. The manifest records, per part, the samples skipped while indexing (by
+    reason) and, for ExpW, how many boxes past their image's edge were clipped or padded
+    (``box_clipped`` / ``box_padded``, as ``python -m ferlit.data stats`` shows them).
     """
     if affwild2_dir is None and expw_dir is None:
         raise ConfigError("pack needs --affwild2-dir and/or --expw-dir: there is nothing to pack")
+    if expw_box_overflow not in BOX_OVERFLOW:
+        raise ConfigError(f"expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}")
     if size <= 0 or chunk_size <= 0:
         raise ConfigError(f"size and chunk size must be positive, got {size} and {chunk_size}")
     out = Path(out)
@@ -228,13 +233,20 @@ def pack(
         "affwild2_layout": layout if affwild2_dir is not None else None,
         "expw_min_confidence": expw_min_confidence,
         "expw_margin": expw_margin,
+        "expw_box_overflow": expw_box_overflow,
         "sources": {
             "affwild2": None if affwild2_dir is None else os.path.abspath(affwild2_dir),
             "expw": None if expw_dir is None else os.path.abspath(expw_dir),
         },
         "chunk_size": chunk_size,
         "parts": {
-            part: {"samples": len(ix), "index_sha256": _index_digest(ix)}
+            part: {
+                "samples": len(ix),
+                "index_sha256": _index_digest(ix),
+                "skipped": dict(ix.skipped),
+                "box_clipped": ix.boxes_past_edge() if expw_box_overflow == "clip" else 0,
+                "box_padded": ix.boxes_past_edge() if expw_box_overflow == "pad" else 0,
+            }
             for part, ix in indexes.items()
         },
     }
@@ -291,7 +303,7 @@ def pack(
             )
             if not todo:
                 continue
-            source = _ResizedFaces(ix, transform, expw_margin)
+            source = _ResizedFaces(ix, transform, expw_margin, expw_box_overflow)
             loader = DataLoader(
                 source, batch_sampler=todo, num_workers=workers, collate_fn=np.stack
             )
@@ -314,14 +326,16 @@ def pack(
 class _ResizedFaces(Dataset):
     """Faces as the JPEG path makes them with augmentation off: ``load_face`` then the resize."""
 
-    def __init__(self, index: FrameIndex, transform, margin: float) -> None:
+    def __init__(self, index: FrameIndex, transform, margin: float, box_overflow: str) -> None:
         self.index, self.transform, self.margin = index, transform, margin
+        self.box_overflow = box_overflow
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return self.transform(image=load_face(self.index, i, self.margin))["image"]
+        face = load_face(self.index, i, self.margin, self.box_overflow)
+        return self.transform(image=face)["image"]
 
 
 class _FramesWriter:
