@@ -14,7 +14,14 @@ from ferlit.data.__main__ import main
 from ferlit.data.affwild2 import annotation_dir, frame_file, write_annotation_file
 from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 
-REASONS = ("unannotated", "no_image", "other", "duplicate", "low_confidence")
+REASONS = (
+    "unannotated",
+    "no_image",
+    "other",
+    "duplicate",
+    "low_confidence",
+    "box_outside_image",
+)
 CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
 
 
@@ -72,6 +79,8 @@ def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str])
         "samples": 3,
         "class_counts": counts(1, 1, 0, 0, 1, 0, 0),
         "skipped": skipped(duplicate=1),
+        "box_clipped": 0,
+        "box_padded": 0,
     }
     val = {
         "samples": 2,
@@ -88,6 +97,8 @@ def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str])
                 "class_counts": counts(4, 1, 1, 1, 3, 1, 1),
                 "skipped": skipped(unannotated=3, no_image=1, duplicate=1),
                 "no_image_videos": 0,
+                "box_clipped": 0,
+                "box_padded": 0,
                 "sources": {"affwild2": aw_train, "expw": expw_train},
             },
             "val": {**val, "sources": {"affwild2": val}},
@@ -104,6 +115,8 @@ def test_stats_json_options(tiny: tuple[Path, Path], capsys: pytest.CaptureFixtu
         "samples": 2,
         "class_counts": counts(0, 1, 0, 0, 1, 0, 0),
         "skipped": skipped(duplicate=1, low_confidence=1),
+        "box_clipped": 0,
+        "box_padded": 0,
     }
     assert confident["class_weights"] is None  # no Neutral, Disgust, ... to weight
     eight = run_json(capsys, "--affwild2-dir", str(affwild2), "--num-classes", "8")

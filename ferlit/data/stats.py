@@ -35,16 +35,26 @@ SKIP_NAMES = {
     "other": "Other",
     "duplicate": "duplicate line",
     "low_confidence": "low confidence",
+    "box_outside_image": "box outside its image",
 }
+#: Kept ExpW faces whose box runs past the image edge, by what ``data.expw_box_overflow`` does.
+BOX_KEYS = {"clip": "box_clipped", "pad": "box_padded"}
 
 
-def index_stats(index: FrameIndex) -> dict[str, Any]:
-    """Kept samples, per-class counts (by class name) and skips (by reason) of one index."""
+def index_stats(index: FrameIndex, box_overflow: str | None = None) -> dict[str, Any]:
+    """Kept samples, per-class counts (by class name) and skips (by reason) of one index; with
+    ``box_overflow`` (ExpW), how many kept boxes run past their image's edge, as ``box_clipped``
+    or ``box_padded`` by what is done with them."""
     names = class_names(index.num_classes)
+    boxes = {}
+    if box_overflow is not None:
+        boxes = dict.fromkeys(BOX_KEYS.values(), 0)
+        boxes[BOX_KEYS[box_overflow]] = index.boxes_past_edge()
     return {
         "samples": len(index),
         "class_counts": dict(zip(names, index.class_counts().tolist(), strict=True)),
         "skipped": {reason: int(index.skipped.get(reason, 0)) for reason in SKIP_REASONS},
+        **boxes,
     }
 
 
@@ -57,6 +67,7 @@ def _total(sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
         },
         "skipped": {r: sum(p["skipped"][r] for p in parts) for r in SKIP_REASONS},
         **{k: sum(p.get(k, 0) for p in parts) for k in [VIDEOS_KEY] if any(k in p for p in parts)},
+        **{k: sum(p[k] for p in parts if k in p) for k in BOX_KEYS.values() if k in parts[-1]},
     }
 
 
@@ -67,15 +78,19 @@ def dataset_stats(
     affwild2_layout: str | None = None,
     expw_min_confidence: float | None = None,
     progress: bool = True,
+    expw_box_overflow: str = "clip",
 ) -> dict[str, Any]:
     """Statistics of the training and validation sets, as one JSON-ready dict.
 
     ``splits.train`` (and ``splits.val`` when Aff-Wild2 is given) holds the totals and, under
     ``sources``, the same numbers per data set. ``class_weights`` (by class name) is None when a
     class has no training sample, e.g. Other in an 8-class run on ABAW 2020 data.
+    ``expw_box_overflow`` ("clip" or "pad") names the count of ExpW boxes past their image's edge.
     """
     if affwild2_dir is None and expw_dir is None:
         raise ConfigError("no data: give an Aff-Wild2 folder, an ExpW folder, or both")
+    if expw_box_overflow not in BOX_KEYS:
+        raise ConfigError(f"expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}")
     names = class_names(num_classes)
     train: dict[str, dict[str, Any]] = {}
     val: dict[str, dict[str, Any]] = {}
@@ -86,7 +101,8 @@ def dataset_stats(
             videos = {VIDEOS_KEY: int(index.skipped.get(VIDEOS_KEY, 0))}
             sources["affwild2"] = {**index_stats(index), **videos}
     if expw_dir is not None:
-        train["expw"] = index_stats(read_expw(expw_dir, num_classes, expw_min_confidence, progress))
+        expw = read_expw(expw_dir, num_classes, expw_min_confidence, progress)
+        train["expw"] = index_stats(expw, expw_box_overflow)
     splits = {"train": {**_total(train), "sources": train}}
     if val:
         splits["val"] = {**_total(val), "sources": val}
@@ -128,6 +144,11 @@ def split_table(split: str, entry: dict[str, Any], weights: dict[str, float] | N
     table.add_section()
     values = [s["samples"] for s in sources.values()]
     table.add_row("kept", *cells(values, entry["samples"]), "100.0%")
+    for key in BOX_KEYS.values():
+        if any(s.get(key) for s in sources.values()):
+            values = [s.get(key, 0) for s in sources.values()]
+            what = "clipped to the image" if key == "box_clipped" else "padded with black"
+            table.add_row(f"  of which box {what}", *cells(values, entry[key]))
     for reason in SKIP_REASONS:
         values = [s["skipped"][reason] for s in sources.values()]
         table.add_row(f"skipped: {SKIP_NAMES[reason]}", *cells(values, entry["skipped"][reason]))
