@@ -833,6 +833,12 @@ def write_submission_files(
                 f"{config.frame_counts}: no frame count for video {', '.join(missing[:5])}"
                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             )
+        faceless = sorted(set(num_frames) - set(videos))
+        if faceless:  # no label to fill their files with: said, not silently left out
+            console.print(
+                f"[yellow]No file for {len(faceless)} video(s) of {config.frame_counts} with no "
+                f"face image in --frames_dir: {', '.join(faceless[:5])}[/yellow]"
+            )
     else:
         highest = predictions.groupby("video", observed=True)["frame"].max()
         num_frames = frame_counts_from_videos(config.videos_dir, highest.astype(int).to_dict())

@@ -220,7 +220,7 @@ def test_smooth_auto_picks_the_best_window_on_the_validation_set(checkpoint, tmp
     assert set(gaussian["smoothing"]["criterion_by_window"]) == {"gaussian"}
 
 
-def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, tiny_sample):
+def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, tiny_sample, capsys):
     # Two "test videos" made of sample frames: clipA lacks frames 3 and 4, clipB frames 1 and 2.
     earlier, _ = smoothed_run
     out = earlier.parent / "unlabelled"
@@ -236,7 +236,8 @@ def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, t
     (frames_dir / "clipA" / "notes.txt").write_text("not an image: ignored")
     submission = out / "sub"
     lengths = out.parent / "lengths.csv"
-    lengths.write_text("video,frames\nclipA,5\nclipB,6\n")  # clipB's last two frames: no face
+    # clipB's last two frames have no face; clipC has no face at all.
+    lengths.write_text("video,frames\nclipA,5\nclipB,6\nclipC,4\n")
 
     report = main(
         evaluate_args(
@@ -261,6 +262,8 @@ def test_unlabelled_frames_folder_and_its_submission(smoothed_run, checkpoint, t
     # clipA: frame 3 is nearest to 2, frame 4 to 5; clipB has 6 frames, its last face is 4.
     assert [int(v) for v in lines_a[1:]] == [pred[0], pred[1], pred[1], pred[2], pred[2]]
     assert [int(v) for v in lines_b[1:]] == [pred[3]] * 3 + [pred[4]] * 3
+    assert sorted(p.name for p in submission.iterdir()) == ["clipA.txt", "clipB.txt"]
+    assert "No file for 1 video(s) of" in capsys.readouterr().out.replace("\n", "")
 
     # ABAW 2023/2024: one file, following the organisers' list line by line.
     listed = out.parent / "test_set.txt"
