@@ -1,11 +1,12 @@
 """Callbacks Lightning lacks: the end-of-run summary of the best validation, and a stop on
-SIGTERM that a resumed run continues exactly."""
+SIGTERM or Ctrl-C that a resumed run continues exactly."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -17,6 +18,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
+
+from ferlit.io import atomic_write
+from ferlit.runs import is_debug_run
 
 
 class BestValidationSummary(pl.Callback):
@@ -34,36 +38,30 @@ class BestValidationSummary(pl.Callback):
         self.best: dict[str, float] | None = None
         self.best_step: int | None = None
         self.history: list[tuple[int, float]] = []
-        self.damaged_images = 0  # damaged training images skipped (this rank)
-        self.damaged_names: list[str] = []  # the first DAMAGED_NAMES of them
+        self.damaged: dict[str, None] = {}  # damaged training image files skipped, in order
 
     #: How many damaged image paths the summary names (the count covers them all).
     DAMAGED_NAMES = 10
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """Count the damaged images the training set skipped in this batch (its 4th element,
+        """Note the damaged image files the training set skipped in this batch (its 4th element,
         ``EpochSeededDataset``): sample ``s`` with ``k`` skipped replaced samples s-1 .. s-k."""
         if not (isinstance(batch, list | tuple) and len(batch) > 3) or not bool(batch[3].any()):
             return
-        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        dataset = trainer.train_dataloader.dataset
         for sample, skipped in zip(batch[2].tolist(), batch[3].tolist(), strict=True):
-            self.damaged_images += skipped
             for k in range(skipped, 0, -1):
-                if len(self.damaged_names) < self.DAMAGED_NAMES and hasattr(dataset, "image_path"):
-                    path = dataset.image_path((sample - k) % len(dataset))
-                    if path not in self.damaged_names:
-                        self.damaged_names.append(path)
+                self.damaged[dataset.image_path((sample - k) % len(dataset))] = None
 
-    def _damaged_report(self, trainer: pl.Trainer, device: torch.device) -> dict:
-        """The damaged-image count and first names over all processes (every rank calls this)."""
-        mine = torch.tensor(float(self.damaged_images), device=device)
-        count = int(trainer.strategy.reduce(mine, reduce_op="sum"))
-        names = list(self.damaged_names)
+    def _damaged_report(self) -> dict:
+        """How many distinct damaged files training skipped, over all processes, and the first
+        ``DAMAGED_NAMES`` of them (every rank calls this: a collective under DDP)."""
+        names = list(self.damaged)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, names)
             names = list(dict.fromkeys(n for part in gathered for n in part))
-        return {"count": count, "first": names[: self.DAMAGED_NAMES]}
+        return {"count": len(names), "first": names[: self.DAMAGED_NAMES]}
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not getattr(pl_module, "last_val_scores", None):
@@ -78,16 +76,19 @@ class BestValidationSummary(pl.Callback):
             "best": self.best,
             "best_step": self.best_step,
             "history": self.history,
-            "damaged_images": self.damaged_images,
-            "damaged_names": self.damaged_names,
+            "damaged_images": list(self.damaged),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict["best"]
         self.best_step = state_dict["best_step"]
         self.history = [tuple(h) for h in state_dict["history"]]
-        self.damaged_images = state_dict.get("damaged_images", 0)
-        self.damaged_names = list(state_dict.get("damaged_names", []))
+        self.damaged = dict.fromkeys(state_dict.get("damaged_images", []))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        # A stop on SIGTERM/SIGINT/requeue (Preemption) ends the run for now: report as at its end.
+        if isinstance(exception, SIGTERMException):
+            self.on_fit_end(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Beside the run's checkpoints: that folder is the run's own under every logger (a W&B
@@ -97,8 +98,8 @@ class BestValidationSummary(pl.Callback):
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath:
             log_dir = Path(checkpoint.dirpath)
-        damaged = self._damaged_report(trainer, pl_module.device)
-        if self.best is None or not trainer.is_global_zero:
+        damaged = self._damaged_report()
+        if self.best is None or not trainer.is_global_zero or is_debug_run(trainer):
             return
         log_dir.mkdir(parents=True, exist_ok=True)
         criterion = getattr(pl_module, "criterion_description", None)
@@ -106,7 +107,10 @@ class BestValidationSummary(pl.Callback):
         if criterion is not None:
             report["criterion"] = criterion
         report.update({**self.best, "history": self.history, "damaged_images": damaged})
-        (log_dir / "best_validation.json").write_text(json.dumps(report, indent=2) + "\n")
+        if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
+            report["checkpoint"] = os.path.abspath(checkpoint.best_model_path)
+        with atomic_write(log_dir / "best_validation.json", "w", encoding="utf-8") as file:
+            file.write(json.dumps(report, indent=2) + "\n")
         table = Table(
             title=f"Best validation: {self.monitor} {self.best[self.monitor]:.4f} at step {self.best_step}"
         )
@@ -126,8 +130,8 @@ class BestValidationSummary(pl.Callback):
         if criterion is not None:
             console.print(f"criterion = {criterion}", soft_wrap=True, highlight=False)
         if damaged["count"]:
-            console.print(
-                f"damaged training images skipped: {damaged['count']} (first: "
+            Console().print(
+                f"damaged training images skipped: {damaged['count']} files (first: "
                 f"{', '.join(damaged['first'])}); find them all with python -m ferlit.data check"
             )
 
@@ -144,6 +148,8 @@ class Preemption(pl.Callback):
     run's checkpoints, where ``--ckpt_path last`` finds it. With ``SLURMEnvironment(auto_requeue=
     True)`` the requeue signal is held the same way, and Lightning's requeue handler (which saves
     its ``hpc_ckpt_N.ckpt`` and runs ``scontrol requeue``) runs once the run has stopped there.
+    A first Ctrl-C (SIGINT) is held the same way (Lightning alone ends with exit 1 and no
+    resumable checkpoint); a second one aborts at once. Debug runs write no ``last.ckpt``.
     """
 
     def __init__(self) -> None:
@@ -151,6 +157,7 @@ class Preemption(pl.Callback):
         self.saved: str | None = None
         self._handlers: dict[int, object] = {}
         self._release_after_validation = False
+        self._interrupts = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning has installed its handlers by now (Trainer._run, before the loops run).
@@ -163,10 +170,34 @@ class Preemption(pl.Callback):
         for signum in signums:
             self._handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, self._hold)
+        self._handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._interrupt)
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
         if signum not in self.held:
             self.held.append(signum)
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-C: the first stops like SIGTERM; a second aborts at once (KeyboardInterrupt)."""
+        self._interrupts += 1
+        if self._interrupts > 1:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self._hold(signum, frame)
+        print(
+            "\nCtrl-C: stopping after this optimizer step with a resumable last.ckpt "
+            "(Ctrl-C again to abort at once, losing the work since the last checkpoint)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_interrupt()
+
+    def _restore_interrupt(self) -> None:
+        handler = self._handlers.pop(signal.SIGINT, None)
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self.held or (batch_idx + 1) % trainer.accumulate_grad_batches:
@@ -189,10 +220,15 @@ class Preemption(pl.Callback):
             handler(signal.SIGTERM, None)
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
+        self._restore_interrupt()
         if not isinstance(exception, SIGTERMException):
             return
         checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath is not None:
+        if (
+            isinstance(checkpoint, ModelCheckpoint)
+            and checkpoint.dirpath is not None
+            and not is_debug_run(trainer)
+        ):
             name = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
             self.saved = os.path.join(checkpoint.dirpath, name)
             trainer.save_checkpoint(self.saved)

@@ -96,11 +96,49 @@ console = Console()
 # -- checkpoints -------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the best checkpoint of a log folder's newest ``version_N``.
+def _recorded_best(folder: Path) -> Path | None:
+    """The best checkpoint a run folder's own records name: the ``best_model_path`` in its
+    newest ``last*.ckpt`` (rewritten after every validation), else in ``best_validation.json``
+    (written when the run ends or stops). A recorded path relative to another working
+    directory is looked up by name beside the record."""
+    records = sorted(
+        [*folder.glob("last*.ckpt"), *folder.glob("best_validation.json")],
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for record in records:
+        try:
+            if record.suffix == ".json":
+                recorded = json.loads(record.read_text()).get("checkpoint")
+            else:  # plain types only: nothing in the file can run code
+                state = torch.load(record, map_location="cpu", mmap=True, weights_only=True)
+                recorded = next(
+                    (
+                        s.get("best_model_path")
+                        for k, s in state.get("callbacks", {}).items()
+                        if "ModelCheckpoint" in str(k) and isinstance(s, dict)
+                    ),
+                    None,
+                )
+        except Exception:  # a damaged or foreign record says nothing: try the next
+            continue
+        if not recorded:
+            continue
+        for candidate in (Path(recorded), record.parent / Path(recorded).name):
+            if candidate.is_file():
+                return candidate
+    return None
 
-    ``ferlit.fit`` keeps one ``best-*.ckpt`` per version (``checkpoint.save_top_k`` 1); several
-    are ambiguous and refused rather than one picked by name or date.
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the best checkpoint of a run's log folder.
+
+    The folder is a logger folder (``runs/sample``, all its ``version_N``), one version, or a
+    checkpoint folder. The best checkpoint is the one the run recorded as best
+    (:func:`_recorded_best`, newest record first), so a resumed run whose parts wrote into
+    several versions still gives its true best; failing a record, the folder's only
+    ``best-*.ckpt`` of the newest version that has one; several without a record are ambiguous
+    and refused rather than one picked by name or date.
     """
     path = Path(path)
     if path.is_file():
@@ -111,14 +149,25 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             "(e.g. runs/sample/version_0/checkpoints/best-....ckpt) or its log folder (runs/sample)"
         )
     versions = [p for p in path.glob("version_*") if re.fullmatch(r"version_\d+", p.name)]
-    if versions:
-        path = max(versions, key=lambda p: int(p.name.split("_")[1]))
-    best = sorted((path / "checkpoints").glob("best-*.ckpt"))
+    versions.sort(key=lambda p: int(p.name.split("_")[1]), reverse=True)
+    folders = [v / "checkpoints" for v in versions] + [path / "checkpoints", path]
+    folders = [f for f in folders if f.is_dir()]
+    newest_first = sorted(
+        folders,
+        key=lambda f: max((p.stat().st_mtime for p in f.glob("*.ckpt")), default=0.0),
+        reverse=True,
+    )
+    for folder in newest_first:
+        best = _recorded_best(folder)
+        if best is not None:
+            return best
+    newest = next((f for f in folders if any(f.glob("best-*.ckpt"))), path / "checkpoints")
+    best = sorted(newest.glob("best-*.ckpt"))
     if len(best) != 1:
         found = ", ".join(p.name for p in best) if best else "none"
         raise ConfigError(
-            f"--ckpt {path}: expected one best-*.ckpt in {path / 'checkpoints'}, found {found}; "
-            "give the checkpoint file itself"
+            f"--ckpt {path}: expected one best-*.ckpt in {newest} (or a last.ckpt or "
+            f"best_validation.json naming it), found {found}; give the checkpoint file itself"
         )
     return best[0]
 

@@ -272,7 +272,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         load_checkpoint = None
     try:
         if load_checkpoint is not None:
-            saved = load_checkpoint(path)
+            saved = load_checkpoint(path, mmap=True)
         else:
             saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except FerlitError as error:
@@ -425,7 +425,8 @@ def resume_command(args: list[str] | None, last: str | None) -> str:
             skip = True
         elif not arg.startswith("--ckpt_path="):
             kept.append(arg)
-    command = shlex.join([sys.executable, "-m", "ferlit.fit", *kept, "--ckpt_path", last or "last"])
+    last = os.path.abspath(last) if last else "last"
+    command = shlex.join([sys.executable, "-m", "ferlit.fit", *kept, "--ckpt_path", last])
     return f"cd {shlex.quote(os.getcwd())} && {command}"
 
 
@@ -452,6 +453,12 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
         )
         if run:
             check_run_folders(cli.trainer)
+            if cli.trainer.overfit_batches:
+                raise ConfigError(
+                    "trainer.overfit_batches is not supported: Lightning replaces the training "
+                    "sampler, and ferlit's resumable loader needs its own; use "
+                    "--trainer.limit_train_batches N --trainer.limit_val_batches N instead"
+                )
             config = resolved_config(cli)
             argv = list(sys.argv[1:] if args is None else args)
             cli.trainer.callbacks.append(RunRecord(config, argv))

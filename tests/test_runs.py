@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,7 +146,7 @@ def test_stop_kill_and_resume_keep_one_run_and_its_true_best(
     assert "stopped by SIGINT after optimizer step 5" in err
     assert f"cd {work} && {sys.executable} -m ferlit.fit --config {SAMPLE_YAML}" in err
     assert err.rstrip().endswith(f"--ckpt_path {checkpoints / 'last.ckpt'}")
-    assert "Best validation: val/criterion" in out
+    assert "Best validation" in out  # the summary table, also on a stop
     assert saved_step(checkpoints / "last.ckpt") == 5
     summary = json.loads((checkpoints / "best_validation.json").read_text())
     assert summary["step"] == 3 and Path(summary["checkpoint"]).parent == checkpoints
@@ -170,7 +171,7 @@ def test_stop_kill_and_resume_keep_one_run_and_its_true_best(
             main(sample_args(tiny_sample, "--ckpt_path", "last", *changed))
         assert refused.value.code == 2
         err = capsys.readouterr().err
-        last = checkpoints / "last.ckpt"
+        last = "runs/sample/version_0/checkpoints/last.ckpt"  # the newest, relative to the cwd
         assert f"error: --ckpt_path {last}: written by another experiment" in err
         assert message in err
     assert sorted(p.name for p in (work / "runs/sample").iterdir()) == ["version_0"]
@@ -219,15 +220,17 @@ def test_stop_kill_and_resume_keep_one_run_and_its_true_best(
     assert chosen.parent == checkpoints and chosen.name.startswith(f"best-step{step:07d}")
 
 
-def test_debug_runs_leave_nothing_resumable(tiny_sample, tmp_path, monkeypatch):
+def test_debug_runs_leave_nothing_resumable(tiny_sample, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(sample_args(tiny_sample, "--trainer.fast_dev_run", "true"))
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("best_validation.json"))
-    overfit = ["--trainer.overfit_batches", "2", "--val_every_n_steps", "1"]
-    cli = main(sample_args(tiny_sample, *overfit, "--trainer.max_steps", "2"))
-    assert cli.trainer.global_step == 2 and (tmp_path / "runs/sample/version_0").is_dir()
-    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("best_validation.json"))
     assert not list(tmp_path.rglob("run_info.json"))
+    # Lightning's overfit_batches swaps in its own sampler: refused before anything is written
+    with pytest.raises(SystemExit) as refused:
+        main(sample_args(tiny_sample, "--trainer.overfit_batches", "2"))
+    assert refused.value.code == 2
+    assert "error: trainer.overfit_batches is not supported" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("run_info.json"))
 
 
 def test_second_ctrl_c_aborts_at_once():
@@ -248,3 +251,24 @@ def test_only_run_length_hardware_and_reporting_may_change_on_resume():
     current = saved | {"trainer.max_steps": 90, "data.num_workers": 8}
     current |= {"trainer.logger.init_args.name": "b", "early_stopping.patience": 7}
     assert config_differences(saved, current) == ["early_stopping.patience 5 -> 7"]
+
+
+def test_sbatch_gives_each_experiment_its_own_folder_and_a_requeue_the_same(tmp_path):
+    """experiments/slurm/fit.sbatch under a stand-in ``srun`` that records its arguments."""
+    calls = tmp_path / "srun-calls"
+    srun = tmp_path / "bin/srun"
+    srun.parent.mkdir()
+    srun.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    srun.chmod(0o755)
+    env = os.environ | {"PATH": f"{srun.parent}{os.pathsep}{os.environ['PATH']}"}
+    env |= {"SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_NAME": "ferlit", "SLURM_JOB_ID": "7"}
+    env |= {"SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}
+    for args, restart in ((["--model.lr_head", "0.001"], "0"), (["--model.lr_head", "0.001"], "1")):
+        env["SLURM_RESTART_COUNT"] = restart
+        script = [str(REPO / "experiments/slurm/fit.sbatch"), *args]
+        subprocess.run(["bash", *script], env=env, check=True, capture_output=True)
+    subprocess.run(["bash", *script[:1], "--model.lr_head", "0.01"], env=env, check=True)
+    folders = [re.search(r"--trainer.logger.save_dir (\S+)", line)[1] for line in calls.open()]
+    assert folders[0] == folders[1] != folders[2]  # the requeue resumes; another lr is its own
+    assert all(re.fullmatch(r"runs/slurm/ferlit-[0-9a-f]{10}", f) for f in folders)
+    assert all("--ckpt_path last" in line for line in calls.open())
