@@ -8,9 +8,11 @@
 
 ``--ckpt`` is a checkpoint of ``python -m ferlit.fit``, or a log folder (``runs/sample``, or one
 ``version_N`` of it): then the best checkpoint of its newest version. The frames are the Aff-Wild2
-validation split (``--split train`` for the training split), or with ``--frames_dir`` a folder of
-unlabelled faces in the ``cropped_aligned`` layout. ``--data.*`` are ``ferlit.fit``'s data options
-and default to those the checkpoint was trained with. Written into ``--out``:
+validation split (``--split train`` for the training split), or with ``--frames_dir`` one or more
+folders of unlabelled faces in the ``cropped_aligned`` layout (``frames_dir_index``; ABAW 2023+
+test faces are split over ``cropped_aligned/`` and ``cropped_aligned_new_50_vids/``).
+``--data.*`` are ``ferlit.fit``'s data options and default to those the checkpoint was trained
+with. Written into ``--out``:
 
 * ``predictions.parquet``: one row per frame: ``video``, ``frame``, ``target`` (-1 when unknown,
   as in the annotation files), ``pred``, ``prob_<class>`` per class, and ``pred_smoothed`` when

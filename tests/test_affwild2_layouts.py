@@ -113,6 +113,6 @@ def test_a_nested_tree_stops_stats_and_pack_before_any_work(
         "cropped_aligned/; likely cause: cropped_aligned/ holds a cropped_aligned/ folder: "
         f"nested one level too deep? (move its video folders up to {root}/cropped_aligned/); or "
         "no video folder matches an annotation file name (<video>.txt needs a frame folder "
-        "<video>/; 1 video folders found, e.g. cropped_aligned)\n"
+        "<video>/; 1 video folder found, e.g. cropped_aligned)\n"
     )
     assert not (tmp_path / "pack").exists() and not (tmp_path / "pack.partial").exists()

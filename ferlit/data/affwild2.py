@@ -318,7 +318,8 @@ def _likely_cause(
     if len(with_folder) < len(without_images):
         found = sorted(folders)
         found_text = (
-            f"{len(found)} video folders found, e.g. {', '.join(found[:3])}"
+            f"{len(found)} video folder{'s' if len(found) > 1 else ''} found, e.g. "
+            f"{', '.join(found[:3])}"
             if found
             else "no video folder found"
         )
