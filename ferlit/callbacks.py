@@ -130,9 +130,11 @@ class BestValidationSummary(pl.Callback):
         if criterion is not None:
             console.print(f"criterion = {criterion}", soft_wrap=True, highlight=False)
         if damaged["count"]:
-            Console().print(
-                f"damaged training images skipped: {damaged['count']} files (first: "
-                f"{', '.join(damaged['first'])}); find them all with python -m ferlit.data check"
+            console.print(
+                f"damaged training image files skipped: {damaged['count']} (first: "
+                f"{', '.join(damaged['first'])}); find them all with python -m ferlit.data check",
+                soft_wrap=True,
+                highlight=False,
             )
 
 
@@ -172,13 +174,21 @@ class Preemption(pl.Callback):
             signal.signal(signum, self._hold)
         self._handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._interrupt)
+        self._pid = os.getpid()
 
     def _hold(self, signum: int, frame: FrameType | None) -> None:
         if signum not in self.held:
             self.held.append(signum)
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
-        """Ctrl-C: the first stops like SIGTERM; a second aborts at once (KeyboardInterrupt)."""
+        """Ctrl-C: the first stops like SIGTERM; a second aborts at once (KeyboardInterrupt).
+
+        DataLoader workers, forked after this handler was installed, inherit it and get the
+        terminal's Ctrl-C too: they ignore it (the training process stops them), instead of
+        dying on a KeyboardInterrupt that would end the run with a worker error.
+        """
+        if os.getpid() != getattr(self, "_pid", os.getpid()):
+            return
         self._interrupts += 1
         if self._interrupts > 1:
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -241,8 +241,32 @@ def test_second_ctrl_c_aborts_at_once():
         assert stop.held == [signal.SIGINT]
         with pytest.raises(KeyboardInterrupt):
             stop._interrupt(signal.SIGINT, None)
+        worker = Preemption()  # a DataLoader worker forked with the handler: ignores Ctrl-C
+        worker._pid = os.getpid() + 1
+        worker._interrupt(signal.SIGINT, None)
+        worker._interrupt(signal.SIGINT, None)
+        assert worker.held == []
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_last_ckpt_is_rewritten_after_every_validation_and_every_n_steps(
+    tiny_sample, tmp_path, monkeypatch
+):
+    writes = []
+    original = AtomicCheckpointIO.save_checkpoint
+
+    def recording(self, checkpoint, path, storage_options=None):
+        writes.append((Path(path).name.split("-")[0], checkpoint["global_step"]))
+        original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording)
+    monkeypatch.chdir(tmp_path)
+    every_2 = ["--checkpoint.last_every_n_steps", "2", "--trainer.max_steps", "8"]
+    main(sample_args(tiny_sample, *every_2))
+    # validations at 3 and 6; a step followed by a validation is saved after it, once
+    assert [step for name, step in writes if name == "last.ckpt"] == [2, 3, 4, 6, 8]
+    assert {name for name, _ in writes} == {"last.ckpt", "best"}
 
 
 def test_only_run_length_hardware_and_reporting_may_change_on_resume():
