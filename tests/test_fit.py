@@ -248,6 +248,7 @@ def test_paper_config_parses_with_every_number(capsys):
     model = config["model"]
     assert model["backbone"] == "legacy_seresnet50"
     assert (model["lr_head"], model["lr_backbone"]) == (1e-3, 1e-6)
+    assert (model["lr_schedule"], model["warmup_steps"]) == ("constant", 0)
     assert (model["momentum"], model["weight_decay"]) == (0.9, 0.005)
     assert model["input_size"] == 112 and config["data"]["num_classes"] == 7
     data = config["data"]
