@@ -116,3 +116,25 @@ def test_a_nested_tree_stops_stats_and_pack_before_any_work(
         "<video>/; 1 video folder found, e.g. cropped_aligned)\n"
     )
     assert not (tmp_path / "pack").exists() and not (tmp_path / "pack.partial").exists()
+
+
+def test_a_nested_tree_stops_fit_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ferlit.fit import main as fit
+
+    root = nested(tmp_path / "Aff-Wild2")
+    with pytest.raises(SystemExit) as stop:
+        fit(
+            [
+                *("--data.affwild2_dir", str(root), "--data.index_cache_dir", str(tmp_path / "c")),
+                *("--model.backbone", "seresnet18", "--model.input_size", "32"),
+                *("--trainer.accelerator", "cpu", "--trainer.max_steps", "1"),
+                *("--trainer.default_root_dir", str(tmp_path / "runs")),
+            ]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"error: {root}/annotations/EXPR_Set/Training_Set: the train split ")
+    assert "likely cause: cropped_aligned/ holds a cropped_aligned/ folder: nested one" in err
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
