@@ -408,8 +408,10 @@ def nested_tree(root: Path) -> Path:
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(
-    extra, message, smoothed_run, checkpoint, tmp_path, capsys
+    extra, message, smoothed_run, checkpoint, tmp_path, capsys, write_jpeg
 ):
+    test_frames = tmp_path / "test_frames"  # a valid --frames_dir: one video of one face
+    write_jpeg(test_frames / "clipA" / frame_file(1), np.zeros((32, 32, 3), np.uint8))
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     (tmp_path / "frames" / "v").mkdir(parents=True)
@@ -421,7 +423,7 @@ def test_bad_input_is_refused_with_a_clear_message(
         "nested": nested_tree(tmp_path / "nested"),
         "missing": tmp_path / "missing.ckpt",
         "garbage": garbage,
-        "frames": smoothed_run[0].parent / "test_frames",
+        "frames": test_frames,
         "sub": tmp_path / "sub",
     }
     extra = [v.format(**paths) for v in extra]
