@@ -77,3 +77,46 @@ def wandb_offline(tmp_path, monkeypatch):
     yield home
     wandb.finish()
     wandb.teardown()
+
+
+def _train_and_save(path, **module_kwargs):
+    """A narrow SE-ResNet-18 (32-pixel input) fitted 2 steps on random faces by a real Lightning
+    Trainer, then ``trainer.save_checkpoint(path)``: the checkpoint ``python -m ferlit.fit``
+    writes, without its data pipeline. Returns the module, in eval mode."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ferlit.module import ExpressionModule
+
+    module = ExpressionModule(
+        backbone="seresnet18",
+        backbone_kwargs={"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]},
+        input_size=32,
+        lr_head=0.01,
+        lr_backbone=0.01,
+        **module_kwargs,
+    )
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(8) % 7
+    loader = DataLoader(TensorDataset(images, labels, torch.arange(8)), batch_size=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=os.path.dirname(os.fspath(path)),
+    )
+    trainer.fit(module, loader)
+    trainer.save_checkpoint(path)
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def train_and_save():
+    """``train_and_save(path, **ExpressionModule options) -> module``: a small trained checkpoint."""
+    return _train_and_save

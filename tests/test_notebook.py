@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import nbformat
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from sklearn.metrics import f1_score
 
-from ferlit.data.affwild2 import read_affwild2
+import ferlit
+from ferlit.data.affwild2 import FRAMES_DIR, read_affwild2
 from ferlit.errors import DataError
 from ferlit.expressions import EXPRESSIONS_7
 from ferlit.predictions import predictions_frame, sample_predictions_path
@@ -52,6 +54,13 @@ def predictions_file(tiny_sample, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def checkpoint(train_and_save, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "best.ckpt"
+    train_and_save(path)
+    return path
+
+
 def test_notebook_is_committed_without_outputs():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
@@ -60,9 +69,17 @@ def test_notebook_is_committed_without_outputs():
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
 
-def test_notebook_runs_and_shows_the_scores_of_the_predictions(predictions_file):
+def test_notebook_runs_and_shows_the_scores_of_the_predictions(
+    predictions_file, checkpoint, tiny_sample
+):
     windows = (1, 3, 9)
-    ns = run_notebook(PREDICTIONS=str(predictions_file), WINDOWS=windows)
+    faces_dir = sorted((Path(tiny_sample.affwild2_dir) / FRAMES_DIR).iterdir())[0]
+    ns = run_notebook(
+        PREDICTIONS=str(predictions_file),
+        WINDOWS=windows,
+        CHECKPOINT=str(checkpoint),
+        FACES=str(faces_dir),
+    )
     predictions = ns["predictions"]
     target, pred = predictions["target"].to_numpy(), predictions["pred"].to_numpy()
     f1 = f1_score(target, pred, labels=range(7), average=None, zero_division=0)
@@ -97,6 +114,16 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(predictions_file)
     lines = ns["sweep_figure"].axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["macro-F1", "accuracy", "criterion"]
     np.testing.assert_allclose(lines[2].get_ydata(), sweep["criterion"])
+
+    # the model's probabilities for the folder's first 8 faces (ferlit.load_model / predict;
+    # tests/test_checkpoints.py checks those against the module), 112-pixel faces resized to 32
+    files = sorted(faces_dir.glob("*.jpg"))[:8]
+    faces = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])
+    model = ferlit.load_model(checkpoint)
+    shown = ns["model_probs"]
+    assert shown.index.tolist() == [f.name for f in files]
+    assert shown.columns.tolist() == list(EXPRESSIONS_7)
+    np.testing.assert_allclose(shown.to_numpy(), ferlit.predict(model, faces), rtol=1e-6)
 
 
 def test_notebook_default_is_the_sample_runs_predictions(tmp_path):

@@ -77,9 +77,13 @@ def read_torch_file(path: str | os.PathLike[str], mmap: bool = False) -> Any:
         )
     except pickle.UnpicklingError as error:
         refused = _REFUSED_GLOBAL.search(str(error))
-        what = f"it asks to run {refused.group(1)}" if refused else _torch_detail(error)
+        if refused is None:  # not a torch file at all: torch reads a pickle opcode it refuses
+            raise WeightsError(
+                f"{path}: not a readable PyTorch checkpoint or weights file "
+                f"({_torch_detail(error)}); {_EXPECTED}"
+            ) from None
         raise WeightsError(
-            f"{path}: refused to load ({what}): ferlit reads only "
+            f"{path}: refused to load (it asks to run {refused.group(1)}): ferlit reads only "
             "tensors, numbers, strings and containers from a checkpoint (anything else could "
             f"run code); {_EXPECTED}"
         ) from None
@@ -93,8 +97,8 @@ def read_torch_file(path: str | os.PathLike[str], mmap: bool = False) -> Any:
         AttributeError,
     ) as error:
         raise WeightsError(
-            f"{path}: not a readable PyTorch file, damaged or of another kind "
-            f"({_first_line(error)}); {_EXPECTED}"
+            f"{path}: not a readable PyTorch checkpoint or weights file, damaged or of "
+            f"another kind ({_first_line(error)}); {_EXPECTED}"
         ) from None
 
 
