@@ -247,3 +247,77 @@ def test_synth_then_stats_agree_with_manifest(
     assert capsys.readouterr().err == (
         f"error: {out}: exists and is not an empty folder; sample data needs a new one\n"
     )
+
+
+@pytest.fixture
+def damaged(tiny: tuple[Path, Path]) -> tuple[Path, Path, list[str]]:
+    """The tiny trees with one Aff-Wild2 frame cut in half, one empty and one ExpW image that is
+    not an image; returns the trees and the expected ``check`` lines."""
+    affwild2, expw = tiny
+    frame = affwild2 / "cropped_aligned/a/00002.jpg"
+    data = frame.read_bytes()
+    frame.write_bytes(data[: len(data) // 2])
+    empty = affwild2 / "cropped_aligned/b/00001.jpg"
+    empty.write_bytes(b"")
+    text = expw / IMAGES_DIR / "notes.png"
+    text.write_text("not an image")
+    lines = [
+        f"{frame}: truncated JPEG: no end-of-image marker FF D9 at its end "
+        f"({len(data) // 2:,} bytes; the file was cut short)",
+        f"{empty}: empty file (0 bytes)",
+        f"{text}: cannot read image (not a decodable image)",
+    ]
+    return affwild2, expw, lines
+
+
+def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
+    affwild2, expw, lines = damaged
+    assert main(["check", "--affwild2-dir", str(affwild2), "--expw-dir", str(expw)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[:-1] == lines
+    # 15 frames (a: 5, b: 7, c: 3) and 3 files in ExpW
+    assert out[-1] == f"Checked 18 images in {affwild2}, {expw}: 3 damaged (listed above)"
+
+
+def test_check_of_sound_images_exits_0(tiny: tuple[Path, Path], capsys) -> None:
+    affwild2, expw = tiny
+    assert main(["check", "--expw-dir", str(expw), "--workers", "2"]) == 0
+    assert capsys.readouterr().out == f"Checked 2 images in {expw}: none damaged\n"
+    assert main(["check"]) == 2
+    assert "error: check needs --affwild2-dir and/or --expw-dir" in capsys.readouterr().err
+    assert main(["check", "--expw-dir", str(expw / "label")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --expw-dir {expw / 'label'}: no image files (.jpg, .jpeg, .png) in it\n"
+    )
+
+
+def test_stats_and_pack_count_boxes_past_the_edge(tiny: tuple[Path, Path], tmp_path, capsys):
+    _, expw = tiny  # one.jpg and two.jpg are 40x40
+    faces = [
+        ExpWFace("one.jpg", 0, 0, 0, 20, 20, 90.0, 0),
+        ExpWFace("one.jpg", 1, 20, 30, 55, 41, 90.0, 6),  # right by 15 px, bottom by 1 px
+        ExpWFace("two.jpg", 0, 5, 40, 60, 30, 90.0, 3),  # starts at the right edge: outside
+    ]
+    write_label_list(expw / LABEL_FILE, faces)
+    entry = run_json(capsys, "--expw-dir", str(expw))["splits"]["train"]["sources"]["expw"]
+    assert entry["samples"] == 2 and entry["skipped"]["box_outside_image"] == 1
+    assert (entry["box_clipped"], entry["box_padded"]) == (1, 0)
+    padded = run_json(capsys, "--expw-dir", str(expw), "--expw-box-overflow", "pad")
+    assert padded["splits"]["train"]["sources"]["expw"]["box_padded"] == 1
+
+    assert main(["stats", "--expw-dir", str(expw)]) == 0
+    out = capsys.readouterr().out
+    assert table_row(out, "of which box clipped to the image")[1:] == ["1", ""]
+    assert table_row(out, "skipped: box outside its image")[1] == "1"
+
+    out_dir = tmp_path / "pack"
+    args = ["pack", "--expw-dir", str(expw), "--out", str(out_dir), "--size", "8"]
+    assert main([*args, "--workers", "1", "--expw-box-overflow", "pad", "--no-index-cache"]) == 0
+    printed = capsys.readouterr().out
+    assert "ExpW boxes past the image edge padded: 1; skipped with no pixel in their image: 1" in (
+        printed
+    )
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["expw_box_overflow"] == "pad"
+    assert manifest["parts"]["expw"]["box_padded"] == 1
+    assert manifest["parts"]["expw"]["skipped"]["box_outside_image"] == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ferlit.data.affwild2 import LAYOUTS
 from ferlit.data.synth import write_sample_data
-from ferlit.errors import DataError, FerlitError, user_message
+from ferlit.errors import DataError, FerlitError, data_warnings_as_lines, user_message
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -105,6 +105,7 @@ def image_files(folder: Path) -> list[str]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ferlit.data.images import check_image
@@ -129,7 +130,8 @@ def _check(args: argparse.Namespace) -> int:
         raise DataError(f"--workers must be at least 1, got {workers}")
     bad: list[tuple[str, str]] = []
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress("Decoding images", *columns, transient=True) as bar:
+    # The bar on stderr: stdout is the list of damaged files, for scripts.
+    with Progress("Decoding images", *columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("check", total=len(paths))
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:
@@ -243,4 +245,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with data_warnings_as_lines():
+        status = main()
+    sys.exit(status)
