@@ -130,7 +130,8 @@ class ExpressionModule(pl.LightningModule):
         self.net = create_model(backbone, num_classes, backbone_kwargs, start, preprocessing)
         if self.net.weights_report is not None:
             rank_zero_info(f"model.pretrained: {self.net.weights_report}")
-        rank_zero_info(f"input preprocessing: {self.net.preprocessing}")
+        if not _FROM_CHECKPOINT.get():  # from a checkpoint, on_load_checkpoint tells
+            rank_zero_info(f"input preprocessing: {self.net.preprocessing}")
         weights = torch.ones(num_classes) if class_weights is None else torch.tensor(class_weights)
         self.register_buffer("class_weights", weights.float(), persistent=False)
         self.val_criterion = ExpressionCriterion(num_classes)
@@ -191,7 +192,7 @@ class ExpressionModule(pl.LightningModule):
         preprocessing = checkpoint_preprocessing(checkpoint)
         if preprocessing is not None and preprocessing != self.net.preprocessing:
             self.net.set_preprocessing(preprocessing)
-            rank_zero_info(f"input preprocessing (from the checkpoint): {preprocessing}")
+        rank_zero_info(f"input preprocessing (from the checkpoint): {self.net.preprocessing}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 RGB faces (the network normalises them itself)."""
@@ -291,6 +292,7 @@ class ExpressionModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
     # -- validation ----------------------------------------------------------------------------
 
     @property

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.progress import track
 
 from ferlit.data.affwild2 import _read_annotation_file, write_annotation_file
 from ferlit.data.index import FrameIndex
@@ -311,8 +312,12 @@ def frame_counts_from_videos(
     or more past the decoded frames means the wrong video (or a damaged one) and is an error.
     """
     counts = {}
-    for video, highest in highest_face.items():
-        path = find_video(videos_dir, video)
+    paths = {video: find_video(videos_dir, video) for video in highest_face}  # all found first
+    items = highest_face.items()
+    if len(highest_face) > 1:  # decoding a real video takes seconds
+        items = track(items, description="Counting video frames", transient=True)
+    for video, highest in items:
+        path = paths[video]
         _, decoded = video_frame_count(path)
         if highest > decoded + 1:
             raise DataError(

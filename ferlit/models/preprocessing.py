@@ -77,7 +77,9 @@ class Normalize(nn.Module):
 
     Mean and std are non-persistent buffers: they move with ``.to(device)`` but stay out of the
     state dict, so a checkpoint holds only the backbone's own tensors and loads into any model with
-    the same backbone; the preprocessing itself is a hyperparameter, saved with the run's config.
+    the same backbone (``net.backbone.*`` keys only). The resolved preprocessing is saved beside
+    the weights instead, as plain values under ``checkpoint["ferlit"]["preprocessing"]``
+    (:mod:`ferlit.models.checkpoints`), and restored by every loader.
     """
 
     mean: Tensor
