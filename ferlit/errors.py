@@ -1,5 +1,12 @@
 """The one error type for bad input, so that users see what is wrong and where, not a traceback."""
 
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator
+
 
 class FerlitError(ValueError):
     """Bad input to ferlit: the message names the file (and line) or option, and what was expected."""
@@ -20,6 +27,26 @@ class WeightsError(FerlitError):
 class DataWarning(UserWarning):
     """Data that ferlit can use but the user should know about (e.g. a video with no face
     image at all); shown once per message, and filterable by this category."""
+
+
+@contextlib.contextmanager
+def data_warnings_as_lines() -> Iterator[None]:
+    """Within: a ``DataWarning`` prints as ``warning: <message>`` on stderr, as the commands
+    print their errors (Python's default adds the file, line and source of the ``warn`` call,
+    which say nothing to a user); other warnings print as Python shows them."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, DataWarning):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 class TrainingDiverged(FerlitError):

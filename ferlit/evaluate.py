@@ -61,7 +61,14 @@ from ferlit.data.index import FRAME_FOLDER, FrameIndex
 from ferlit.data.packed import PackedFaceDataset
 from ferlit.data.samplers import ShardSampler
 from ferlit.data.transforms import build_transform
-from ferlit.errors import ConfigError, DataError, FerlitError, WeightsError, user_message
+from ferlit.errors import (
+    ConfigError,
+    DataError,
+    FerlitError,
+    WeightsError,
+    data_warnings_as_lines,
+    user_message,
+)
 from ferlit.expressions import EXPRESSIONS_7, class_names
 from ferlit.models.checkpoints import load_checkpoint
 from ferlit.module import ExpressionModule
@@ -915,4 +922,5 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    with data_warnings_as_lines():
+        main()

@@ -48,7 +48,7 @@ from rich.console import Console
 from ferlit.callbacks import BestValidationSummary, Preemption
 from ferlit.cli_values import PARSER_MODE
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.errors import ConfigError, FerlitError, user_message
+from ferlit.errors import ConfigError, FerlitError, data_warnings_as_lines, user_message
 from ferlit.module import ExpressionModule
 from ferlit.runs import (
     CHECKPOINT_KEY,
@@ -491,4 +491,5 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
 
 
 if __name__ == "__main__":
-    main()
+    with data_warnings_as_lines():
+        main()

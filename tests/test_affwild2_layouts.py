@@ -5,6 +5,8 @@ any work, naming the folders and the likely cause; a single video without images
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +140,20 @@ def test_a_nested_tree_stops_fit_before_training(
     assert err.startswith(f"error: {root}/annotations/EXPR_Set/Training_Set: the train split ")
     assert "likely cause: cropped_aligned/ holds a cropped_aligned/ folder: nested one" in err
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_the_command_prints_the_warning_as_one_line(abaw2024: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ferlit.data", "stats", "--affwild2-dir", str(abaw2024)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    annotations = annotation_dir(abaw2024, "abaw2024", "train")
+    assert done.stderr == (
+        f"warning: {annotations}/faceless.txt: video faceless has annotated frames but no image "
+        f"of any of them in {abaw2024}/cropped_aligned/ and {abaw2024}/{NEW_FRAMES_DIR}/ (a video "
+        "in which the face detector found no face?); its frames are skipped\n"
+    )
+    assert "videos without any image" in done.stdout
