@@ -296,3 +296,22 @@ def test_sbatch_gives_each_experiment_its_own_folder_and_a_requeue_the_same(tmp_
     assert folders[0] == folders[1] != folders[2]  # the requeue resumes; another lr is its own
     assert all(re.fullmatch(r"runs/slurm/ferlit-[0-9a-f]{10}", f) for f in folders)
     assert all("--ckpt_path last" in line for line in calls.open())
+
+
+def test_log_folder_means_the_best_the_run_recorded_not_the_newest_versions(tmp_path):
+    """The observed case: best 0.1030 at step 10 in version_0; a resume that lost the best score
+    wrote a worse "best" at step 20 into version_1; the run's records name step 10."""
+    first, second = tmp_path / "version_0/checkpoints", tmp_path / "version_1/checkpoints"
+    for folder, name in ((first, "best-step0000010.ckpt"), (second, "best-step0000020.ckpt")):
+        folder.mkdir(parents=True)
+        torch.save({"state_dict": {}}, folder / name)
+    recorded = "runs/sample/version_0/checkpoints/best-step0000010.ckpt"  # another cwd's path
+    state = {"best_model_path": recorded, "dirpath": "runs/sample/version_0/checkpoints"}
+    torch.save(
+        {"callbacks": {"ModelCheckpoint{'monitor': 'val/criterion'}": state}}, first / "last.ckpt"
+    )
+    assert resolve_checkpoint(tmp_path) == first / "best-step0000010.ckpt"
+    # without a readable last.ckpt, best_validation.json names it
+    (first / "last.ckpt").write_bytes(b"")
+    (first / "best_validation.json").write_text(json.dumps({"checkpoint": recorded}))
+    assert resolve_checkpoint(tmp_path) == first / "best-step0000010.ckpt"
