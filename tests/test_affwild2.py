@@ -395,3 +395,19 @@ def test_misnamed_frames_and_nothing_annotated_are_errors(tmp_path, add_video, w
         DataError, match=r"likely cause: the folders of w hold no frame file named "
     ):
         read_affwild2(tmp_path, "train")
+
+
+def test_frame_folders_one_level_down_are_named(tmp_path, add_video):
+    # e.g. <db>/cropped_aligned_images/cropped_aligned/ in entrants' paths
+    add_video("v", [1], [1])
+    (tmp_path / "wrapper" / NEW_FRAMES_DIR).mkdir(parents=True)
+    (tmp_path / "cropped_aligned").rename(tmp_path / "wrapper" / "cropped_aligned")
+
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train")
+    assert str(error.value) == (
+        f"{tmp_path}: no cropped_aligned/ folder; expected the challenge's aligned face crops in "
+        "cropped_aligned/<video>/00001.jpg ... (and, from ABAW 2023 on, "
+        "cropped_aligned_new_50_vids/<video>/...); found wrapper/cropped_aligned/, "
+        f"wrapper/cropped_aligned_new_50_vids/ one level deeper: move them up to {tmp_path}/"
+    )

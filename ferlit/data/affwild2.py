@@ -210,10 +210,25 @@ def _check_frames_dir(root: str) -> None:
     if not os.path.isdir(root):
         raise DataError(f"{root}: Aff-Wild2 folder does not exist")
     if not any(os.path.isdir(os.path.join(root, d)) for d in FRAMES_DIRS):
+        # Entrants' copies often keep the archive's wrapper folder, as in
+        # cropped_aligned_images/cropped_aligned/: name such a folder one level down.
+        deeper = sorted(
+            os.path.join(e.name, d)
+            for e in os.scandir(root)
+            if e.is_dir() and not e.name.startswith(".")
+            for d in FRAMES_DIRS
+            if os.path.isdir(os.path.join(root, e.name, d))
+        )
+        hint = (
+            f"; found {', '.join(p + '/' for p in deeper)} one level deeper: move "
+            f"{'them' if len(deeper) > 1 else 'it'} up to {root}/"
+            if deeper
+            else ""
+        )
         raise DataError(
             f"{root}: no {FRAMES_DIR}/ folder; expected the challenge's aligned face crops "
             f"in {FRAMES_DIR}/<video>/00001.jpg ... (and, from ABAW 2023 on, "
-            f"{NEW_FRAMES_DIR}/<video>/...)"
+            f"{NEW_FRAMES_DIR}/<video>/...){hint}"
         )
 
 
