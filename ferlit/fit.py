@@ -13,14 +13,20 @@ Beyond Lightning's own options, this adds:
   optimizer steps of 256 samples (4 accumulated micro-batches of 64). ferlit converts, and its
   training sampler makes every epoch a whole number of optimizer steps, so the conversion stays
   exact across epoch boundaries.
-* ``--checkpoint.*``: the best ``val/criterion`` checkpoint (mode max) plus ``last.ckpt``.
+* ``--checkpoint.*``: the best ``val/criterion`` checkpoint (mode max) plus ``last.ckpt``,
+  rewritten after every validation (``--checkpoint.last_every_n_steps N``: also every N
+  optimizer steps), every write crash-safe (``ferlit.runs``).
 * ``--early_stopping.*``: stop when ``val/criterion`` stops improving ("stopped on the best
   validation performance").
 * ``--ckpt_path``: resume from a checkpoint; ``last`` is the newest ``last.ckpt`` of this run's
   logger folders (all versions). The resumed run goes on exactly as if never stopped (the rest
-  of the epoch in the same order, the same validation steps, best score and patience).
-* SIGTERM (or SLURM's requeue signal): stop after the current optimizer step with a resumable
-  ``last.ckpt``, and exit with status 143 (``ferlit.callbacks.Preemption``).
+  of the epoch in the same order, the same validation steps, best score and patience), in the
+  checkpoint's own run folder; a checkpoint whose recorded options differ from this run's
+  (another experiment) is refused, listing them.
+* SIGTERM (or SLURM's requeue signal) and Ctrl-C: stop after the current optimizer step with a
+  resumable ``last.ckpt``, print the command that resumes, and exit with status 143 (130 for
+  Ctrl-C; ``ferlit.callbacks.Preemption``).
+* ``run_info.json`` in the run folder: versions, git commit, data folders, command line.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import timm
-import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -49,6 +54,7 @@ from ferlit.callbacks import BestValidationSummary, Preemption
 from ferlit.cli_values import PARSER_MODE
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError, data_warnings_as_lines, user_message
+from ferlit.models.checkpoints import load_checkpoint
 from ferlit.module import ExpressionModule
 from ferlit.runs import (
     CHECKPOINT_KEY,
@@ -255,9 +261,9 @@ def check_run_folders(trainer: pl.Trainer) -> None:
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint given to ``--ckpt_path``, read and checked before training starts.
 
-    Every read of such a file goes through here (and through
-    ``ferlit.models.checkpoints.load_checkpoint``, the safe loader, where it exists). A 0-byte
-    or truncated file (a write cut short by a kill, with Lightning's own writer) or a file that
+    Every read of such a file goes through here, and through
+    ``ferlit.models.checkpoints.load_checkpoint``: ``weights_only=True``, so that a
+    booby-trapped file is refused before any of its code runs. A 0-byte or truncated file (a write cut short by a kill, with Lightning's own writer) or a file that
     is not a checkpoint of ``python -m ferlit.fit`` is refused, naming the file.
     """
     path = Path(path)
@@ -267,14 +273,7 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
             "earlier checkpoint of the run (its best-*.ckpt), or delete it to start over"
         )
     try:
-        from ferlit.models.checkpoints import load_checkpoint
-    except ImportError:
-        load_checkpoint = None
-    try:
-        if load_checkpoint is not None:
-            saved = load_checkpoint(path, mmap=True)
-        else:
-            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        saved = load_checkpoint(path, mmap=True)
     except FerlitError as error:
         raise ConfigError(f"--ckpt_path: {user_message(error)}") from None
     except Exception as error:  # a truncated zip, a foreign pickle: any of torch's errors
