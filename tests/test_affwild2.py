@@ -411,3 +411,21 @@ def test_frame_folders_one_level_down_are_named(tmp_path, add_video):
         "cropped_aligned_new_50_vids/<video>/...); found wrapper/cropped_aligned/, "
         f"wrapper/cropped_aligned_new_50_vids/ one level deeper: move them up to {tmp_path}/"
     )
+
+
+def test_annotation_folder_one_level_down_is_named(tmp_path, add_video):
+    # ABAW 2023 entrants' copies: <db>/annotations/EXPR_Classification_Challenge/Train_Set/
+    add_video("v", [1], [1], layout="abaw2022")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "EXPR_Classification_Challenge").rename(
+        tmp_path / "annotations/EXPR_Classification_Challenge"
+    )
+
+    with pytest.raises(DataError, match=r"\(abaw2024\); found annotations/EXPR_Classification_Ch"):
+        read_affwild2(tmp_path, "train")
+    with pytest.raises(DataError) as error:
+        detect_layout(tmp_path)
+    assert str(error.value).endswith(
+        "; found annotations/EXPR_Classification_Challenge/ one level deeper: move it up to "
+        f"{tmp_path}/"
+    )

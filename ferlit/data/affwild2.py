@@ -99,8 +99,19 @@ def detect_layout(affwild2_dir: str | os.PathLike) -> str:
     ]
     if not found:
         looked = ", ".join(f"{folder}/ ({key})" for key, (folder, _, _) in LAYOUTS.items())
+        # e.g. annotations/EXPR_Classification_Challenge/ in an ABAW 2023 entrant's copy
+        deeper = sorted(
+            f"{e.name}/{folder}/"
+            for e in os.scandir(root)
+            if e.is_dir() and not e.name.startswith(".")
+            for folder, _, _ in LAYOUTS.values()
+            if os.path.isdir(os.path.join(root, e.name, folder))
+        )
+        them = "them" if len(deeper) > 1 else "it"
+        hint = f"; found {', '.join(deeper)} one level deeper: move {them} up to {root}/"
         raise DataError(
             f"{root}: no Aff-Wild2 expression annotation folder found; looked for {looked}"
+            + (hint if deeper else "")
         )
     if len(found) > 1:
         raise DataError(
