@@ -70,7 +70,7 @@ from ferlit.errors import (
     user_message,
 )
 from ferlit.expressions import EXPRESSIONS_7, class_names
-from ferlit.models.checkpoints import load_checkpoint
+from ferlit.models.checkpoints import load_checkpoint, read_torch_file
 from ferlit.module import ExpressionModule
 from ferlit.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
 from ferlit.predictions import (
@@ -120,7 +120,7 @@ def _recorded_best(folder: Path) -> Path | None:
             if record.suffix == ".json":
                 recorded = json.loads(record.read_text()).get("checkpoint")
             else:  # plain types only: nothing in the file can run code
-                state = torch.load(record, map_location="cpu", mmap=True, weights_only=True)
+                state = read_torch_file(record, mmap=True)
                 recorded = next(
                     (
                         s.get("best_model_path")
