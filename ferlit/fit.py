@@ -55,7 +55,7 @@ from ferlit.cli_values import PARSER_MODE
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError, data_warnings_as_lines, user_message
 from ferlit.models.checkpoints import load_checkpoint
-from ferlit.module import ExpressionModule
+from ferlit.module import ExpressionModule, check_schedule
 from ferlit.runs import (
     CHECKPOINT_KEY,
     FerlitCheckpoint,
@@ -218,6 +218,9 @@ class FerlitCLI(LightningCLI):
             config.trainer.val_check_interval = n * accumulate
             config.trainer.check_val_every_n_epoch = None
         model = config.model
+        check_schedule(
+            model.lr_schedule, model.warmup_steps, model.min_lr_ratio, model.freeze_backbone_steps
+        )
         if model.pretrained is None and model.lr_backbone < FINE_TUNING_LR:
             print(
                 f"warning: model.pretrained is null, so the backbone starts from random weights, "

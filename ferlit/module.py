@@ -37,6 +37,26 @@ from ferlit.models.checkpoints import (
 _FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ferlit_from_checkpoint", default=False)
 
 
+def check_schedule(
+    lr_schedule: str, warmup_steps: int, min_lr_ratio: float, freeze_backbone_steps: int
+) -> None:
+    """Refuse schedule options that cannot be drawn or would be ignored (``python -m
+    ferlit.fit`` calls this before reading any data, the module again when built)."""
+    for option, value in (
+        ("warmup_steps", warmup_steps),
+        ("freeze_backbone_steps", freeze_backbone_steps),
+    ):
+        if value < 0:
+            raise ConfigError(f"model.{option} must be >= 0 optimizer steps, got {value}")
+    if not 0 <= min_lr_ratio <= 1:
+        raise ConfigError(f"model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    if min_lr_ratio and lr_schedule != "warmup_cosine":
+        raise ConfigError(
+            f"model.min_lr_ratio {min_lr_ratio} applies to model.lr_schedule warmup_cosine "
+            f"only; the {lr_schedule} schedule does not decay"
+        )
+
+
 def schedule_factor(
     step: int,
     schedule: str,
@@ -112,19 +132,7 @@ class ExpressionModule(pl.LightningModule):
         for option, value in (("lr_head", lr_head), ("lr_backbone", lr_backbone)):
             if value < 0:
                 raise ConfigError(f"model.{option} must be >= 0, got {value}")
-        for option, value in (
-            ("warmup_steps", warmup_steps),
-            ("freeze_backbone_steps", freeze_backbone_steps),
-        ):
-            if value < 0:
-                raise ConfigError(f"model.{option} must be >= 0 optimizer steps, got {value}")
-        if not 0 <= min_lr_ratio <= 1:
-            raise ConfigError(f"model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-        if min_lr_ratio and lr_schedule != "warmup_cosine":
-            raise ConfigError(
-                f"model.min_lr_ratio {min_lr_ratio} applies to model.lr_schedule warmup_cosine "
-                f"only; the {lr_schedule} schedule does not decay"
-            )
+        check_schedule(lr_schedule, warmup_steps, min_lr_ratio, freeze_backbone_steps)
         self.save_hyperparameters()
         start = None if _FROM_CHECKPOINT.get() else pretrained
         self.net = create_model(backbone, num_classes, backbone_kwargs, start, preprocessing)
@@ -217,10 +225,10 @@ class ExpressionModule(pl.LightningModule):
                 "are kept — lower model.lr_head / model.lr_backbone or check the data"
             )
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
         # The rates of the optimizer step this batch is part of (schedule and freezing applied).
         for group in self.optimizers().optimizer.param_groups:
             self.log(f"train/lr_{group['name']}", group["lr"], on_step=True, on_epoch=False)
+        return loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """``freeze_bn``: put the backbone's BatchNorm layers back in eval mode (fixed
@@ -270,7 +278,6 @@ class ExpressionModule(pl.LightningModule):
             momentum=hp.momentum,
             weight_decay=hp.weight_decay,
         )
-
         frozen = hp.freeze_backbone_steps
         if hp.lr_schedule == "constant" and hp.warmup_steps == 0 and frozen == 0:
             return optimizer

@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+from test_fit import TINY_BACKBONE, fit_args, logged_rows
 
 from ferlit.fit import main
 from ferlit.module import schedule_factor
-from test_fit import TINY_BACKBONE, fit_args, logged_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,9 +27,7 @@ def test_schedule_factor_numbers():
     )
 
 
-def test_warmup_cosine_and_freezing_show_in_the_logged_rates_of_both_groups(
-    tiny_sample, tmp_path
-):
+def test_warmup_cosine_and_freezing_show_in_the_logged_rates_of_both_groups(tiny_sample, tmp_path):
     args = fit_args(
         tiny_sample,
         tmp_path,
@@ -120,6 +118,7 @@ def test_bad_schedule_options_are_refused(tmp_path, monkeypatch, capsys, extra, 
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "sample").exists()  # refused before any data is read or written
 
 
 @pytest.mark.parametrize(
