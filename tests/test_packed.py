@@ -208,6 +208,17 @@ def test_datamodule_refuses_a_pack_of_other_options(packed_sample):
         _ = ExpressionDataModule(packed_dir=str(out.root)).train_index
     with pytest.raises(ConfigError, match=r"data.expw_margin is 0.0 but .* packed with 0.1"):
         _ = ExpressionDataModule(packed_dir=str(out.root), image_size=SIZE).train_index
+    with pytest.raises(
+        ConfigError, match=r"data.expw_box_overflow is 'pad' but .* packed with 'clip'; set"
+    ):
+        options = dict(image_size=SIZE, expw_margin=0.1, expw_box_overflow="pad")
+        _ = ExpressionDataModule(packed_dir=str(out.root), **options).train_index
+    manifest = json.loads((out.root / "manifest.json").read_text())
+    assert manifest["expw_box_overflow"] == "clip"
+    assert manifest["parts"]["expw"]["box_clipped"] == 0  # the sample data's boxes are inside
+    assert manifest["parts"]["expw"]["skipped"]["duplicate"] == 1
+    with pytest.raises(ConfigError, match=r"data.expw_box_overflow must be 'clip' or 'pad'"):
+        ExpressionDataModule(expw_box_overflow="crop")
 
 
 def test_not_a_pack(tmp_path):
