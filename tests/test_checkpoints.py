@@ -142,6 +142,29 @@ def test_every_loader_restores_the_models_own_preprocessing(runs, run, tmp_path)
     assert chosen.preprocessing == IMAGENET  # an explicit choice still wins
 
 
+@pytest.mark.parametrize("run", ["scratch", "vggface2"])
+def test_fit_from_a_ferlit_checkpoint_keeps_its_preprocessing(runs, run, tiny_sample, tmp_path):
+    """``python -m ferlit.fit --model.pretrained <ckpt>``: the new run normalises as the old one
+    (a from-scratch RGB model used to be switched to BGR/VGGFace2)."""
+    path, trained = runs[run]
+    cli = fit(
+        [
+            *("--data.affwild2_dir", str(tiny_sample.affwild2_dir)),
+            *("--data.expw_dir", str(tiny_sample.expw_dir), "--data.num_workers", "0"),
+            *("--model.backbone", "seresnet18", "--model.backbone_kwargs", str(TINY)),
+            *("--model.input_size", "32", "--model.pretrained", str(path)),
+            *("--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)),
+        ],
+        run=False,
+    )
+    net = cli.model.net.eval()
+    assert net.preprocessing == EXPECTED[run]
+    assert net.weights_report.naming == "ferlit-checkpoint"
+    x = nchw(faces())
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_features(x), trained.net.forward_features(x))
+
+
 def test_a_checkpoint_written_before_preprocessing_was_saved_keeps_vggface2s(runs, tmp_path):
     """Older checkpoints: rebuilt from the options (pretrained + auto -> VGGFace2's)."""
     path, trained = runs["vggface2"]
