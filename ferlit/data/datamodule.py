@@ -182,8 +182,9 @@ class ExpressionDataModule(pl.LightningDataModule):
     """Aff-Wild2 (+ ExpW) expression frames for training and validation.
 
     Args:
-        affwild2_dir: Aff-Wild2 root (holding ``cropped_aligned/`` and the annotations). With
-            neither this nor ``expw_dir`` given, ferlit's sample data is used (written if absent).
+        affwild2_dir: Aff-Wild2 root (holding ``cropped_aligned/``, from ABAW 2023 on also
+            ``cropped_aligned_new_50_vids/``, and the annotations). With neither this nor
+            ``expw_dir`` given, ferlit's sample data is used (written if absent).
         expw_dir: ExpW root (holding ``image/origin/`` and ``label/label.lst``); None = no ExpW.
         num_classes: 7 (ABAW 2020, the paper) or 8 (with Other, ABAW 2022+).
         affwild2_layout: annotation layout ("abaw2020", "abaw2022", "abaw2024"); None detects it.
