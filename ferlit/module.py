@@ -57,6 +57,23 @@ def check_schedule(
         )
 
 
+class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` whose restored state sets the rates of the step it resumes at.
+
+    Lightning restores the optimizer (with the rates its last step left) and then the
+    scheduler, which would only recompute the rates at its next step: a resumed run whose
+    schedule spans more steps (a larger ``trainer.max_steps``) would take one step at the old
+    curve's rate. Here the rates follow the resumed run's curve from its first step.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        factors = [fn(self.last_epoch) for fn in self.lr_lambdas]
+        self._last_lr = [base * f for base, f in zip(self.base_lrs, factors, strict=True)]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
+            group["lr"] = lr
+
+
 def schedule_factor(
     step: int,
     schedule: str,
@@ -294,7 +311,7 @@ class ExpressionModule(pl.LightningModule):
         def backbone(step: int) -> float:
             return 0.0 if step < frozen else head(step)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [head, backbone])
+        scheduler = StepSchedule(optimizer, [head, backbone])
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

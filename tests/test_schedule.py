@@ -178,3 +178,39 @@ def test_the_sample_experiment_does_not_warn(tiny_sample, capsys):
     sample = str(REPO / "experiments/sample.yaml")
     main(["--config", sample, *data_args(tiny_sample)], run=False)
     assert "warning: model.pretrained" not in capsys.readouterr().err
+
+
+def test_a_resumed_run_continues_the_schedule_over_its_new_length(tiny_sample, tmp_path):
+    schedule = [
+        "--trainer.log_every_n_steps",
+        "1",
+        "--val_every_n_steps",
+        "2",
+        "--early_stopping.patience",
+        "100",
+        "--model.lr_head",
+        "0.1",
+        "--model.lr_schedule",
+        "warmup_cosine",
+        "--model.warmup_steps",
+        "1",
+    ]
+    main(fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "4", *schedule))
+    cli = main(
+        fit_args(
+            tiny_sample, tmp_path, "--trainer.max_steps", "6", *schedule, "--ckpt_path", "last"
+        )
+    )
+    assert cli.trainer.global_step == 6
+    rows = {
+        int(r["step"]): float(r["train/lr_head"])
+        for r in logged_rows(cli)
+        if r.get("train/lr_head")
+    }
+    assert sorted(rows) == [0, 1, 2, 3, 4, 5]
+    # Steps 0-3 on the first run's 4-step curve, 4-5 on the resumed run's 6-step curve: the
+    # scheduler's position comes from the checkpoint, and the first resumed step already
+    # follows the new curve (not the rate the old one left in the optimizer, 0).
+    expected = [schedule_factor(s, "warmup_cosine", 1, 4) for s in range(4)]
+    expected += [schedule_factor(s, "warmup_cosine", 1, 6) for s in (4, 5)]
+    assert [rows[s] for s in range(6)] == pytest.approx([0.1 * f for f in expected], rel=1e-6)
