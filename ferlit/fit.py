@@ -27,6 +27,13 @@ Beyond Lightning's own options, this adds:
   resumable ``last.ckpt``, print the command that resumes, and exit with status 143 (130 for
   Ctrl-C; ``ferlit.callbacks.Preemption``).
 * ``run_info.json`` in the run folder: versions, git commit, data folders, command line.
+
+and changes three of Lightning's behaviours: a value ``None`` is null for every option that
+accepts null (W&B writes null sweep values so; ``ferlit.cli_values``); a fractional
+``trainer.limit_train_batches`` with accumulation becomes whole optimizer steps per epoch
+(:class:`WholeStepEpochs`); and ``--optimizer`` / ``--lr_scheduler`` are refused, since the
+optimizer is the paper's two-rate SGD, scheduled by ``model.lr_schedule``, ``warmup_steps`` and
+``min_lr_ratio`` (``ExpressionModule.configure_optimizers``).
 """
 
 from __future__ import annotations
