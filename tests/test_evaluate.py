@@ -465,3 +465,20 @@ def test_unannotated_and_past_the_end_faces_are_predicted_but_not_scored(
     smoothed = predictions["pred_smoothed"].tolist()
     lines = (sub / "v.txt").read_text().splitlines()
     assert lines[1:] == [str(v) for v in (smoothed[0], smoothed[1], smoothed[1], smoothed[2])]
+
+
+def test_a_damaged_frame_stops_evaluation_naming_it(checkpoint, tmp_path, capsys, write_jpeg):
+    # Scores and submissions cover every face: a JPEG cut to half its bytes is not skipped.
+    frames = tmp_path / "test_frames"
+    for frame in (1, 2):
+        write_jpeg(frames / "clipA" / frame_file(frame), np.full((32, 32, 3), 90 * frame))
+    damaged = frames / "clipA" / frame_file(2)
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(SystemExit) as stop:
+        main([*evaluate_args(checkpoint, tmp_path / "out"), "--frames_dir", str(frames)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {damaged}: truncated JPEG: no end-of-image marker FF D9")
+    assert not (tmp_path / "out" / "metrics.json").exists()
