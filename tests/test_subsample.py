@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -28,8 +29,9 @@ def add_video(root, name, labels, frames_with_image, split="train"):
 @pytest.fixture
 def data(tmp_path):
     """Video a: 10 frames, frame 3 unannotated, frame 5 without a face crop, so its indexed frames
-    are 1 2 4 6 7 8 9 10. Video b: frames 1-4. ExpW: three faces in two images. Images are empty
-    files: indexing only lists their names."""
+    are 1 2 4 6 7 8 9 10. Video b: frames 1-4. ExpW: three faces in two 64x64 images (indexing
+    reads their sizes from the JPEG headers); the Aff-Wild2 frames are empty files, which
+    indexing only lists."""
     affwild2 = tmp_path / "affwild2"
     add_video(affwild2, "a", [0, 1, -1, 2, 3, 4, 5, 6, 0, 1], [1, 2, 3, 4, 6, 7, 8, 9, 10])
     add_video(affwild2, "b", [4, 4, 4, 4], [1, 2, 3, 4])
@@ -37,7 +39,7 @@ def data(tmp_path):
     expw = tmp_path / "expw"
     (expw / IMAGES_DIR).mkdir(parents=True)
     for name in ("x.jpg", "y.jpg"):
-        (expw / IMAGES_DIR / name).touch()
+        cv2.imwrite(str(expw / IMAGES_DIR / name), np.zeros((64, 64, 3), np.uint8))
     write_label_list(
         expw / LABEL_FILE,
         [
