@@ -43,6 +43,7 @@ import re
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -357,7 +358,9 @@ def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
         aside = version_dir / ".metrics.csv.resumed"
         os.replace(metrics, aside)
         try:
-            writer = logger.experiment
+            with warnings.catch_warnings():  # "...will be deleted": not so, it is appended to
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+                writer = logger.experiment
         finally:
             os.replace(aside, metrics)
         with open(metrics, newline="") as f:
