@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +248,107 @@ def test_pack_command(tiny_sample, tmp_path, capsys):
 
     assert main(["pack", "--out", str(tmp_path / "nothing")]) == 2
     assert "error: pack needs --affwild2-dir and/or --expw-dir" in capsys.readouterr().err
+
+
+def copy_of(packed_sample, tmp_path):
+    out, _ = packed_sample
+    return Path(shutil.copytree(out.root, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: [m], r"manifest.json: a JSON list, expected an object"),
+        (lambda m: "pack", r"manifest.json: a JSON str, expected an object"),
+        (lambda m: {k: v for k, v in m.items() if k != "parts"}, r"'parts' is missing"),
+        (lambda m: m | {"parts": []}, r"'parts' is \[\], expected an object with some of"),
+        (lambda m: m | {"parts": {"test": {"samples": 1}}}, r"'parts' is \{'test'"),
+        (lambda m: m | {"image_size": "48"}, r"'image_size' is '48', expected a positive integer"),
+        (lambda m: m | {"image_size": True}, r"'image_size' is True, expected a positive"),
+        (lambda m: m | {"num_classes": 6}, r"'num_classes' is 6, expected 7 or 8"),
+        (lambda m: {k: v for k, v in m.items() if k != "expw_margin"}, r"'expw_margin' is missing"),
+        (lambda m: m | {"expw_margin": float("nan")}, r"'expw_margin' is nan, expected a number"),
+        (lambda m: m | {"expw_box_overflow": "crop"}, r"'expw_box_overflow' is 'crop'"),
+        (
+            lambda m: m | {"parts": m["parts"] | {"expw": {"faces": 3}}},
+            r"parts.expw is \{'faces': 3\}, expected an object with a sample count 'samples'",
+        ),
+        (
+            lambda m: m | {"parts": m["parts"] | {"expw": m["parts"]["expw"] | {"samples": 1}}},
+            r"expw/frames.npy: holds an array of shape \(\d+, 48, 48, 3\), expected \(1, 48, 48, 3\)",
+        ),
+    ],
+)
+def test_a_damaged_manifest_is_named(packed_sample, tmp_path, edit, message):
+    root = copy_of(packed_sample, tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps(edit(manifest)))
+    with pytest.raises(DataError, match=message) as caught:
+        Pack.open(root)
+    assert str(root) in str(caught.value)
+
+
+def test_a_manifest_that_is_not_json_or_text_is_named(packed_sample, tmp_path):
+    root = copy_of(packed_sample, tmp_path)
+    (root / "manifest.json").write_text('{"version": "ferlit-pack-v1", "parts": ')
+    with pytest.raises(DataError, match=r"copy/manifest.json: not valid JSON \(Expecting value"):
+        Pack.open(root)
+    (root / "manifest.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(DataError, match=r"copy/manifest.json: not UTF-8 text \(invalid start byte"):
+        Pack.open(root)
+    (root / "manifest.json").unlink()
+    (root / "manifest.json").mkdir()  # is_file() is False: named as missing, not a traceback
+    with pytest.raises(DataError, match=r"manifest.json: missing; .* is not a ferlit pack"):
+        Pack.open(root)
+
+
+def test_damaged_pack_arrays_are_named(packed_sample, tmp_path):
+    root = copy_of(packed_sample, tmp_path)
+    index = root / "affwild2_val" / "index.npz"
+    data = index.read_bytes()
+    index.write_bytes(data[: len(data) // 2])  # truncated: the zip directory is gone
+    with pytest.raises(DataError, match=r"affwild2_val/index.npz: cannot be read as a frame index"):
+        Pack.open(root)
+    index.write_bytes(b"")
+    with pytest.raises(DataError, match=r"affwild2_val/index.npz: cannot be read as a frame index"):
+        Pack.open(root)
+    np.savez(index, labels=np.zeros(3, np.int64))  # another .npz
+    with pytest.raises(DataError, match=r"index.npz: not a ferlit frame index \(no roots, num_cl"):
+        Pack.open(root)
+    index.write_bytes(data)
+    manifest = json.loads((root / "manifest.json").read_text())
+    samples = manifest["parts"]["affwild2_val"]["samples"]
+    frames = root / "affwild2_val" / "frames.npy"
+    raw = frames.read_bytes()
+    frames.write_bytes(raw[: len(raw) - 100])  # a kill while copying the pack
+    with pytest.raises(DataError, match=r"affwild2_val/frames.npy: cannot be read as a packed fr"):
+        Pack.open(root)
+    np.save(frames, np.zeros((samples, 48, 48), np.uint8))  # grey faces
+    with pytest.raises(DataError, match=r"frames.npy: holds an array of shape \(\d+, 48, 48\)"):
+        Pack.open(root)
+    frames.write_bytes(raw)
+    Pack.open(root)  # whole again
+
+
+def test_an_index_damaged_after_opening_is_named_when_read(packed_sample, tmp_path):
+    root = copy_of(packed_sample, tmp_path)
+    opened = Pack.open(root)
+    (root / "expw" / "index.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DataError, match=r"expw/index.npz: damaged \(.*\); pack the data again"):
+        opened.index("expw")
+
+
+def test_the_pack_command_names_a_damaged_pack(tiny_sample, packed_sample, tmp_path, capsys):
+    from ferlit.data.__main__ import main
+
+    root = copy_of(packed_sample, tmp_path)
+    (root / "manifest.json").write_text("[]")
+    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--expw-dir"]
+    argv += [str(tiny_sample.expw_dir), "--out", str(root), "--size", str(SIZE)]
+    argv += ["--expw-margin", "0.1", "--index-cache-dir", str(packed_sample[1])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: {root / 'manifest.json'}: a JSON list, expected an object (a ferlit pack manifest)\n"
+    )

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,26 +91,19 @@ class Pack:
                 f"{root / MANIFEST}: missing; {root} is not a ferlit pack "
                 "(write one with python -m ferlit.data pack)"
             )
-        try:
-            manifest = json.loads((root / MANIFEST).read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{root / MANIFEST}: not valid JSON ({e})") from None
-        if manifest.get("version") != PACK_VERSION:
-            raise DataError(
-                f"{root / MANIFEST}: version {manifest.get('version')!r}, expected "
-                f"{PACK_VERSION!r}; pack the data again with this ferlit"
-            )
+        manifest = _read_manifest(root / MANIFEST)
         pack = cls(root, manifest)
         size = pack.image_size
         for part, info in manifest["parts"].items():
             path = pack.frames_file(part)
             try:
                 shape = np.load(path, mmap_mode="r").shape
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, EOFError) as e:
                 raise DataError(f"{path}: cannot be read as a packed frames array ({e})") from None
             expected = (info["samples"], size, size, 3)
             if shape != expected:
                 raise DataError(f"{path}: holds an array of shape {shape}, expected {expected}")
+            _check_index_file(root / part / INDEX_FILE, info["samples"])
         return pack
 
     @property
@@ -132,11 +127,109 @@ class Pack:
             raise DataError(
                 f"{self.root}: the pack has no {part} (it holds {', '.join(self.parts)})"
             )
-        return FrameIndex.load(self.root / part / INDEX_FILE)
+        path = self.root / part / INDEX_FILE
+        try:
+            return FrameIndex.load(path)
+        except _DAMAGED_NPZ as e:
+            raise DataError(f"{path}: damaged ({_short(e)}); pack the data again") from None
 
     def frames(self, part: str) -> np.ndarray:
         """The part's ``N x S x S x 3`` uint8 RGB faces, memory-mapped read-only."""
         return np.load(self.frames_file(part), mmap_mode="r")
+
+
+#: What reading a truncated, overwritten or foreign ``.npz`` raises (numpy and zipfile).
+_DAMAGED_NPZ = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile)
+
+
+def _short(error: BaseException, limit: int = 100) -> str:
+    """An exception's text cut to ``limit`` characters: a message quotes, it does not dump."""
+    text = str(error) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``manifest.json`` checked for every key a reader of the pack uses, with its type.
+
+    A manifest is only ever written by ``pack``; one that fails here was edited, truncated or
+    copied from something else, and the message says which key is wrong rather than letting a
+    ``KeyError`` surface later in the DataModule.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or _short(e)})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({_short(e)})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(
+            f"{path}: a JSON {type(manifest).__name__}, expected an object (a ferlit pack manifest)"
+        )
+    if manifest.get("version") != PACK_VERSION:
+        raise DataError(
+            f"{path}: version {_short(repr(manifest.get('version')), 60)}, expected "
+            f"{PACK_VERSION!r}; pack the data again with this ferlit"
+        )
+
+    def bad(key: str, expected: str) -> DataError:
+        found = "missing" if key not in manifest else _short(repr(manifest[key]), 60)
+        return DataError(f"{path}: {key!r} is {found}, expected {expected}; pack the data again")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def is_number(value: Any) -> bool:
+        return is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+    if not (is_int(manifest.get("image_size")) and manifest["image_size"] > 0):
+        raise bad("image_size", "a positive integer")
+    if manifest.get("num_classes") not in (7, 8) or not is_int(manifest["num_classes"]):
+        raise bad("num_classes", "7 or 8")
+    if not is_number(manifest.get("expw_margin")):
+        raise bad("expw_margin", "a number")
+    confidence = manifest.get("expw_min_confidence", "missing")
+    if confidence is not None and not is_number(confidence):
+        raise bad("expw_min_confidence", "a number or null")
+    layout = manifest.get("affwild2_layout", "missing")
+    if layout is not None and not isinstance(layout, str):
+        raise bad("affwild2_layout", "a layout name or null")
+    if "expw_box_overflow" in manifest and manifest["expw_box_overflow"] not in BOX_OVERFLOW:
+        raise bad("expw_box_overflow", " or ".join(map(repr, BOX_OVERFLOW)))
+    parts = manifest.get("parts")
+    if not isinstance(parts, dict) or not parts or not set(parts) <= set(PARTS):
+        raise bad("parts", f"an object with some of {', '.join(PARTS)}")
+    for part, info in parts.items():
+        if not isinstance(info, dict) or not is_int(info.get("samples")) or info["samples"] < 0:
+            raise DataError(
+                f"{path}: parts.{part} is {_short(repr(info), 60)}, expected an object with "
+                "a sample count 'samples' (an integer >= 0); pack the data again"
+            )
+    return manifest
+
+
+def _check_index_file(path: Path, samples: int) -> None:
+    """The part's ``index.npz`` opens and indexes ``samples`` faces (reads only its labels)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [name for name in ("labels", "roots", "num_classes") if name not in z.files]
+            labels = None if missing else z["labels"].shape
+    except _DAMAGED_NPZ as e:
+        raise DataError(
+            f"{path}: cannot be read as a frame index ({_short(e)}); pack the data again"
+        ) from None
+    if missing:
+        raise DataError(
+            f"{path}: not a ferlit frame index (no {', '.join(missing)}); pack the data again"
+        )
+    if labels != (samples,):
+        raise DataError(
+            f"{path}: indexes {labels[0] if labels else 0} faces, the manifest says {samples}; "
+            "pack the data again"
+        )
 
 
 class PackedFaceDataset(Dataset):
