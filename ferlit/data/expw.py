@@ -27,6 +27,7 @@ import itertools
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
+from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, declared_size, size_problem
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.errors import ConfigError, DataError
 from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
@@ -304,7 +306,8 @@ def _image_sizes(
     ``PIL.Image.open`` parses the header only, no pixel data (~0.1 ms an image). ``size`` is the
     stored pixel grid whatever the EXIF orientation says, which is the grid OpenCV decodes with
     ``IMREAD_IGNORE_ORIENTATION`` and the grid ExpW's boxes are given in. A header that cannot be
-    read is a DataError naming the image and its first ``label.lst`` line.
+    read, or that declares more pixels than ``ferlit.data.images.MAX_IMAGE_PIXELS`` (which no
+    loader would decode), is a DataError naming the image and its first ``label.lst`` line.
     """
     sizes = np.full((len(image_names), 2), -1, np.int64)
     rows = np.unique(codes[keep])
@@ -313,8 +316,13 @@ def _image_sizes(
     for row in rows:
         image = os.path.join(images_dir, image_names[row])
         try:
-            with Image.open(image) as opened:
-                sizes[row] = opened.size
+            with warnings.catch_warnings():  # PIL warns over 89 Mpx; ferlit refuses less below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(image) as opened:
+                    sizes[row] = opened.size
+            problem = size_problem(*map(int, sizes[row]))
+        except Image.DecompressionBombError as e:  # PIL refused: over twice its 89 Mpx
+            problem = _oversize_problem(image, e)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             first = lines[int(np.flatnonzero(codes == row)[0])]
             reason = "not an image format PIL knows" if isinstance(e, UnidentifiedImageError) else e
@@ -322,7 +330,24 @@ def _image_sizes(
                 f"{path}:{first}: image {IMAGES_DIR}/{image_names[row]} has no readable image "
                 f"header ({reason}); expected a JPEG (repair or re-download it)"
             ) from None
+        if problem is not None:
+            first = lines[int(np.flatnonzero(codes == row)[0])]
+            raise DataError(
+                f"{path}:{first}: image {IMAGES_DIR}/{image_names[row]} {problem}; replace it "
+                "with the data set's own image or delete its lines"
+            )
     return sizes
+
+
+def _oversize_problem(image: str, error: Exception) -> str:
+    """What an image PIL refused as a decompression bomb declares, from its header's bytes."""
+    try:
+        with open(image, "rb") as f:
+            size = declared_size(f.read(1 << 20))
+    except (OSError, ImageError):
+        size = None
+    problem = None if size is None else size_problem(*size)
+    return problem or f"declares more than {MAX_IMAGE_PIXELS:,} pixels ({str(error)[:100]})"
 
 
 def _check(path: str, lines: np.ndarray, bad: np.ndarray, message: Callable[[int], str]) -> None:

@@ -8,15 +8,27 @@ half its bytes into a face whose lower half is grey, with only a "Premature end 
 warning that names no file. A complete JPEG ends with the EOI marker ``FF D9`` (ITU-T T.81,
 B.2.1), possibly followed by padding; ``read_image`` checks that on the bytes it decodes anyway
 (no second read), and raises ``ImageError`` naming the file and what is wrong with it.
+
+Nothing a data folder holds may hang or exhaust a worker. Only regular files are read: a FIFO
+(or a character device) named like a frame would block ``read`` forever, so the file is opened
+with ``O_NONBLOCK`` (which opening a FIFO with no writer needs not to block) and ``fstat`` of the
+open descriptor refuses anything else before a byte is read. And the pixel count an image
+declares in its header is checked before it is decoded (:data:`MAX_IMAGE_PIXELS`): a small PNG
+named ``.jpg`` that declares 20000x20000 pixels would otherwise decode into 1.2 GB per sample.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import stat
+import warnings
 from typing import Literal
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.errors import ConfigError, DataError
@@ -28,6 +40,21 @@ _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 #: 0xFF fill bytes, which encoders and copy tools append (T.81 B.1.1.2 allows 0xFF fill).
 _PADDING = b"\x00\xff\r\n\t "
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (T.81, Table B.1: SOF0-3, 5-7, 9-11, 13-15; not DHT C4, JPG C8,
+#: DAC CC), whose segment holds the frame's height and width; markers without a length field.
+_JPEG_SOF = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_JPEG_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})
+
+#: Most pixels an image may declare in its header to be decoded: 8192 x 8192 (2**26, a 192 MiB
+#: BGR decode). Aff-Wild2's cropped_aligned frames are 112 x 112 and ExpW's web images a few
+#: thousand pixels a side; 50-Mpx camera photos (8688 x 5792) still fit. OpenCV's own limit is
+#: 2**30 pixels (``OPENCV_IO_MAX_IMAGE_PIXELS``), 3 GiB a decode, far beyond what a loader worker
+#: should allocate per sample.
+MAX_IMAGE_PIXELS = 2**26
 
 BoxOverflow = Literal["clip", "pad"]
 BOX_OVERFLOW = ("clip", "pad")
@@ -70,15 +97,108 @@ def image_problem(data: bytes | np.ndarray) -> str | None:
     return None
 
 
-def read_image(path: str, source: str | None = None) -> np.ndarray:
-    """The BGR uint8 ``H x W x 3`` pixels of an image file, or ``ImageError`` saying why not."""
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` an image's header declares, read without decoding it, or None when
+    the header does not say (an unknown format, or one cut short: the decoder then decides).
+
+    JPEG and PNG, the formats of Aff-Wild2 and ExpW, are parsed here (a few microseconds: the
+    JPEG's segments up to its start-of-frame, T.81 B.2.2; the PNG's IHDR chunk, which must come
+    first); other formats through PIL, which reads their header only.
+    """
+    if data[:8] == _PNG_SIGNATURE:
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return None
+    if data[:2] == _JPEG_SOI:
+        pos = 2
+        while pos + 4 <= len(data):
+            if data[pos] != 0xFF:
+                return None
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+            elif marker in _JPEG_NO_LENGTH:
+                pos += 2
+            elif marker in _JPEG_SOF:
+                if pos + 9 > len(data):
+                    return None
+                height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+                width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+                return (width, height) if height else None  # 0: height given later (DNL)
+            else:
+                pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        return None
     try:
-        data = np.fromfile(path, np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                return opened.size
+    except Image.DecompressionBombError as e:  # over twice PIL's own limit: far over ours
+        raise ImageError(
+            f"declares more pixels than ferlit's limit of {MAX_IMAGE_PIXELS:,} (8192x8192) "
+            f"({str(e)[:100]}): not decoded"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width x height`` pixels is not decoded, or None (:data:`MAX_IMAGE_PIXELS`)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        return (
+            f"declares {width}x{height} pixels (width x height), over ferlit's limit of "
+            f"{MAX_IMAGE_PIXELS:,} pixels (8192x8192): not decoded (a face image is a few "
+            "thousand pixels a side at most)"
+        )
+    return None
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file before reading from it.
+
+    ``O_NONBLOCK``: opening a FIFO that has no writer returns at once instead of blocking, and
+    ``fstat`` then refuses it (no ``read`` ever waits on it); ``O_NOCTTY`` keeps a terminal
+    device from becoming the worker's controlling terminal.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a folder"
+                if stat.S_ISDIR(mode)
+                else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(mode)
+                else "a socket"
+                if stat.S_ISSOCK(mode)
+                else "a device"
+            )
+            raise ImageError(f"not a regular file but {kind}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def read_image(path: str, source: str | None = None) -> np.ndarray:
+    """The BGR uint8 ``H x W x 3`` pixels of an image file, or ``ImageError`` saying why not:
+    missing, not a regular file, empty, truncated, declaring too many pixels, undecodable."""
+    try:
+        raw = _read_regular_file(path)
+    except ImageError as e:
+        raise ImageError.at(path, f"cannot read image: {e}", source) from None
     except FileNotFoundError:
         raise ImageError.at(path, "cannot read image: no such file", source) from None
     except OSError as e:
         raise ImageError.at(path, f"cannot read image: {e.strerror or e}", source) from None
+    data = np.frombuffer(raw, np.uint8)
     problem = image_problem(data)
+    if problem is None:
+        try:
+            size = declared_size(raw)
+        except ImageError as e:
+            raise ImageError.at(path, str(e), source) from None
+        problem = None if size is None else size_problem(*size)
     if problem is not None:
         raise ImageError.at(path, problem, source)
     image = cv2.imdecode(data, _IMREAD_FLAGS)
