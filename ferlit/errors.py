@@ -49,6 +49,19 @@ def data_warnings_as_lines() -> Iterator[None]:
         warnings.showwarning = original
 
 
+#: How much offending file content an error message quotes: enough to recognise the text, and a
+#: 5 MB line (a file with no line breaks) is never echoed whole into a terminal or a log.
+QUOTE_LIMIT = 100
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``repr`` of at most ``limit`` characters of ``text`` (file content in an error message), with
+    the full length said when it is cut."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 class TrainingDiverged(FerlitError):
     """The loss became NaN or infinite; the message names the step."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -233,6 +234,13 @@ def test_wrong_header_names_file_and_line_1(tmp_path, add_video):
         ("1\n2\n7\n", 4, "label 7 out of range; expected -1 .unannotated. or a class index 0..6"),
         ("-2\n", 2, "label -2 out of range"),
         ("1\n99999999999999999999\n", 3, "label 99999999999999999999 out of range"),
+        # int() reads all of these as numbers; a challenge file holds ASCII -?[0-9]+ only
+        ("1\n\u0663\n", 3, "'\u0663' is not an integer"),  # Arabic-Indic three
+        ("1\n\uff13\n", 3, "'\uff13' is not an integer"),  # full-width three
+        ("1\n1_0\n", 3, "'1_0' is not an integer"),
+        ("1\n+3\n", 3, "'\\+3' is not an integer"),
+        ("1\n3 4\n", 3, "'3 4' is not an integer"),
+        ("1\n- 3\n", 3, "'- 3' is not an integer"),
     ],
 )
 def test_bad_label_lines_name_file_and_line(tmp_path, add_video, body, line, message):
@@ -241,6 +249,20 @@ def test_bad_label_lines_name_file_and_line(tmp_path, add_video, body, line, mes
     path.write_text(f"{header}\n{body}")
 
     with pytest.raises(DataError, match=f"^{re.escape(str(path))}:{line}: {message}"):
+        read_affwild2(tmp_path, "train")
+
+
+def test_a_5_mb_line_is_quoted_to_100_characters(tmp_path, add_video):
+    path = add_video("long", [1], [1])
+    header = path.read_text().splitlines()[0]
+    path.write_text(f"{header}\n1\n{'x' * 5_000_000}\n")
+    with pytest.raises(DataError) as caught:
+        read_affwild2(tmp_path, "train")
+    assert str(caught.value).startswith(f"{path}:3: {'x' * 100!r}... (5,000,000 characters) is not")
+    assert len(str(caught.value)) < 400 + len(str(path))
+
+    path.write_text("y" * 5_000_000)  # a header without a line break
+    with pytest.raises(DataError, match=r":1: found header 'y{100}'\.\.\. \(5,000,000 char"):
         read_affwild2(tmp_path, "train")
 
 
@@ -429,3 +451,64 @@ def test_annotation_folder_one_level_down_is_named(tmp_path, add_video):
         "; found annotations/EXPR_Classification_Challenge/ one level deeper: move it up to "
         f"{tmp_path}/"
     )
+
+
+def test_a_dangling_video_link_is_an_error_not_a_video_without_faces(tmp_path, add_video):
+    add_video("kept", [1, 2], [1, 2])
+    add_video("gone", [1, 2], [])
+    (tmp_path / "cropped_aligned" / "gone").symlink_to(tmp_path / "unmounted" / "gone")
+    link = re.escape(str(tmp_path / "cropped_aligned" / "gone"))
+    with pytest.raises(DataError, match=rf"^{link}: a link to .*unmounted/gone, which does not "):
+        read_affwild2(tmp_path, "train")
+
+
+def test_a_dangling_link_in_the_new_frames_folder_and_the_frames_folder_itself(tmp_path, add_video):
+    add_video("kept", [1], [1])
+    new = tmp_path / NEW_FRAMES_DIR
+    new.mkdir()
+    (new / "added").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(new / 'added'))}: a link to "):
+        read_affwild2(tmp_path, "train")
+    (new / "added").unlink()
+    new.rmdir()
+    new.symlink_to(tmp_path / "usb-disk")  # the whole folder on a disk not mounted
+    with pytest.raises(DataError, match=rf"^{re.escape(str(new))}: a link to .*usb-disk, which"):
+        read_affwild2(tmp_path, "train")
+
+
+def test_a_link_loop_and_an_unreadable_video_folder_are_named(tmp_path, add_video, monkeypatch):
+    add_video("kept", [1], [1])
+    add_video("loop", [1], [])
+    loop = tmp_path / "cropped_aligned" / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(loop))}: a link that cannot be followed"
+    ):
+        read_affwild2(tmp_path, "train")
+    loop.unlink()
+
+    add_video("locked", [1], [1])
+    locked = str(tmp_path / "cropped_aligned" / "locked")
+    scandir = os.scandir
+
+    def no_permission(path="."):  # chmod 000 does not stop root, who runs CI containers
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return scandir(path)
+
+    monkeypatch.setattr("ferlit.data.affwild2.os.scandir", no_permission)
+    with pytest.raises(DataError, match=rf"^{re.escape(locked)}: permission denied; ferlit needs"):
+        read_affwild2(tmp_path, "train")
+
+
+def test_frames_that_are_not_regular_files_are_skipped_and_counted(tmp_path, add_video):
+    add_video("v", [0, 1, 2, 3, 4], [1, 5])
+    folder = tmp_path / "cropped_aligned" / "v"
+    os.mkfifo(folder / "00002.jpg")  # opened, it would block a loader worker forever
+    (folder / "00003.jpg").mkdir()
+    (folder / "00004.jpg").symlink_to(folder / "missing.jpg")
+
+    index = read_affwild2(tmp_path, "train")  # returns: nothing opened the FIFO
+    assert index.frames.tolist() == [1, 5]
+    assert index.skipped["not_a_file"] == 3
+    assert index.skipped["no_image"] == 0

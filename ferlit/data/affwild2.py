@@ -26,6 +26,7 @@ own name; a missing ``cropped_aligned_new_50_vids/``; folder names that match no
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +35,9 @@ import numpy as np
 from rich.progress import track
 
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
-from ferlit.errors import ConfigError, DataError, DataWarning
+from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, DataWarning, quote
 from ferlit.expressions import AFFWILD2_HEADERS, OTHER, class_names
+from ferlit.io import atomic_write
 
 #: Known annotation layouts, by challenge year: (folder under affwild2_dir, train dir, val dir).
 LAYOUTS: dict[str, tuple[str, str, str]] = {
@@ -82,7 +84,8 @@ def write_annotation_file(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [",".join(class_names(num_classes)), *(str(int(label)) for label in labels)]
-    path.write_text("\n".join(lines) + "\n")
+    with atomic_write(path, "w", encoding="utf-8") as file:  # a submission file is whole or absent
+        file.write("\n".join(lines) + "\n")
 
 
 def detect_layout(affwild2_dir: str | os.PathLike) -> str:
@@ -133,7 +136,10 @@ def read_affwild2(
     Videos are taken in name order (``<video>_left`` and ``<video>_right`` are two videos). Skipped
     frames are counted, not silently lost: ``unannotated`` (label -1), ``other`` (the 8th class of
     a 2022+ file in a 7-class run; an 8-class run keeps it as label 7) and, among the frames left,
-    ``no_image`` (no crop, or no folder at all for the video). ``no_image_videos`` counts the
+    ``not_a_file`` (a ``%05d.jpg`` entry that is not a regular file: a FIFO, a socket, a folder, a
+    dangling link; never opened) and ``no_image`` (no crop, or no folder at all for the video). A
+    video folder that is a dangling link (a disk not mounted), a link loop or unreadable is a
+    ``DataError`` naming it, not a video without faces. ``no_image_videos`` counts the
     videos (not frames) with annotated frames but no image of any of them; each is named in a
     ``DataWarning``, and a split that keeps no frame or has too many such videos
     (``MAX_VIDEOS_WITHOUT_IMAGES``) is a ``DataError`` naming the folders looked in and the likely
@@ -170,7 +176,7 @@ def read_affwild2(
     labels: list[np.ndarray] = []
     groups: list[np.ndarray] = []
     frames: list[np.ndarray] = []
-    skipped = {"unannotated": 0, "other": 0, "no_image": 0}
+    skipped = {"unannotated": 0, "other": 0, "no_image": 0, "not_a_file": 0}
     folders = video_folders(root)
     without_images: list[str] = []
     if progress and len(files) > PROGRESS_MIN_VIDEOS:
@@ -186,8 +192,9 @@ def read_affwild2(
             skipped["other"] += int(np.count_nonzero(other))
             keep &= ~other
         frames_dir = folders.get(video, FRAMES_DIR)
-        on_disk = _frames_on_disk(os.path.join(root, frames_dir, video), len(video_labels))
-        skipped["no_image"] += int(np.count_nonzero(keep & ~on_disk))
+        on_disk, not_file = _scan_frames(os.path.join(root, frames_dir, video), len(video_labels))
+        skipped["not_a_file"] += int(np.count_nonzero(keep & not_file))
+        skipped["no_image"] += int(np.count_nonzero(keep & ~on_disk & ~not_file))
         if keep.any() and not (keep & on_disk).any():
             without_images.append(video)
         keep &= on_disk
@@ -220,6 +227,9 @@ def read_affwild2(
 def _check_frames_dir(root: str) -> None:
     if not os.path.isdir(root):
         raise DataError(f"{root}: Aff-Wild2 folder does not exist")
+    for d in FRAMES_DIRS:  # a link to a disk not mounted is not "no frames folder"
+        if os.path.islink(os.path.join(root, d)) and not os.path.exists(os.path.join(root, d)):
+            raise unreadable_folder(os.path.join(root, d), FileNotFoundError())
     if not any(os.path.isdir(os.path.join(root, d)) for d in FRAMES_DIRS):
         # Entrants' copies often keep the archive's wrapper folder, as in
         # cropped_aligned_images/cropped_aligned/: name such a folder one level down.
@@ -257,12 +267,16 @@ def video_folders(affwild2_dir: str | os.PathLike) -> dict[str, str]:
         try:
             with os.scandir(path) as entries:
                 videos = sorted(
-                    e.name for e in entries if not e.name.startswith(".") and e.is_dir()
+                    e.name for e in entries if not e.name.startswith(".") and _is_video_dir(e)
                 )
         except FileNotFoundError:
+            if os.path.islink(path):
+                raise unreadable_folder(path, FileNotFoundError()) from None
             continue
         except NotADirectoryError:
             raise DataError(f"{path}: not a folder; expected <video>/00001.jpg ... in it") from None
+        except OSError as e:
+            raise unreadable_folder(path, e) from None
         for video in videos:
             if video in found:
                 raise DataError(
@@ -272,6 +286,38 @@ def video_folders(affwild2_dir: str | os.PathLike) -> dict[str, str]:
                 )
             found[video] = frames_dir
     return found
+
+
+def _is_video_dir(entry: os.DirEntry) -> bool:
+    """``entry`` is a folder (or a link to one). A link whose target is missing (a disk not
+    mounted, a copy moved) or that loops is an error naming it: read as "no folder", it would
+    make every frame of the video "no face detected" and shrink the split silently."""
+    try:
+        if entry.is_dir():
+            return True
+    except OSError as e:  # ELOOP: a symlink loop
+        raise unreadable_folder(entry.path, e) from None
+    if entry.is_symlink() and not os.path.exists(entry.path):
+        raise unreadable_folder(entry.path, FileNotFoundError())
+    return False
+
+
+def unreadable_folder(path: str, error: OSError) -> DataError:
+    """The DataError for a frames or video folder that cannot be listed, saying why."""
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if isinstance(error, FileNotFoundError):
+            return DataError(
+                f"{path}: a link to {target}, which does not exist (a disk not mounted, or a "
+                "copy moved?); its frames would all count as 'no face'. Mount or fix it"
+            )
+        return DataError(f"{path}: a link that cannot be followed ({error.strerror or error})")
+    if isinstance(error, PermissionError):
+        return DataError(f"{path}: permission denied; ferlit needs to list this folder's frames")
+    return DataError(f"{path}: cannot be listed ({error.strerror or error})")
 
 
 def _check_yield(
@@ -372,6 +418,8 @@ def _read_annotation_file(path: str) -> tuple[np.ndarray, int]:
         text = Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     lines = [line.strip() for line in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()
@@ -379,41 +427,60 @@ def _read_annotation_file(path: str) -> tuple[np.ndarray, int]:
     if not lines:
         raise DataError(f"{path}:1: empty file; expected the header {expected}")
     if lines[0] not in AFFWILD2_HEADERS:
-        raise DataError(f"{path}:1: found header {lines[0]!r}; expected {expected}")
+        raise DataError(f"{path}:1: found header {quote(lines[0])}; expected {expected}")
     file_classes = AFFWILD2_HEADERS[lines[0]]
     body = lines[1:]
     valid = f"expected -1 (unannotated) or a class index 0..{file_classes - 1} of the header"
-    try:
-        labels = np.array([int(s) for s in body], np.int64)
-    except (ValueError, OverflowError):
-        labels = None
+    labels = None
+    # One regular-expression pass over the whole body (C speed) before int(): int() also reads
+    # "+3", "1_0", "٣" (Arabic-Indic) and "３" (full width) as numbers, none of which a
+    # challenge file holds; a label is ASCII -?[0-9]+.
+    if _LABEL_LINES.fullmatch("\n".join(body)) is not None:
+        try:
+            labels = np.array([int(s) for s in body], np.int64)
+        except OverflowError:
+            labels = None
     if labels is not None and ((labels >= -1) & (labels < file_classes)).all():
         return labels.astype(np.int8), file_classes
     k = next(k for k, s in enumerate(body) if not (_is_int(s) and -1 <= int(s) < file_classes))
     if not body[k]:
         found = "empty line"
     elif _is_int(body[k]):
-        found = f"label {body[k]} out of range"
+        number = body[k] if len(body[k]) <= QUOTE_LIMIT else quote(body[k])
+        found = f"label {number} out of range"
     else:
-        found = f"{body[k]!r} is not an integer"
+        found = f"{quote(body[k])} is not an integer"
     raise DataError(f"{path}:{k + 2}: {found}; {valid}")
 
 
+#: The body of an annotation file: one ASCII integer a line (an empty body is a file of header only).
+_LABEL_LINES = re.compile(r"(?:-?[0-9]+(?:\n-?[0-9]+)*)?")
+_INT = re.compile(r"-?[0-9]+")
+
+
 def _is_int(s: str) -> bool:
-    try:
-        int(s)
-    except ValueError:
-        return False
-    return True
+    """``s`` is an ASCII integer, ``-?[0-9]+`` (what ``int`` accepts beyond that is refused)."""
+    return _INT.fullmatch(s) is not None
 
 
 def _frames_on_disk(video_dir: str, num_frames: int) -> np.ndarray:
-    """Which of frames 1..num_frames have a ``%05d.jpg`` image (index k - 1 for frame k).
+    """Which of frames 1..num_frames have a ``%05d.jpg`` image (index k - 1 for frame k)."""
+    return _scan_frames(video_dir, num_frames)[0]
+
+
+def _scan_frames(video_dir: str, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of frames 1..num_frames have a ``%05d.jpg`` regular file (index k - 1 for frame k),
+    and which have a ``%05d.jpg`` entry that is not one.
 
     One directory listing per video instead of an existence check per frame: Aff-Wild2 has over a
-    million frames. A missing folder means the detector found no face in the whole video.
+    million frames. A missing folder means the detector found no face in the whole video; a
+    folder that is a dangling link, a link loop or unreadable is a DataError naming it. An entry
+    that is not a regular file (a FIFO, a socket, a device, a folder, a dangling link) is never
+    opened: a FIFO would block a loader worker forever. ``DirEntry.is_file`` answers from the
+    listing (no extra ``stat``) except for links.
     """
     present = np.zeros(num_frames + 1, bool)
+    odd = np.zeros(num_frames + 1, bool)
     try:
         with os.scandir(video_dir) as entries:
             for entry in entries:
@@ -421,12 +488,19 @@ def _frames_on_disk(video_dir: str, num_frames: int) -> np.ndarray:
                 if entry.name.endswith(".jpg") and stem.isascii() and stem.isdigit():
                     frame = int(stem)
                     if 1 <= frame <= num_frames and entry.name == frame_file(frame):
-                        present[frame] = True
-    except FileNotFoundError:
-        pass
+                        try:
+                            regular = entry.is_file()
+                        except OSError:  # a link loop
+                            regular = False
+                        (present if regular else odd)[frame] = True
+    except FileNotFoundError as e:
+        if os.path.islink(video_dir):
+            raise unreadable_folder(video_dir, e) from None
     except NotADirectoryError:
         raise DataError(f"{video_dir}: not a folder; expected the video's frames") from None
-    return present[1:]
+    except OSError as e:
+        raise unreadable_folder(video_dir, e) from None
+    return present[1:], odd[1:]
 
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:

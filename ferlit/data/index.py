@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ferlit.io import atomic_write
+
 #: Group kinds: how a sample's image file is found.
 FRAME_FOLDER = 0  # Aff-Wild2: <root>/<group>/<frame:05d>.jpg, the whole image is the face
 BOXED_IMAGE = 1  # ExpW: <root>/<group> is the image; the face is the sample's box crop
@@ -26,6 +28,7 @@ SKIP_REASONS = (
     "duplicate",
     "low_confidence",
     "box_outside_image",
+    "not_a_file",
 )
 
 
@@ -245,11 +248,11 @@ class FrameIndex:
     )
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index as an uncompressed ``.npz`` atomically (write aside, then rename)."""
+        """Write the index as an uncompressed ``.npz`` crash-safely (``ferlit.io.atomic_write``:
+        a failed or killed write leaves the old file or none, never part of one)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:
             np.savez(
                 f,
                 roots=np.asarray(self.roots, dtype=np.str_),
@@ -258,7 +261,6 @@ class FrameIndex:
                 skipped_counts=np.asarray(list(self.skipped.values()), np.int64),
                 **{name: getattr(self, name) for name in self._ARRAYS},
             )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FrameIndex:

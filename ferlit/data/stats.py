@@ -36,6 +36,7 @@ SKIP_NAMES = {
     "duplicate": "duplicate line",
     "low_confidence": "low confidence",
     "box_outside_image": "box outside its image",
+    "not_a_file": "frame not a regular file",
 }
 #: Kept ExpW faces whose box runs past the image edge, by what ``data.expw_box_overflow`` does.
 BOX_KEYS = {"clip": "box_clipped", "pad": "box_padded"}
