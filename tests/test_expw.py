@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -166,12 +167,55 @@ def test_tabs_repeated_spaces_crlf_bom_and_blank_lines(tmp_path, expw):
             "pixel coordinates >= 0",
         ),
         ("c.jpg 0 0 0 16 16 0.7 6", "image image/origin/c.jpg does not exist in .*image/origin$"),
+        # int() reads these as numbers; label.lst integers are ASCII -?[0-9]+
+        ("a.jpg 0 0 0 16 16 0.7 \u0663", "expression_label '\u0663' is not a 32-bit integer"),
+        ("a.jpg 0 0 0 16 16 0.7 \uff13", "expression_label '\uff13' is not a 32-bit integer"),
+        ("a.jpg 0 0 0 1_6 16 0.7 6", "face_box_right '1_6' is not a 32-bit integer"),
+        ("a.jpg +0 0 0 16 16 0.7 6", "face_id_in_image '\\+0' is not a 32-bit integer"),
+        ("a.jpg 0 0 0 16 16 0.\u0667 6", "face_box_cofidence '0.\u0667' is not a number"),
+        # names are joined to image/origin: they must stay inside it
+        (
+            "/etc/passwd 0 0 0 16 16 0.7 6",
+            "image_name /etc/passwd leads outside image/origin/; expected a file name relative "
+            "to .*image/origin \\(no leading / and no \\.\\. parts\\)$",
+        ),
+        ("../label/a.jpg 0 0 0 16 16 0.7 6", "image_name ../label/a.jpg leads outside"),
+        ("sub/../../a.jpg 0 0 0 16 16 0.7 6", "image_name sub/../../a.jpg leads outside"),
     ],
 )
 def test_bad_lines_name_label_lst_and_line(tmp_path, expw, line, message):
     expw.write_text(f"{FACES[0].line()}\n{line}\n{FACES[2].line()}\n")
 
     with pytest.raises(DataError, match=f"^{re.escape(str(expw))}:2: {message}"):
+        read_expw(tmp_path)
+
+
+def test_a_5_mb_field_is_quoted_to_100_characters(tmp_path, expw):
+    expw.write_text(f"{FACES[0].line()}\na.jpg {'7' * 100}{'x' * 5_000_000} 0 0 16 16 0.7 6\n")
+    with pytest.raises(DataError) as caught:
+        read_expw(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{expw}:2: face_id_in_image '{'7' * 100}'... (5,000,100 characters)")
+    assert len(message) < 300 + len(str(expw))
+
+    expw.write_text(f"{'n' * 5_000_000}.jpg 0 0 0 16 16 0.7 6\n")
+    with pytest.raises(DataError, match=r":1: image image/origin/'n{100}'\.\.\. \(5,000,004 c"):
+        read_expw(tmp_path)
+
+
+def test_listed_images_that_are_dangling_links_or_not_files_are_named(tmp_path, expw):
+    origin = tmp_path / "image/origin"
+    (origin / "b.jpg").unlink()
+    (origin / "b.jpg").symlink_to(tmp_path / "unmounted" / "b.jpg")
+    with pytest.raises(
+        DataError,
+        match=rf"^{re.escape(str(expw))}:1: image image/origin/b.jpg is a link to "
+        r".*unmounted/b\.jpg, which does not exist \(a disk not mounted",
+    ):
+        read_expw(tmp_path)
+    (origin / "b.jpg").unlink()
+    os.mkfifo(origin / "b.jpg")  # opened, it would block the reader forever
+    with pytest.raises(DataError, match=r":1: image image/origin/b\.jpg is not a regular file"):
         read_expw(tmp_path)
 
 

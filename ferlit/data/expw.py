@@ -27,6 +27,7 @@ import itertools
 import math
 import numbers
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,7 +39,7 @@ from rich.progress import track
 
 from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, declared_size, size_problem
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, quote
 from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
 
 IMAGES_DIR = "image/origin"
@@ -218,18 +219,31 @@ def _column(
     """Field ``c`` of a chunk as numbers: int64 within 32-bit range (the index stores int32), or
     float64. A DataError names the first line where the field is not such a number.
     """
-    try:
-        column = np.array(list(map(kind, values)), np.int64 if kind is int else np.float64)
-    except (ValueError, OverflowError):
-        column = None
+    column = None
+    # int() and float() also read "٣" (Arabic-Indic), "３" (full width), "1_0" and int() "+3":
+    # one regular-expression pass over the chunk's field (C speed) keeps integers ASCII -?[0-9]+,
+    # and numbers ASCII.
+    joined = "\n".join(values)
+    if _INT_LINES.fullmatch(joined) if kind is int else joined.isascii() and "_" not in joined:
+        try:
+            column = np.array(list(map(kind, values)), np.int64 if kind is int else np.float64)
+        except (ValueError, OverflowError):
+            column = None
     if column is not None and (kind is float or ((column >= -(2**31)) & (column < 2**31)).all()):
         return column
     k = next(k for k, value in enumerate(values) if not _parses(value, kind))
     what = "a 32-bit integer" if kind is int else "a number"
-    raise DataError(f"{path}:{line_numbers[k]}: {FIELDS[c]} {values[k]!r} is not {what}")
+    raise DataError(f"{path}:{line_numbers[k]}: {FIELDS[c]} {quote(values[k])} is not {what}")
+
+
+#: One chunk's integer field, a value a line (``_column``), and one such value.
+_INT_LINES = re.compile(r"(?:-?[0-9]+(?:\n-?[0-9]+)*)?")
+_INT = re.compile(r"-?[0-9]+")
 
 
 def _parses(value: str, kind: type) -> bool:
+    if (_INT.fullmatch(value) is None) if kind is int else not value.isascii() or "_" in value:
+        return False
     try:
         number = kind(value)
     except ValueError:
@@ -278,18 +292,61 @@ def _check_fields(path: str, lines: np.ndarray, ints: np.ndarray, confidence: np
 def _check_images(
     path: str, images_dir: str, lines: np.ndarray, image_names: list[str], codes: np.ndarray
 ) -> None:
-    """Every listed image is a file in image/origin (one directory listing, not a stat per name)."""
-    with os.scandir(images_dir) as entries:
-        on_disk = {e.name for e in entries if e.is_file()}
-    present = np.array(
-        [n in on_disk or os.path.isfile(os.path.join(images_dir, n)) for n in image_names], bool
+    """Every listed image is a regular file inside image/origin (one directory listing, not a stat
+    per name).
+
+    A name is joined to ``image/origin``, so an absolute name or one with a ``..`` part would
+    read a file outside the data folder: refused, naming the line. A listed image that is a link
+    to nothing (a disk not mounted) or not a regular file (a FIFO would block the loader) is
+    named as such, not as missing.
+    """
+    outside = np.array(
+        [os.path.isabs(n) or ".." in n.replace("\\", "/").split("/") for n in image_names], bool
     )
     _check(
         path,
         lines,
-        ~present[codes],
-        lambda k: f"image {IMAGES_DIR}/{image_names[codes[k]]} does not exist in {images_dir}",
+        outside[codes],
+        lambda k: (
+            f"image_name {shown(image_names[codes[k]])} leads outside {IMAGES_DIR}/; expected a "
+            f"file name relative to {images_dir} (no leading / and no .. parts)"
+        ),
     )
+    try:
+        with os.scandir(images_dir) as entries:
+            on_disk = {e.name for e in entries if _is_regular(e)}
+    except OSError as e:
+        raise DataError(f"{images_dir}: cannot be listed ({e.strerror or e})") from None
+    present = np.array(
+        [n in on_disk or os.path.isfile(os.path.join(images_dir, n)) for n in image_names], bool
+    )
+
+    def missing(k: int) -> str:
+        name = image_names[codes[k]]
+        image = os.path.join(images_dir, name)
+        if os.path.islink(image) and not os.path.exists(image):
+            return (
+                f"image {IMAGES_DIR}/{shown(name)} is a link to {shown(os.readlink(image))}, "
+                "which does not exist (a disk not mounted, or a copy moved?)"
+            )
+        if os.path.lexists(image):
+            return f"image {IMAGES_DIR}/{shown(name)} is not a regular file; expected a JPEG"
+        return f"image {IMAGES_DIR}/{shown(name)} does not exist in {images_dir}"
+
+    _check(path, lines, ~present[codes], missing)
+
+
+def _is_regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a link loop
+        return False
+
+
+def shown(text: str) -> str:
+    """File content for a message: as it is up to ``QUOTE_LIMIT`` characters, else cut and quoted
+    (an image name of a damaged ``label.lst`` can be megabytes long)."""
+    return text if len(text) <= QUOTE_LIMIT else quote(text)
 
 
 def _image_sizes(
@@ -327,13 +384,13 @@ def _image_sizes(
             first = lines[int(np.flatnonzero(codes == row)[0])]
             reason = "not an image format PIL knows" if isinstance(e, UnidentifiedImageError) else e
             raise DataError(
-                f"{path}:{first}: image {IMAGES_DIR}/{image_names[row]} has no readable image "
+                f"{path}:{first}: image {IMAGES_DIR}/{shown(image_names[row])} has no readable image "
                 f"header ({reason}); expected a JPEG (repair or re-download it)"
             ) from None
         if problem is not None:
             first = lines[int(np.flatnonzero(codes == row)[0])]
             raise DataError(
-                f"{path}:{first}: image {IMAGES_DIR}/{image_names[row]} {problem}; replace it "
+                f"{path}:{first}: image {IMAGES_DIR}/{shown(image_names[row])} {problem}; replace it "
                 "with the data set's own image or delete its lines"
             )
     return sizes
