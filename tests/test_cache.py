@@ -312,3 +312,98 @@ def test_nested_frames_stop_the_cached_read_and_the_datamodule(tmp_path):
     assert dm.class_counts == [1, 0, 0, 0, 0, 0, 0]
     with pytest.raises(DataError, match=r"the val split keeps no frame: .*" + re.escape(cause)):
         dm.setup("fit")  # before the first training step
+
+
+def read_warning_free(affwild2, cache_dir):
+    """The train index through the cache, and the DataWarnings it gave."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    return index, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+
+
+def test_a_cache_folder_that_is_a_file_warns_once_and_goes_on(affwild2, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("the user's notes")
+    index, said = read_warning_free(affwild2, blocker)
+    assert same(index, read_affwild2(affwild2, "train", progress=False))
+    assert said == [
+        f"index cache folder {blocker}: cannot write to it (File exists); going on without the "
+        "cache (set data.index_cache_dir or FERLIT_CACHE_DIR to a writable folder, or "
+        "data.index_cache false)"
+    ]
+    assert read_warning_free(affwild2, blocker)[1] == []  # once a process, not once a split
+    assert blocker.read_text() == "the user's notes"
+    inside = blocker / "index"  # a cache folder below a file: its parent is the file
+    assert read_warning_free(affwild2, inside)[1] == [
+        said[0].replace(str(blocker), str(inside)).replace("File exists", "Not a directory")
+    ]
+
+
+def test_a_read_only_cache_folder_warns_and_goes_on(affwild2, tmp_path, monkeypatch):
+    import ferlit.io
+
+    def denied(*args, **kwargs):  # tests run as root, for whom chmod 0o555 denies nothing
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ferlit.io.tempfile, "mkstemp", denied)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    index, said = read_warning_free(affwild2, cache_dir)
+    assert len(index) == 5
+    assert said == [
+        f"index cache folder {cache_dir}: cannot write to it (Permission denied); going on "
+        "without the cache (set data.index_cache_dir or FERLIT_CACHE_DIR to a writable folder, "
+        "or data.index_cache false)"
+    ]
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_a_full_disk_leaves_no_half_written_entry(affwild2, tmp_path, monkeypatch):
+    import ferlit.data.index
+
+    cache_dir = tmp_path / "cache"
+    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    (entry,) = cache_dir.iterdir()
+    old = entry.read_bytes()
+    later(annotation_dir(affwild2, "abaw2020", "train") / "a.txt")  # the entry must be rewritten
+
+    def savez_then_full(file, **arrays):
+        file.write(b"PK\x03\x04" + b"\0" * 1000)  # part of the new entry, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ferlit.data.index.np, "savez", savez_then_full)
+    index, said = read_warning_free(affwild2, cache_dir)
+    assert same(index, first)
+    assert said == [
+        f"index cache folder {cache_dir}: cannot write to it (No space left on device); going "
+        "on without the cache (set data.index_cache_dir or FERLIT_CACHE_DIR to a writable "
+        "folder, or data.index_cache false)"
+    ]
+    assert list(cache_dir.iterdir()) == [entry] and entry.read_bytes() == old  # no temporary
+
+
+def test_a_cache_folder_that_is_a_file_warns_once_through_pack(tiny_sample, tmp_path, capsys):
+    import warnings
+
+    from ferlit.data.__main__ import main
+    from ferlit.errors import data_warnings_as_lines
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("")
+    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--expw-dir"]
+    argv += [str(tiny_sample.expw_dir), "--out", str(tmp_path / "pack"), "--size", "16"]
+    argv += ["--workers", "0", "--index-cache-dir", str(blocker)]
+    with warnings.catch_warnings(), data_warnings_as_lines():
+        warnings.simplefilter("always")  # the once-only is ferlit's, not Python's registry
+        assert main(argv) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "index cache folder" in line]
+    assert warned == [  # three indexes (train, val, ExpW), one warning
+        f"warning: index cache folder {blocker}: cannot write to it (File exists); going on "
+        "without the cache (set data.index_cache_dir or FERLIT_CACHE_DIR to a writable folder, "
+        "or data.index_cache false)"
+    ]
+    assert (tmp_path / "pack" / "manifest.json").is_file() and blocker.read_text() == ""

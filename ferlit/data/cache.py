@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Bump when the cached file's meaning changes without the readers' source changing.
 CACHE_VERSION = 1
+#: (cache folder, reason) pairs already warned about in this process: a folder that cannot be
+#: written is said once, not once per split.
+_WARNED: set[tuple[str, str]] = set()
 
 
 def default_cache_dir() -> Path:
@@ -117,11 +120,14 @@ def affwild2_cache_key(
     if not folder.is_dir():
         return None
     files = []
-    with os.scandir(folder) as entries:
-        for e in entries:
-            if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file():
-                st = e.stat()
-                files.append([e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file():
+                    st = e.stat()
+                    files.append([e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    except OSError:  # unreadable: the reader names the folder and why
+        return None
     files.sort()
     videos = []
     for name, *_ in files:
@@ -132,6 +138,8 @@ def affwild2_cache_key(
                 mtimes.append(os.stat(os.path.join(root, frames_dir, video)).st_mtime_ns)
             except (FileNotFoundError, NotADirectoryError):
                 mtimes.append(None)
+            except OSError:  # unreadable or a link loop: the reader names it
+                return None
         videos.append([video, *mtimes])
     return {
         "reader": "affwild2",
@@ -151,7 +159,7 @@ def expw_cache_key(
     try:
         label = os.stat(os.path.join(root, LABEL_FILE))
         images = os.stat(os.path.join(root, IMAGES_DIR))
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # missing or unreadable: the reader names it
         return None
     return {
         "reader": "expw",
@@ -179,7 +187,11 @@ def _cached(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     _check_outside(cache_dir, root)
     path = cache_file(cache_dir, key)
-    if path.is_file():
+    try:
+        hit = path.is_file()
+    except OSError:  # a cache folder that cannot be searched: as if empty (the write warns)
+        hit = False
+    if hit:
         try:
             cached = FrameIndex.load(path)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -189,18 +201,39 @@ def _cached(
             # The entry is keyed by the absolute folder; the index keeps the spelling asked for.
             return dataclasses.replace(cached, roots=(root,))
     built = build()
-    built.save(path)
-    owner = path.name.rsplit("-", 1)[0] + "-"
-    for stale in cache_dir.glob(owner + "*.npz"):
-        if stale != path:
-            stale.unlink(missing_ok=True)
+    try:
+        built.save(path)  # crash-safe: a failed write leaves no part of a file
+        owner = path.name.rsplit("-", 1)[0] + "-"
+        for stale in cache_dir.glob(owner + "*.npz"):
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError as e:
+        # The cache is an optimisation: a folder that is a file, read-only or full costs the
+        # next start a rescan, never this run. One warning per folder and reason a process.
+        reason = e.strerror or type(e).__name__
+        if (str(cache_dir), reason) not in _WARNED:
+            _WARNED.add((str(cache_dir), reason))
+            warnings.warn(
+                f"index cache folder {cache_dir}: cannot write to it ({reason}); going on "
+                "without the cache (set data.index_cache_dir or FERLIT_CACHE_DIR to a writable "
+                "folder, or data.index_cache false)",
+                DataWarning,
+                stacklevel=3,
+            )
+        return built
     log.info("index cache: wrote %s", path)
     return built
 
 
 def _check_outside(cache_dir: Path, data_root: str) -> None:
-    """The cache may not live inside the data: writing there would change what it fingerprints."""
-    cache, data = Path(os.path.abspath(cache_dir)), Path(os.path.abspath(data_root))
+    """The cache may not live inside the data: writing there would change what it fingerprints.
+
+    Both paths are compared with their links resolved (``os.path.realpath``, which also resolves
+    the part of the cache path not created yet as far as it exists): a cache folder reached
+    through a link into the data folder, or a data folder reached through a link to the cache's
+    parent, is inside all the same.
+    """
+    cache, data = Path(os.path.realpath(cache_dir)), Path(os.path.realpath(data_root))
     if cache == data or data in cache.parents:
         raise ConfigError(
             f"index cache folder {cache_dir} is inside the data folder {data_root}; ferlit writes "
