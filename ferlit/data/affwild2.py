@@ -224,6 +224,39 @@ def read_affwild2(
     )
 
 
+def videos_in_both_splits(train: FrameIndex, val: FrameIndex) -> list[tuple[str, str, str]]:
+    """The Aff-Wild2 videos with frames in both the training and the validation index, in name
+    order, each as (video, its train annotation file, its val annotation file).
+
+    The challenge's splits are disjoint by video (ABAW data descriptions), and frames of one video
+    are near-duplicates of each other: a video in both would be trained and validated on, and its
+    validation score would measure memory. A hand-assembled copy (files copied between
+    Training_Set and Validation_Set, or two years' layouts merged) can hold one. Works on indexes
+    read from the data folders or from a pack alike; ExpW groups are not videos and are left out.
+    """
+
+    def videos(index: FrameIndex) -> dict[str, str]:
+        found = {}
+        for g in np.flatnonzero(index.group_kinds == FRAME_FOLDER):
+            root = index.roots[index.group_roots[g]]
+            video = str(index.group_names[g]).rsplit("/", 1)[-1]
+            found[video] = os.path.join(root, str(index.group_sources[g]))
+        return found
+
+    in_train, in_val = videos(train), videos(val)
+    return [(v, in_train[v], in_val[v]) for v in sorted(in_train.keys() & in_val.keys())]
+
+
+def split_overlap_message(both: list[tuple[str, str, str]]) -> str:
+    """What ``videos_in_both_splits`` found, naming the first videos and their annotation files."""
+    shown = "; ".join(f"{video} ({train} and {val})" for video, train, val in both[:3])
+    more = f"; and {len(both) - 3} more" if len(both) > 3 else ""
+    return (
+        f"{len(both)} Aff-Wild2 video{'s are' if len(both) > 1 else ' is'} in both the train and "
+        f"the val split, so trained and validated on: {shown}{more}"
+    )
+
+
 def _check_frames_dir(root: str) -> None:
     if not os.path.isdir(root):
         raise DataError(f"{root}: Aff-Wild2 folder does not exist")

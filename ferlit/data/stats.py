@@ -9,19 +9,22 @@ the merged training set. ``plot_stats`` draws the class distributions as in the 
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from rich.console import Console
 from rich.table import Table
 
-from ferlit.data.affwild2 import read_affwild2
+from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.datamodule import class_weights_from_counts
 from ferlit.data.expw import read_expw
 from ferlit.data.index import SKIP_REASONS, FrameIndex
-from ferlit.errors import ConfigError
+from ferlit.errors import ConfigError, DataWarning
 from ferlit.expressions import class_names
 
 #: Aff-Wild2 videos with annotated frames but no image of any (``read_affwild2``), a count of
@@ -38,6 +41,9 @@ SKIP_NAMES = {
     "box_outside_image": "box outside its image",
     "not_a_file": "frame not a regular file",
 }
+#: Aff-Wild2 videos in both splits (``affwild2.videos_in_both_splits``), each with its two
+#: annotation files; empty for the challenge's disjoint splits.
+OVERLAP_KEY = "videos_in_both_splits"
 #: Kept ExpW faces whose box runs past the image edge, by what ``data.expw_box_overflow`` does.
 BOX_KEYS = {"clip": "box_clipped", "pad": "box_padded"}
 
@@ -95,12 +101,24 @@ def dataset_stats(
     names = class_names(num_classes)
     train: dict[str, dict[str, Any]] = {}
     val: dict[str, dict[str, Any]] = {}
+    both: list[tuple[str, str, str]] = []
     if affwild2_dir is not None:
+        indexes = {}
         for split, sources in (("train", train), ("val", val)):
-            index = read_affwild2(affwild2_dir, split, num_classes, affwild2_layout, progress)
+            index = indexes[split] = read_affwild2(
+                affwild2_dir, split, num_classes, affwild2_layout, progress
+            )
             # Videos, not frames: annotated but without any image (each named in a DataWarning).
             videos = {VIDEOS_KEY: int(index.skipped.get(VIDEOS_KEY, 0))}
             sources["affwild2"] = {**index_stats(index), **videos}
+        both = videos_in_both_splits(indexes["train"], indexes["val"])
+        if both:  # a run stops on these unless data.allow_split_overlap is true
+            warnings.warn(
+                f"{split_overlap_message(both)}; training stops on this unless "
+                "data.allow_split_overlap is true",
+                DataWarning,
+                stacklevel=2,
+            )
     if expw_dir is not None:
         expw = read_expw(expw_dir, num_classes, expw_min_confidence, progress)
         train["expw"] = index_stats(expw, expw_box_overflow)
@@ -116,6 +134,7 @@ def dataset_stats(
         "classes": list(names),
         "splits": splits,
         "class_weights": weights,
+        OVERLAP_KEY: [{"video": v, "train": t, "val": w} for v, t, w in both],
     }
 
 
@@ -169,10 +188,34 @@ def print_stats(stats: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"class weights: undefined, no training sample of {', '.join(missing)}")
 
 
+def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> None:
+    """Refuse, before any indexing, a plot path matplotlib could not write: a format it has no
+    writer for (it would raise only after the whole data set was counted), no suffix (it would
+    write ``<path>.png``, not the file named), a folder, or a folder that does not exist."""
+    path = Path(path)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        found = f"format {path.suffix!r}" if path.suffix else "no suffix"
+        raise ConfigError(
+            f"{option} {path}: {found}; expected a file name ending in one of "
+            f"{', '.join('.' + f for f in formats)}"
+        )
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; expected the plot's file name")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise ConfigError(f"{option} {path}: the folder {parent} {what}; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{option} {path}: the folder {parent} is not writable")
+
+
 def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False) -> None:
     """Bar charts of the class distribution of each split (the paper's Figures 1 and 2), with
     the count on each bar; ``log`` puts the counts on a log axis, where rare classes stay
-    visible next to Neutral."""
+    visible next to Neutral. The path is checked first (:func:`check_plot_path`)."""
+    check_plot_path(path, "plot path")
     splits = stats["splits"]
     fig = Figure(figsize=(5.5 * len(splits), 4.2), layout="constrained")
     axes = fig.subplots(1, len(splits), squeeze=False)[0]
@@ -189,4 +232,7 @@ def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False
             ax.set_ylim(bottom=1)
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=35)
-    fig.savefig(path, dpi=120)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as e:  # checked writable above; a full disk or a quota remains
+        raise ConfigError(f"plot path {path}: cannot be written ({e.strerror or e})") from None
