@@ -39,7 +39,10 @@ def _stats(args: argparse.Namespace) -> None:
     for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
         if folder is not None and not folder.is_dir():
             raise DataError(f"{option} {folder}: folder does not exist")
-    from ferlit.data.stats import dataset_stats, plot_stats, print_stats  # imports torch: slow
+    from ferlit.data.stats import check_plot_path, dataset_stats, plot_stats, print_stats
+
+    if args.plot is not None:
+        check_plot_path(args.plot)  # before indexing, which takes minutes at full scale
 
     stats = dataset_stats(
         args.affwild2_dir,
