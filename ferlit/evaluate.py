@@ -70,6 +70,13 @@ from ferlit.errors import (
     user_message,
 )
 from ferlit.expressions import EXPRESSIONS_7, class_names
+from ferlit.io import (
+    atomic_write,
+    check_output_folder,
+    claim_outputs,
+    owned_matching,
+    remove_outputs,
+)
 from ferlit.models.checkpoints import load_checkpoint, read_torch_file
 from ferlit.module import ExpressionModule
 from ferlit.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
@@ -568,21 +575,75 @@ def parse_args(args: list[str] | None = None) -> tuple[Any, Path, dict[str, Any]
     return parser.parse_args(args), checkpoint, model_hparams
 
 
-def check_destinations(out: Path, submission: Path | None, overwrite: bool) -> None:
-    """Refuse to replace an earlier evaluation or submission unless ``--overwrite``."""
-    if overwrite:
-        return
-    earlier = [name for name in OUTPUTS if (out / name).exists()]
-    if earlier:
+def check_destinations(
+    out: Path, submission: Path | None, overwrite: bool, reads: list[tuple[str, Any]] | None = None
+) -> None:
+    """Check the output folders before predicting: neither may be a file or overlap the data
+    folders ``reads`` ((option, folder) pairs); neither may hold a file ferlit did not write that it
+    would replace (``--overwrite`` replaces only ferlit's own, see :mod:`ferlit.io`); and an
+    earlier evaluation or submission is replaced only with ``--overwrite``."""
+    check_creatable(out, "--out")
+    if submission is not None:
+        check_creatable(submission, "--submission")
+    earlier = check_output_folder(out, "--out", OUTPUTS, reads=reads)
+    if earlier and not overwrite:
         raise ConfigError(
             f"--out {out}: holds an earlier evaluation ({', '.join(earlier)}); choose another "
             "folder or pass --overwrite"
         )
-    if submission is not None and submission.is_dir() and any(submission.glob("*.txt")):
+    if submission is None:
+        return
+    earlier = check_output_folder(submission, "--submission", pattern="*.txt", reads=reads)
+    if earlier and not overwrite:
         raise ConfigError(
             f"--submission {submission}: holds earlier submission files; choose another folder "
             "or pass --overwrite"
         )
+
+
+def check_creatable(folder: Path, option: str) -> None:
+    """Refuse an output folder that cannot be made or written, before the split is predicted
+    (found only at the first write, it cost the whole prediction): below a file, in a folder
+    not writable, or a path that is a file (named by ``check_output_folder``)."""
+    if folder.is_dir():
+        existing = folder
+    elif os.path.islink(folder) and not folder.exists():
+        raise ConfigError(
+            f"{option} {folder}: a link to {os.readlink(folder)}, which does not exist; "
+            "choose another folder"
+        )
+    else:
+        existing = folder.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(
+                f"{option} {folder}: {existing} is a file, so the folder cannot be made there; "
+                "choose another folder"
+            )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{option} {folder}: {existing} is not writable; choose another folder"
+        )
+
+
+def data_folders(config) -> list[tuple[str, Any]]:
+    """The folders an evaluation reads (option, folder), which its outputs must stay out of."""
+    d = config.data
+    reads = [
+        ("--data.affwild2_dir", d.affwild2_dir),
+        ("--data.expw_dir", d.expw_dir),
+        ("--data.packed_dir", d.packed_dir),
+        ("--videos_dir", config.videos_dir),
+    ]
+    frames_dirs = config.frames_dir
+    for folder in frames_dirs if isinstance(frames_dirs, list) else [frames_dirs]:
+        reads.append(("--frames_dir", folder))
+    if d.affwild2_dir is None and d.expw_dir is None and d.packed_dir is None:
+        from ferlit.data.synth import default_sample_dir
+
+        reads.append(("the sample data", default_sample_dir()))
+    return reads
 
 
 def frames_to_evaluate(config, data: ExpressionDataModule) -> tuple[FrameIndex, str | None, str]:
@@ -677,7 +738,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     kernels = smoothing_kernels(window, config.smooth_kernel)
     out = Path(config.out)
     submission = Path(config.submission) if config.submission else None
-    check_destinations(out, submission, config.overwrite)
+    check_destinations(out, submission, config.overwrite, data_folders(config))
     submission_format = check_submission_options(config)
     num_classes = int(model_hparams["num_classes"])
     if num_classes != config.data.num_classes:
@@ -787,11 +848,11 @@ def write_outputs(
     columns: tuple[str, ...],
     overwrite: bool,
 ) -> None:
-    """Write the evaluation files, each whole or not at all (written aside, then renamed)."""
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in OUTPUTS:
-            (out / name).unlink(missing_ok=True)  # no stale plot beside unlabelled predictions
+    """Write the evaluation files, each whole or not at all (:func:`ferlit.io.atomic_write`),
+    listed as ferlit's in the folder's ``.ferlit-outputs.json`` before they are written."""
+    claim_outputs(out, OUTPUTS)
+    if overwrite:  # no stale plot beside unlabelled predictions; only files ferlit wrote
+        remove_outputs(out, OUTPUTS)
     _replace(out / "predictions.parquet", lambda f: predictions.to_parquet(f, index=False))
     _replace(out / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
     if report["raw"] is None:
@@ -812,10 +873,8 @@ def write_outputs(
 
 
 def _replace(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    with atomic_write(path) as file:
+        write(file)
 
 
 def print_report(report: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -864,9 +923,8 @@ def write_submission_files(
 ) -> None:
     """The ABAW submission of ``column``'s labels in format ``form`` (see
     :func:`check_submission_options`)."""
-    if config.overwrite and folder.is_dir():
-        for stale in folder.glob("*.txt"):
-            stale.unlink()
+    if config.overwrite and folder.is_dir():  # only the files ferlit wrote there
+        remove_outputs(folder, owned_matching(folder, "*.txt"))
     videos = predictions["video"].to_numpy().astype(str)
     frames = predictions["frame"].to_numpy()
     labels = predictions[column].to_numpy()

@@ -12,11 +12,14 @@ flushes the folder so that the rename itself survives a power loss.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
+
+from ferlit.errors import ConfigError
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -64,3 +67,144 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
             os.unlink(temporary)
         raise
     fsync_dir(folder)
+
+
+# -- ferlit's own outputs ----------------------------------------------------------------------
+
+#: The list, in each output folder, of the files ferlit wrote there: ``--overwrite`` replaces or
+#: deletes only these, never a file of the user's (issue 13: an evaluation's ``--submission``
+#: pointed at the annotation folder once replaced the ground truth with predictions).
+OUTPUTS_MANIFEST = ".ferlit-outputs.json"
+
+
+def outputs_written(folder: str | os.PathLike) -> set[str]:
+    """The names of the files ferlit wrote in ``folder`` (its ``.ferlit-outputs.json``)."""
+    path = Path(folder) / OUTPUTS_MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError as e:
+        raise ConfigError(f"{path}: unreadable ({e.strerror})") from None
+    try:
+        files = json.loads(text)["files"]
+    except (ValueError, TypeError, KeyError):
+        files = None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError(
+            f'{path}: damaged, expected {{"files": [<name>, ...]}}; ferlit cannot tell which '
+            "files in this folder it wrote: choose another folder"
+        )
+    return set(files)
+
+
+def record_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` to the folder's list of files ferlit wrote (crash-safe, like every write).
+
+    Call it before writing them: a kill in between leaves a name listed whose file is missing or
+    ferlit's own temporary, never a user's file unlisted-but-replaced.
+    """
+    folder = Path(folder)
+    files = outputs_written(folder)
+    new = files | set(names)
+    if new == files and (folder / OUTPUTS_MANIFEST).is_file():
+        return
+    with atomic_write(folder / OUTPUTS_MANIFEST, "w", encoding="utf-8") as file:
+        json.dump({"written_by": "ferlit", "files": sorted(new)}, file, indent=2)
+        file.write("\n")
+
+
+def claim_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Record ``names`` as ferlit's outputs in ``folder`` (created if missing) before writing
+    them; a ConfigError if one of them exists and ferlit did not write it (a file of the user's)."""
+    folder = Path(folder)
+    names = list(names)
+    if folder.is_dir():
+        owned = outputs_written(folder)
+        for name in names:
+            if name not in owned and os.path.lexists(folder / name):
+                raise ConfigError(
+                    f"{folder / name}: was not written by ferlit (not listed in "
+                    f"{folder / OUTPUTS_MANIFEST}); ferlit never replaces a file of yours: "
+                    "choose another folder"
+                )
+    folder.mkdir(parents=True, exist_ok=True)
+    record_outputs(folder, names)
+
+
+def check_output_folder(
+    folder: str | os.PathLike,
+    option: str,
+    names: Iterable[str] = (),
+    pattern: str | None = None,
+    reads: Iterable[tuple[str, str | os.PathLike | None]] | None = None,
+) -> list[str]:
+    """Check an output folder before any long work; returns the files ferlit wrote there earlier.
+
+    Refused with a ConfigError naming ``option``: a path that is a file, a folder that is, is
+    inside or contains one of the data folders ``reads`` ((option, folder) pairs) being read, and a
+    folder holding one of ``names`` (or a file matching ``pattern``) that ferlit did not write
+    there (not in its :data:`OUTPUTS_MANIFEST`): ``--overwrite`` never replaces a user's file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder}: is a file; expected a folder for ferlit's outputs")
+    check_apart(folder, option, reads or ())
+    if not folder.is_dir():
+        return []
+    names = [n for n in names if os.path.lexists(folder / n)]
+    existing = names + sorted(_matching(folder, pattern) - set(names))
+    owned = outputs_written(folder)
+    foreign = [n for n in existing if n not in owned]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise ConfigError(
+            f"{option} {folder}: {folder / foreign[0]}{more} was not written by ferlit (not "
+            f"listed in {OUTPUTS_MANIFEST}) and would be replaced; ferlit never replaces or "
+            "deletes a file of yours, even with --overwrite: choose another folder"
+        )
+    return existing
+
+
+def check_apart(
+    out: str | os.PathLike, option: str, reads: Iterable[tuple[str, str | os.PathLike | None]]
+) -> None:
+    """Refuse an output path that is, is inside, or contains a data folder being read."""
+    target = Path(os.path.realpath(out))
+    for data_option, data in reads:
+        if data is None:
+            continue
+        source = Path(os.path.realpath(data))
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "is inside"
+        elif target in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise ConfigError(
+            f"{option} {out}: {relation} {data_option} {data}, data being read; outputs go in "
+            "a folder apart from the data"
+        )
+
+
+def remove_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Delete those of ``names`` that ferlit wrote in ``folder`` (listed in its manifest)."""
+    folder = Path(folder)
+    owned = outputs_written(folder)
+    for name in names:
+        if name in owned:
+            (folder / name).unlink(missing_ok=True)
+
+
+def owned_matching(folder: str | os.PathLike, pattern: str) -> list[str]:
+    """The files matching ``pattern`` in ``folder`` that ferlit wrote there."""
+    owned = outputs_written(folder)
+    return sorted(n for n in _matching(Path(folder), pattern) if n in owned)
+
+
+def _matching(folder: Path, pattern: str | None) -> set[str]:
+    if pattern is None or not folder.is_dir():
+        return set()
+    return {p.name for p in folder.glob(pattern)}

@@ -33,6 +33,7 @@ from ferlit.data.affwild2 import _read_annotation_file, write_annotation_file
 from ferlit.data.index import FrameIndex
 from ferlit.errors import DataError
 from ferlit.expressions import EXPRESSIONS_8
+from ferlit.io import atomic_write, claim_outputs
 
 #: The first line of an ABAW 2023/2024 expression submission file.
 SINGLE_FILE_HEADER = "image_location," + ",".join(EXPRESSIONS_8)
@@ -100,6 +101,10 @@ def write_submission(
 ) -> list[Path]:
     """Write ``<out_dir>/<video>.txt`` for every video among the predictions; returns the files.
 
+    Each file is written whole or not at all and listed as ferlit's in ``out_dir``'s
+    ``.ferlit-outputs.json`` first; a ``<video>.txt`` there that ferlit did not write (an
+    annotation file) is refused, never replaced.
+
     ``num_frames`` gives each video's frame count (from its annotation file, see
     :func:`annotation_frame_counts`; from its video, :func:`frame_counts_from_videos`; or from a
     lengths file, :func:`read_frame_counts`): each file has that many label lines.
@@ -115,7 +120,7 @@ def write_submission(
             + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_outputs(out_dir, [f"{video}.txt" for video in names.tolist()])
     written = []
     for code, video in enumerate(names.tolist()):
         rows = codes == code
@@ -208,14 +213,15 @@ def write_single_file(
         filled = fill_frames(frames[rows], labels[rows], length)
         out[at] = filled[wanted_frames[at] - 1]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    claim_outputs(path.parent, [path.name])
     body = "".join(
         f"{video}/{frame:05d}.jpg,{label}\n"
         for video, frame, label in zip(
             listed.tolist(), wanted_frames.tolist(), out.tolist(), strict=True
         )
     )
-    path.write_text(SINGLE_FILE_HEADER + "\n" + body)
+    with atomic_write(path, "w", encoding="utf-8") as file:
+        file.write(SINGLE_FILE_HEADER + "\n" + body)
     return len(out)
 
 
