@@ -55,15 +55,15 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from rich.console import Console
 
 from ferlit.callbacks import BestValidationSummary, Preemption
-from ferlit.cli_values import PARSER_MODE
+from ferlit.cli_values import PARSER_MODE, check_number
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError, FerlitError, data_warnings_as_lines, user_message
 from ferlit.models.checkpoints import load_checkpoint
-from ferlit.module import ExpressionModule, check_schedule
+from ferlit.module import ExpressionModule, check_model_options, check_schedule
 from ferlit.runs import (
     CHECKPOINT_KEY,
     FerlitCheckpoint,
@@ -156,6 +156,9 @@ class FerlitCLI(LightningCLI):
                     "--model.min_lr_ratio"
                 )
         super().parse_arguments(parser, args)
+        seed = self.config.get("seed_everything")  # Lightning seeds before any other hook
+        if seed is not None and not isinstance(seed, bool):
+            check_number("seed_everything", seed, 0, MAX_SEED, integer=True)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
@@ -209,7 +212,8 @@ class FerlitCLI(LightningCLI):
                 f"model.backbone: timm has no model named {backbone!r}"
                 + (f" (similar: {', '.join(close)})" if close else "")
             )
-        accumulate = config.trainer.accumulate_grad_batches or 1
+        check_trainer_options(config)
+        accumulate = config.trainer.accumulate_grad_batches
         limit = config.trainer.limit_train_batches
         if isinstance(limit, int) and not isinstance(limit, bool) and limit % accumulate:
             raise ConfigError(
@@ -229,6 +233,15 @@ class FerlitCLI(LightningCLI):
         check_schedule(
             model.lr_schedule, model.warmup_steps, model.min_lr_ratio, model.freeze_backbone_steps
         )
+        check_model_options(
+            model.num_classes,
+            model.input_size,
+            model.get("class_weights"),  # linked from the data when built: checked then
+            model.lr_head,
+            model.lr_backbone,
+            model.momentum,
+            model.weight_decay,
+        )
         if model.pretrained is None and model.lr_backbone < FINE_TUNING_LR:
             print(
                 f"warning: model.pretrained is null, so the backbone starts from random weights, "
@@ -243,13 +256,47 @@ class FerlitCLI(LightningCLI):
             "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
         ):
             config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
-        if config.data.affwild2_dir is None and config.data.expw_dir is None:
+        data = config.data
+        if data.affwild2_dir is None and data.expw_dir is None and data.packed_dir is None:
             from ferlit.data.synth import default_sample_dir
 
             Console(stderr=True).print(
                 f"[bold]No data configured[/]: using ferlit's sample data at {default_sample_dir()} "
                 "(drawn faces, not Aff-Wild2; set --data.affwild2_dir / --data.expw_dir for real data)"
             )
+
+
+#: numpy's seeds, which ``seed_everything`` passes on: 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def check_trainer_options(config: Namespace) -> None:
+    """Refuse Trainer values that would end in a traceback from
+    Lightning (for some only once the data is indexed), naming the option; ``seed_everything``
+    is checked as it is parsed (``FerlitCLI.parse_arguments``), as Lightning seeds right after."""
+    trainer = config.trainer
+    check_number(
+        "trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, 1, integer=True
+    )
+    if trainer.enable_checkpointing is False:
+        raise ConfigError(
+            "trainer.enable_checkpointing false: ferlit's runs checkpoint through checkpoint.* "
+            "(last.ckpt to resume, the best checkpoint for python -m ferlit.evaluate); to write "
+            "none, leave trainer.enable_checkpointing and set --checkpoint.save_top_k 0 "
+            "--checkpoint.save_last false"
+        )
+    for option in ("max_epochs", "min_epochs", "max_steps", "min_steps"):
+        value = getattr(trainer, option, None)
+        if value is not None:
+            check_number(f"trainer.{option}", value, -1, integer=True)
+    for option in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = getattr(trainer, option, None)
+        if isinstance(value, float):
+            check_number(f"trainer.{option}", value, 0, 1)
+        elif value is not None:
+            check_number(f"trainer.{option}", value, 0, integer=True)
+    if trainer.gradient_clip_val is not None:
+        check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
 
 
 def check_run_folders(trainer: pl.Trainer) -> None:
@@ -347,7 +394,21 @@ def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
         os.path.realpath(Path(logger.save_dir or trainer.default_root_dir) / str(logger.name))
     )
     if version_dir.parent != root:
-        return
+        # The same logger name under another save_dir: a relative save_dir (the shipped
+        # configs' "runs") resolved from another working directory. The run's logs stay with
+        # its checkpoints, not in a new version folder under this cwd.
+        if not logger.name or version_dir.parent.name != str(logger.name):
+            return  # another logger name: the user chose to log elsewhere
+        save_dir = str(version_dir.parent.parent)
+        if rank_zero_only.rank == 0:
+            print(
+                f"resuming in the run's own folder {version_dir} (trainer.logger.save_dir "
+                f"{logger.save_dir} from {os.getcwd()} is another folder)",
+                file=sys.stderr,
+            )
+        logger._root_dir = save_dir  # Lightning's CSV and TensorBoard loggers keep it there
+        if isinstance(logger, CSVLogger):
+            logger._save_dir = save_dir
     number = re.fullmatch(r"version_(\d+)", version_dir.name)
     logger._version = int(number[1]) if number else version_dir.name
     for callback in trainer.callbacks:
@@ -498,6 +559,9 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                 raise SystemExit(130 if interrupted else 143) from None
     except FerlitError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MisconfigurationException as error:  # a Trainer option ferlit does not check itself
+        print(f"error: trainer options: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return cli
 

@@ -315,3 +315,30 @@ def test_log_folder_means_the_best_the_run_recorded_not_the_newest_versions(tmp_
     (first / "last.ckpt").write_bytes(b"")
     (first / "best_validation.json").write_text(json.dumps({"checkpoint": recorded}))
     assert resolve_checkpoint(tmp_path) == first / "best-step0000010.ckpt"
+
+
+def test_resume_from_another_cwd_continues_in_the_checkpoints_run_folder(
+    tiny_sample, tmp_path, monkeypatch, capsys
+):
+    """The printed resume command's absolute --ckpt_path, run from another working directory
+    with the shipped relative ``save_dir: runs``: logs, config and run_info.json stay in the
+    checkpoint's version folder (they went to <cwd>/runs/sample/version_0 while checkpoints
+    went to the old folder)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    main(sample_args(tiny_sample, "--trainer.max_steps", "3"))
+    run = work / "runs/sample/version_0"
+    monkeypatch.chdir(elsewhere)
+    last = run / "checkpoints/last.ckpt"
+    resumed = main(sample_args(tiny_sample, "--trainer.max_steps", "6", "--ckpt_path", str(last)))
+    assert resumed.trainer.global_step == 6
+    assert f"resuming in the run's own folder {run}" in capsys.readouterr().err
+    assert not [p for p in elsewhere.rglob("*") if not p.is_dir()]  # (runs/ checked writable)
+    assert sorted(p.name for p in (work / "runs/sample").iterdir()) == ["version_0"]
+    with open(run / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f) if r["val/criterion"]] == [3, 6]
+    starts = json.loads((run / "run_info.json").read_text())["starts"]
+    assert [s["cwd"] for s in starts] == [str(work), str(elsewhere)]
+    assert starts[1]["resumed_from"] == str(last)
+    assert saved_step(last) == 6
