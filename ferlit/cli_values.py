@@ -17,6 +17,9 @@ folders, layouts, schedules): where null is allowed, ``None`` always means null.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import yaml
 from jsonargparse import get_loader, set_loader
 
@@ -31,3 +34,37 @@ def _load(value: str):
 
 
 set_loader(PARSER_MODE, _load, (yaml.YAMLError,))
+
+
+def check_number(
+    option: str,
+    value: object,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    above: bool = False,
+) -> None:
+    """Refuse an option value that is not a number in its range, before any data is read.
+
+    A finite number (an integer with ``integer``; never a bool) ``>= low`` (``> low`` with
+    ``above``) and ``<= high``. NaN and infinity are refused everywhere: a NaN weight or
+    strength would surface hours later as a NaN loss blamed on the learning rate. The
+    ``ConfigError`` names the option, what was expected and the value given.
+    """
+    from ferlit.errors import ConfigError
+
+    kind = "an integer" if integer else "a finite number"
+    lo, hi = (None if v is None else (str(int(v)) if v == int(v) else str(v)) for v in (low, high))
+    if low is not None and high is not None:
+        expected = f"{kind} in {'(' if above else '['}{lo}, {hi}]"
+    elif low is not None:
+        expected = f"{kind} {'>' if above else '>='} {lo}"
+    else:
+        expected = kind if high is None else f"{kind} <= {hi}"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, numbers.Integral) or not integer) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if above else value >= low))
+    ok = ok and (high is None or value <= high)
+    if not ok:
+        raise ConfigError(f"{option} must be {expected}, got {value!r}")

@@ -354,7 +354,10 @@ def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_same_experiment(
-    path: str | os.PathLike, saved: dict[str, Any], config: dict | None
+    path: str | os.PathLike,
+    saved: dict[str, Any],
+    config: dict | None,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
     """Refuse to resume a checkpoint into another experiment (``ferlit.runs.MAY_CHANGE``)."""
     record = saved.get(CHECKPOINT_KEY)
@@ -366,7 +369,7 @@ def check_same_experiment(
             "they cannot be compared with this run's"
         )
         return
-    differences = config_differences(record["config"], config)
+    differences = config_differences(record["config"], config, defaults)
     if differences:
         raise ConfigError(
             f"--ckpt_path {path}: written by another experiment; options that differ: "
@@ -430,7 +433,10 @@ def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
 
 
 def resume_checkpoint(
-    trainer: pl.Trainer, ckpt_path: str | None, config: dict[str, Any] | None = None
+    trainer: pl.Trainer,
+    ckpt_path: str | None,
+    config: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> str | None:
     """The checkpoint ``--ckpt_path`` names, checked, with ``last`` found across the run's versions.
 
@@ -469,7 +475,7 @@ def resume_checkpoint(
     elif not Path(ckpt_path).is_file():
         raise ConfigError(f"--ckpt_path: no checkpoint file {ckpt_path}")
     saved = read_checkpoint_file(ckpt_path)
-    check_same_experiment(ckpt_path, saved, config)
+    check_same_experiment(ckpt_path, saved, config, defaults)
     folder = Path(os.path.realpath(Path(ckpt_path).parent))
     if callback is not None and callback.dirpath is None:
         states = saved.get("callbacks", {}).values()
@@ -482,9 +488,11 @@ def resume_checkpoint(
     return ckpt_path
 
 
-def resolved_config(cli: LightningCLI) -> dict[str, Any]:
-    """The run's options, flattened (``model.lr_head``), as plain values a checkpoint can hold."""
-    return flat_config(yaml.safe_load(cli.parser.dump(cli.config, skip_none=False)) or {})
+def resolved_config(cli: LightningCLI, defaults: bool = False) -> dict[str, Any]:
+    """The run's options (with ``defaults``: the options' defaults), flattened
+    (``model.lr_head``), as plain values a checkpoint can hold."""
+    config = cli.parser.get_defaults() if defaults else cli.config
+    return flat_config(yaml.safe_load(cli.parser.dump(config, skip_none=False)) or {})
 
 
 def resume_command(args: list[str] | None, last: str | None) -> str:
@@ -536,7 +544,9 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
             argv = list(sys.argv[1:] if args is None else args)
             cli.trainer.callbacks.append(RunRecord(config, argv))
             use_atomic_checkpoints(cli.trainer)
-            ckpt_path = resume_checkpoint(cli.trainer, cli.config.ckpt_path, config)
+            ckpt_path = resume_checkpoint(
+                cli.trainer, cli.config.ckpt_path, config, resolved_config(cli, defaults=True)
+            )
             if ckpt_path is not None and is_debug_run(cli.trainer):
                 raise ConfigError(
                     "--ckpt_path with trainer.fast_dev_run or trainer.overfit_batches: a debug "

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
+from ferlit.cli_values import check_number
 from ferlit.errors import ConfigError, TrainingDiverged, WeightsError
 from ferlit.expressions import class_names, metric_key
 from ferlit.metrics import ExpressionCriterion
@@ -54,6 +55,44 @@ def check_schedule(
         raise ConfigError(
             f"model.min_lr_ratio {min_lr_ratio} applies to model.lr_schedule warmup_cosine "
             f"only; the {lr_schedule} schedule does not decay"
+        )
+
+
+def check_model_options(
+    num_classes: int,
+    input_size: int,
+    class_weights: list[float] | None,
+    lr_head: float,
+    lr_backbone: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """Refuse model options torch would take but train nonsense with, or refuse mid-run: NaN or
+    infinite rates and weights (a NaN class weight makes every loss NaN, which
+    ``TrainingDiverged`` would blame on the learning rate), negative rates, momentum outside
+    [0, 1), a negative weight decay (torch's SGD raises a bare ValueError only when the
+    optimizer is built). ``python -m ferlit.fit`` calls this before reading any data."""
+    check_number("model.input_size", input_size, 1, integer=True)
+    if class_weights is not None:
+        if len(class_weights) != num_classes:
+            raise ConfigError(
+                f"model.class_weights has {len(class_weights)} weights, expected {num_classes}"
+            )
+        for k, (weight, name) in enumerate(
+            zip(class_weights, class_names(num_classes), strict=True)
+        ):
+            check_number(f"model.class_weights[{k}] ({name})", weight, 0, above=True)
+    for option, value in (
+        ("lr_head", lr_head),
+        ("lr_backbone", lr_backbone),
+        ("weight_decay", weight_decay),
+    ):
+        check_number(f"model.{option}", value, 0)
+    check_number("model.momentum", momentum, 0)
+    if momentum >= 1:
+        raise ConfigError(
+            f"model.momentum must be a finite number in [0, 1), got {momentum!r} (SGD with "
+            "momentum >= 1 never forgets a gradient and diverges)"
         )
 
 
@@ -142,13 +181,9 @@ class ExpressionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.class_names = class_names(num_classes)
-        if class_weights is not None and len(class_weights) != num_classes:
-            raise ConfigError(
-                f"model.class_weights has {len(class_weights)} weights, expected {num_classes}"
-            )
-        for option, value in (("lr_head", lr_head), ("lr_backbone", lr_backbone)):
-            if value < 0:
-                raise ConfigError(f"model.{option} must be >= 0, got {value}")
+        check_model_options(
+            num_classes, input_size, class_weights, lr_head, lr_backbone, momentum, weight_decay
+        )
         check_schedule(lr_schedule, warmup_steps, min_lr_ratio, freeze_backbone_steps)
         self.save_hyperparameters()
         start = None if _FROM_CHECKPOINT.get() else pretrained

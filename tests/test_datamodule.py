@@ -101,9 +101,12 @@ def test_validation_faces_are_the_resized_frames(tiny_sample, tmp_path):
     ("kwargs", "message"),
     [
         ({"class_weighting": [1.0, 2.0]}, "data.class_weighting has 2 weights, expected 7"),
-        ({"class_weighting": [1, 1, 1, 0, 1, 1, 1]}, "weights must be positive"),
+        (
+            {"class_weighting": [1, 1, 1, 0, 1, 1, 1]},
+            r"data.class_weighting\[3\] \(Fear\) must be a finite number > 0, got 0",
+        ),
         ({"expw_dir": "/x"}, "data.expw_dir is set but data.affwild2_dir is not"),
-        ({"batch_size": 0}, "data.batch_size must be positive, got 0"),
+        ({"batch_size": 0}, "data.batch_size must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_options_are_refused_before_reading(kwargs, message):

@@ -10,7 +10,7 @@ import random
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -18,16 +18,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from ferlit.data.affwild2 import read_affwild2
+from ferlit.cli_values import check_number
+from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
 from ferlit.data.images import BOX_OVERFLOW, BoxOverflow, ImageError, load_face
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
-from ferlit.data.packed import Pack, PackedFaceDataset
+from ferlit.data.packed import Pack, PackedFaceDataset, check_pack_sources
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
 from ferlit.data.subsample import subsample
 from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.expressions import class_names
 
 ClassWeighting = Literal["inverse_frequency", "sqrt_inverse_frequency", "none"]
@@ -217,6 +218,10 @@ class ExpressionDataModule(pl.LightningDataModule):
         max_class_share: cap each class at this share of the training set (after
             ``frame_step``); class weights are computed from what remains. Validation always
             uses every frame.
+        allow_split_overlap: train and validate even when an Aff-Wild2 video is in both splits.
+            By default such a video stops ``setup`` with an error naming it and its two
+            annotation files (``affwild2.videos_in_both_splits``): its validation frames would
+            be near-duplicates of training frames.
     """
 
     def __init__(
@@ -250,6 +255,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         packed_dir: str | None = None,
         frame_step: int = 1,
         max_class_share: float | None = None,
+        allow_split_overlap: bool = False,
     ) -> None:
         super().__init__()
         if num_classes not in (7, 8):
@@ -261,13 +267,40 @@ class ExpressionDataModule(pl.LightningDataModule):
                 f"data.class_weighting has {len(class_weighting)} weights, expected "
                 f"{num_classes} (one per class: {', '.join(class_names(num_classes))})"
             )
-        if isinstance(class_weighting, list) and any(w <= 0 for w in class_weighting):
+        # Every number checked here, before any data is read (the CLI's types let NaN, infinity
+        # and out-of-range values through): a NaN weight or strength would only surface as a
+        # NaN loss, a negative num_workers or seed as a traceback from torch or numpy.
+        if isinstance(class_weighting, list):
+            for k, (weight, name) in enumerate(
+                zip(class_weighting, class_names(num_classes), strict=True)
+            ):
+                check_number(f"data.class_weighting[{k}] ({name})", weight, 0, above=True)
+        elif class_weighting not in get_args(ClassWeighting):
             raise ConfigError(
-                f"data.class_weighting: weights must be positive, got {class_weighting}"
+                f"data.class_weighting must be one of {', '.join(get_args(ClassWeighting))} or a "
+                f"list of {num_classes} weights, got {class_weighting!r}"
             )
-        for option, value in (("image_size", image_size), ("batch_size", batch_size)):
-            if value <= 0:
-                raise ConfigError(f"data.{option} must be positive, got {value}")
+        for option, value, low in (
+            ("image_size", image_size, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+        ):
+            check_number(f"data.{option}", value, low, integer=True)
+        if val_batch_size is not None:  # 0 would silently mean batch_size
+            check_number("data.val_batch_size", val_batch_size, 1, integer=True)
+        check_number("data.hflip", hflip, 0, 1)  # a probability
+        check_number("data.hue", hue, 0, 0.5)  # ColorJitter's hue range stops at 0.5
+        for option, value in (
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+            ("augment_strength", augment_strength),
+            ("expw_margin", expw_margin),
+        ):
+            check_number(f"data.{option}", value, 0)
+        if expw_min_confidence is not None:
+            check_number("data.expw_min_confidence", expw_min_confidence)
         if not (isinstance(frame_step, int) and frame_step >= 1):
             raise ConfigError(f"data.frame_step must be an integer >= 1, got {frame_step!r}")
         if max_class_share is not None and not 0 < max_class_share <= 1:
@@ -281,8 +314,6 @@ class ExpressionDataModule(pl.LightningDataModule):
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
             )
         self.save_hyperparameters()
-        if augment_strength < 0:
-            raise ConfigError(f"data.augment_strength must be >= 0, got {augment_strength}")
         s = augment_strength
         self.augmentation = (
             Augmentation(hflip, brightness * s, contrast * s, saturation * s, min(hue * s, 0.5))
@@ -321,6 +352,19 @@ class ExpressionDataModule(pl.LightningDataModule):
         (``read_affwild2``), even with ``trainer.num_sanity_val_steps`` 0."""
         if stage == "fit":
             self.train_index, self.val_index  # noqa: B018 (the properties build the indexes)
+            self._check_split_overlap()
+
+    def _check_split_overlap(self) -> None:
+        """Stop (or, with ``allow_split_overlap``, warn) when a video is in both splits."""
+        both = videos_in_both_splits(self.train_index, self.val_index)
+        if not both:
+            return
+        message = split_overlap_message(both)
+        if not self.hparams.allow_split_overlap:
+            raise DataError(
+                f"{message}. Keep each video in one split, or set data.allow_split_overlap true"
+            )
+        warnings.warn(f"{message} (data.allow_split_overlap is true)", DataWarning, stacklevel=2)
 
     @property
     def pack(self) -> Pack | None:
@@ -354,6 +398,14 @@ class ExpressionDataModule(pl.LightningDataModule):
                         f"data.{option} is {value!r} but {hp.packed_dir} was packed with "
                         f"{packed!r}; set data.{option} to {packed!r} or pack again"
                     )
+            stale = check_pack_sources(pack)
+            if stale is not None:  # trained on, the pack's old faces would disagree with the data
+                warnings.warn(
+                    f"{stale}; training reads the faces as they were packed: pack again into "
+                    "a new folder to train on the new images",
+                    DataWarning,
+                    stacklevel=2,
+                )
             self._pack = pack
         return self._pack
 
