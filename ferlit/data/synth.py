@@ -36,6 +36,7 @@ from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 from ferlit.data.index import SKIP_REASONS
 from ferlit.errors import ConfigError, DataError
 from ferlit.expressions import EXPRESSIONS_7, EXPW_TO_ABAW
+from ferlit.io import atomic_write
 
 SAMPLE_VERSION = "sample-v1"
 MANIFEST = "manifest.json"
@@ -653,6 +654,13 @@ class SampleData:
             ) from e
         except json.JSONDecodeError as e:
             raise DataError(f"{root / MANIFEST}: not valid JSON ({e})") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{root / MANIFEST}: cannot be read ({e})") from None
+        if not isinstance(manifest, dict):
+            raise DataError(
+                f"{root / MANIFEST}: a JSON {type(manifest).__name__}, expected an object; "
+                f"{root} is not complete sample data (delete it to have it written again)"
+            )
         if manifest.get("version") != SAMPLE_VERSION:
             raise DataError(
                 f"{root / MANIFEST}: version {manifest.get('version')!r}, expected {SAMPLE_VERSION!r}"
@@ -664,6 +672,21 @@ def default_sample_dir() -> Path:
     """``$FERLIT_SAMPLE_DIR``, else ``~/.cache/ferlit/sample-v1``."""
     env = os.environ.get("FERLIT_SAMPLE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ferlit" / SAMPLE_VERSION
+
+
+def _make_folder(folder: Path, why: str) -> None:
+    """``mkdir -p folder``, or a DataError naming the part of the path in the way."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = folder
+        while not blocker.exists() and blocker != blocker.parent:
+            blocker = blocker.parent
+        if blocker.exists() and not blocker.is_dir():
+            raise DataError(
+                f"{folder}: {blocker} is a file, so the folder cannot be made ({why})"
+            ) from None
+        raise DataError(f"{folder}: cannot be made ({e.strerror or e}; {why})") from None
 
 
 def write_sample_data(
@@ -681,6 +704,7 @@ def write_sample_data(
         raise ConfigError(f"scale must be a positive number, got {scale}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: exists and is not an empty folder; sample data needs a new one")
+    _make_folder(out, "sample data needs a new or empty folder it can write")
     videos = {
         "train": max(3, round(TRAIN_VIDEOS * scale)),
         "val": max(2, round(VAL_VIDEOS * scale)),
@@ -702,7 +726,8 @@ def write_sample_data(
         "affwild2": affwild2,
         "expw": expw,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with atomic_write(out / MANIFEST, "w", encoding="utf-8") as file:  # the data's completion mark
+        file.write(json.dumps(manifest, indent=2) + "\n")
     return SampleData(out, out / "affwild2", out / "expw", manifest)
 
 
@@ -718,15 +743,27 @@ def ensure_sample_data(
     interrupted write is never taken for a complete copy, and two processes writing at once
     both end up with the one that was renamed first.
     """
+    where = "" if path is not None else " (the sample data folder, FERLIT_SAMPLE_DIR)"
     path = Path(path) if path is not None else default_sample_dir()
     if not (path / MANIFEST).is_file():
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise DataError(
+                f"{path}{where}: is a file; expected a folder for the sample data (set "
+                "FERLIT_SAMPLE_DIR to another folder, or give the data folders)"
+            )
+        if path.exists() and any(path.iterdir()):
             raise DataError(
                 f"{path}: exists but holds no {MANIFEST}, so it is not complete sample data "
                 "(delete it to have it written again)"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        _make_folder(path.parent, f"the sample data{where} is written into it")
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        except OSError as e:
+            raise DataError(
+                f"{path}{where}: cannot be written ({e.strerror or e} in {path.parent}); set "
+                "FERLIT_SAMPLE_DIR to a writable folder, or give the data folders"
+            ) from None
         try:
             write_sample_data(tmp, seed, scale, progress)
             try:
