@@ -1,0 +1,217 @@
+"""Broken files and folders given to the commands: each ends in ferlit's own ``error: <message>``
+naming the path and what was expected (exit status 2), found before the long work starts; never
+a raw traceback (issue 13, "Raw tracebacks")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import ferlit.data.stats as stats
+from ferlit.data.__main__ import main as data_main
+from ferlit.errors import ConfigError
+from ferlit.evaluate import check_destinations
+from ferlit.evaluate import main as evaluate_main
+
+FORMATS = (
+    ".avif, .eps, .gif, .jpeg, .jpg, .pdf, .pgf, .png, .ps, .raw, .rgba, .svg, .svgz, .tif, "
+    ".tiff, .webp"
+)
+
+
+@pytest.fixture
+def no_indexing(monkeypatch):
+    """A stats run that would start counting fails the test: the checks come first."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the data were indexed before the --plot path was checked")
+
+    monkeypatch.setattr(stats, "dataset_stats", fail)
+
+
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [
+        ("missing/classes.png", "--plot {tmp}/missing/classes.png: the folder {tmp}/missing "
+         "does not exist; create it first"),
+        ("notes.txt/classes.png", "--plot {tmp}/notes.txt/classes.png: the folder "
+         "{tmp}/notes.txt is not a folder; create it first"),
+        ("classes.bmp", "--plot {tmp}/classes.bmp: format '.bmp'; expected a file name ending "
+         f"in one of {FORMATS}"),
+        ("classes", f"--plot {{tmp}}/classes: no suffix; expected a file name ending in one of "
+         f"{FORMATS}"),
+        ("folder.png", "--plot {tmp}/folder.png: is a folder; expected the plot's file name"),
+    ],
+)  # fmt: skip
+def test_stats_plot_path_is_checked_before_indexing(
+    plot, message, tmp_path, capsys, no_indexing, tiny_sample
+):
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "folder.png").mkdir()
+    argv = [
+        "stats",
+        "--affwild2-dir",
+        str(tiny_sample.affwild2_dir),
+        "--plot",
+        str(tmp_path / plot),
+    ]
+    assert data_main(argv) == 2
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+
+
+def test_plot_stats_checks_its_path_too(tmp_path):
+    with pytest.raises(ConfigError, match=r"plot path .*/x.docx: format '.docx'; expected a"):
+        stats.plot_stats({"splits": {}}, tmp_path / "x.docx")
+
+
+@pytest.mark.parametrize("which", ["--out", "--submission"])
+def test_an_output_folder_below_a_file_is_refused_before_predicting(which, tmp_path):
+    blocker = tmp_path / "results.csv"
+    blocker.write_text("a user's file")
+    out, submission = tmp_path / "eval", tmp_path / "sub"
+    target = blocker / "eval"
+    if which == "--out":
+        out = target
+    else:
+        submission = target
+    with pytest.raises(ConfigError) as caught:
+        check_destinations(out, submission, overwrite=False)
+    assert str(caught.value) == (
+        f"{which} {target}: {blocker} is a file, so the folder cannot be made there; "
+        "choose another folder"
+    )
+    assert blocker.read_text() == "a user's file"
+
+
+def test_an_output_folder_that_is_a_dangling_link_is_refused(tmp_path):
+    link = tmp_path / "eval"
+    link.symlink_to(tmp_path / "unmounted" / "eval")
+    with pytest.raises(ConfigError) as caught:
+        check_destinations(link, None, overwrite=False)
+    assert str(caught.value) == (
+        f"--out {link}: a link to {tmp_path / 'unmounted' / 'eval'}, which does not exist; "
+        "choose another folder"
+    )
+
+
+def test_a_read_only_output_folder_is_refused(tmp_path, monkeypatch):
+    import ferlit.evaluate
+
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    real_access = ferlit.evaluate.os.access
+
+    def access(path, mode):  # tests run as root, for whom chmod 0o555 denies nothing
+        return False if Path(path) == parent else real_access(path, mode)
+
+    monkeypatch.setattr(ferlit.evaluate.os, "access", access)
+    with pytest.raises(ConfigError) as caught:
+        check_destinations(parent / "a" / "b", None, overwrite=False)
+    assert str(caught.value) == (
+        f"--out {parent / 'a' / 'b'}: {parent} is not writable; choose another folder"
+    )
+
+
+def test_evaluate_out_below_a_file_stops_before_reading_data(
+    tiny_sample, tmp_path, capsys, monkeypatch, train_and_save
+):
+    import ferlit.evaluate
+
+    checkpoint = tmp_path / "model.ckpt"
+    train_and_save(checkpoint)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the split was read before --out was checked")
+
+    monkeypatch.setattr(ferlit.evaluate, "frames_to_evaluate", fail)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["--ckpt", str(checkpoint), "--out", str(blocker / "eval")]
+    argv += ["--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--data.num_workers", "0"]
+    argv += ["--trainer.accelerator", "cpu"]
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {blocker / 'eval'}: {blocker} is a file, so the folder cannot be made "
+        "there; choose another folder\n"
+    )
+
+
+def test_a_sample_data_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
+    from ferlit.data.synth import ensure_sample_data
+    from ferlit.errors import DataError
+
+    blocker = tmp_path / "sample"
+    blocker.write_text("a user's file")
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(blocker))
+    with pytest.raises(DataError) as caught:
+        ensure_sample_data(progress=False)
+    assert str(caught.value) == (
+        f"{blocker} (the sample data folder, FERLIT_SAMPLE_DIR): is a file; expected a folder "
+        "for the sample data (set FERLIT_SAMPLE_DIR to another folder, or give the data folders)"
+    )
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(blocker / "sample"))  # below a file
+    with pytest.raises(DataError) as caught:
+        ensure_sample_data(progress=False)
+    assert str(caught.value) == (
+        f"{blocker}: {blocker} is a file, so the folder cannot be made (the sample data (the "
+        "sample data folder, FERLIT_SAMPLE_DIR) is written into it)"
+    )
+    assert blocker.read_text() == "a user's file"
+
+
+def test_a_sample_data_folder_not_writable_is_named(tmp_path, monkeypatch):
+    import ferlit.data.synth as synth
+    from ferlit.errors import DataError
+
+    def denied(*args, **kwargs):  # tests run as root, for whom chmod 0o555 denies nothing
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(synth.tempfile, "mkdtemp", denied)
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(tmp_path / "sample"))
+    with pytest.raises(DataError) as caught:
+        synth.ensure_sample_data(progress=False)
+    assert str(caught.value) == (
+        f"{tmp_path / 'sample'} (the sample data folder, FERLIT_SAMPLE_DIR): cannot be written "
+        f"(Permission denied in {tmp_path}); set FERLIT_SAMPLE_DIR to a writable folder, or give "
+        "the data folders"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_out_below_a_file_and_a_damaged_sample_manifest(tmp_path, capsys):
+    blocker = tmp_path / "notes"
+    blocker.write_text("")
+    assert data_main(["synth", "--out", str(blocker / "data")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {blocker / 'data'}: {blocker} is a file, so the folder cannot be made (sample "
+        "data needs a new or empty folder it can write)\n"
+    )
+    from ferlit.data.synth import SampleData
+    from ferlit.errors import DataError
+
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"manifest.json: a JSON list, expected an object; "):
+        SampleData.open(tmp_path)
+
+
+def test_fit_names_a_sample_data_folder_that_is_a_file(tmp_path, monkeypatch, capsys):
+    from ferlit.fit import main as fit_main
+
+    blocker = tmp_path / "sample"
+    blocker.write_text("")
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(blocker))
+    argv = ["--trainer.accelerator", "cpu", "--trainer.max_steps", "1", "--data.num_workers", "0"]
+    argv += ["--trainer.default_root_dir", str(tmp_path / "runs")]
+    with pytest.raises(SystemExit) as stop:
+        fit_main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"error: {blocker} (the sample data folder, FERLIT_SAMPLE_DIR): is a file; expected a "
+        "folder for the sample data (set FERLIT_SAMPLE_DIR to another folder, or give the data "
+        "folders)"
+    )
+    assert "Traceback" not in err
