@@ -107,11 +107,22 @@ def may_change(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE)
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``option old -> new`` for every option that differs and may not change on resume."""
+def config_differences(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """``option old -> new`` for every option that differs and may not change on resume.
+
+    With ``defaults`` (this ferlit's option defaults, flattened), an option the checkpoint does
+    not record (added to ferlit after the run started, e.g. by a ``git pull`` between two
+    requeues) is no difference when the resumed run leaves it at its default: ferlit's new
+    options default to the behaviour that came before them.
+    """
+    defaults = defaults or {}
     lines = []
     for key in sorted(set(saved) | set(current)):
         if may_change(key):
+            continue
+        if key not in saved and key in defaults and current.get(key) == defaults[key]:
             continue
         old, new = saved.get(key, "(unset)"), current.get(key, "(unset)")
         if old != new:

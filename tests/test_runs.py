@@ -342,3 +342,27 @@ def test_resume_from_another_cwd_continues_in_the_checkpoints_run_folder(
     assert [s["cwd"] for s in starts] == [str(work), str(elsewhere)]
     assert starts[1]["resumed_from"] == str(last)
     assert saved_step(last) == 6
+
+
+def test_an_option_newer_than_the_checkpoint_left_at_its_default_may_resume(
+    tiny_sample, tmp_path, monkeypatch, capsys
+):
+    """A checkpoint written before ferlit gained an option (a git pull between two requeues)
+    resumes when that option is at its default, and is refused when it is not."""
+    saved = {"model.lr_head": 0.01}
+    current = saved | {"data.strict_images": False}
+    assert config_differences(saved, current) == ["data.strict_images '(unset)' -> False"]
+    assert config_differences(saved, current, {"data.strict_images": False}) == []
+
+    monkeypatch.chdir(tmp_path)
+    main(sample_args(tiny_sample, "--trainer.max_steps", "3"))
+    last = tmp_path / "runs/sample/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    del checkpoint["ferlit"]["config"]["data.strict_images"]  # as an older ferlit wrote it
+    torch.save(checkpoint, last)
+    with pytest.raises(SystemExit) as refused:
+        main(sample_args(tiny_sample, "--ckpt_path", "last", "--data.strict_images", "true"))
+    assert refused.value.code == 2
+    assert "options that differ: data.strict_images '(unset)' -> True." in capsys.readouterr().err
+    resumed = main(sample_args(tiny_sample, "--ckpt_path", "last", "--trainer.max_steps", "6"))
+    assert resumed.trainer.global_step == 6
