@@ -28,6 +28,7 @@ from ferlit.data.packed import Pack, PackedFaceDataset, check_pack_sources
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
 from ferlit.data.subsample import subsample
 from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
+from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.expressions import class_names
 
@@ -507,6 +508,7 @@ class ExpressionDataModule(pl.LightningDataModule):
             pin_memory=hp.pin_memory and torch.cuda.is_available(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             drop_last=False,
+            worker_init_fn=exit_with_parent,  # no worker outlives a killed run
         )
 
     def train_dataloader(self) -> DataLoader:

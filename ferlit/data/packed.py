@@ -22,6 +22,12 @@ Packing is atomic and resumable: it writes into ``<out>.partial/`` and renames t
 once ``manifest.json`` is written, so a folder with a manifest is always complete. Frames are
 written a chunk at a time; a chunk is recorded as done only after its bytes are synced to disk,
 and packing again with the same options resumes at the first chunk not done.
+
+A pack records what its faces were made from (``sources.npz`` per part: each image file's size
+and modification time, each folder's modification time; their digest in the manifest). Packing
+again into a complete or interrupted pack whose images have changed since is refused, naming the
+first changed image (its faces are the old images'), and a DataModule opening a pack whose data
+folders changed (frames added or removed, an ExpW image replaced) warns.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,9 +53,11 @@ from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
 from ferlit.data.images import BOX_OVERFLOW, load_face
-from ferlit.data.index import FrameIndex
+from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
 from ferlit.data.transforms import build_transform, to_chw_uint8
-from ferlit.errors import ConfigError, DataError
+from ferlit.data.workers import exit_with_parent
+from ferlit.errors import ConfigError, DataError, DataWarning
+from ferlit.io import atomic_write
 
 PACK_VERSION = "ferlit-pack-v1"
 MANIFEST = "manifest.json"
@@ -58,6 +67,11 @@ FRAMES_FILE = "frames.npy"
 INDEX_FILE = "index.npz"
 PARTIAL_SUFFIX = ".partial"
 PARTS = ("affwild2_train", "affwild2_val", "expw")
+#: Per part: the size and modification time of each sample's image file and the modification
+#: time of each group's folder when it was packed (``source_stats``), to tell a stale pack.
+SOURCES_FILE = "sources.npz"
+#: The data folder (a key of the manifest's ``sources``) each part's faces come from.
+PART_SOURCE = {"affwild2_train": "affwild2", "affwild2_val": "affwild2", "expw": "expw"}
 #: Faces per chunk: the unit of resuming (~38 MB at 112x112).
 CHUNK_SIZE = 1024
 
@@ -80,6 +94,12 @@ class Pack:
                 raise DataError(
                     f"{root}: an interrupted pack, not a complete one; pack again with "
                     f"--out {out} to resume it"
+                )
+            if (partial / MANIFEST).is_file():
+                raise DataError(
+                    f"{root}: the pack is complete in {partial} but was not renamed into place "
+                    "(interrupted at its last step); run python -m ferlit.data pack with --out "
+                    f"{root} and the same options again to finish it"
                 )
             if partial.is_dir():
                 raise DataError(
@@ -343,11 +363,16 @@ def pack(
             for part, ix in indexes.items()
         },
     }
+    roots = {part: plan["sources"][PART_SOURCE[part]] for part in indexes}
+    sources = {part: source_stats(ix, roots[part]) for part, ix in indexes.items()}
+    for part, stats in sources.items():
+        plan["parts"][part]["sources_sha256"] = _stats_digest(stats)
     plan = json.loads(json.dumps(plan))  # as it reads back from disk
 
     if (out / MANIFEST).is_file():
         existing = Pack.open(out)
-        if _plan_of(existing.manifest) != plan:
+        _refuse_changed_sources(out, existing.manifest, indexes, roots, sources)
+        if _plan_of(existing.manifest) != _as_recorded(plan, existing.manifest):
             raise DataError(
                 f"{out}: already holds a complete pack of other data or options "
                 f"({_differences(_plan_of(existing.manifest), plan)}); choose another --out"
@@ -357,6 +382,23 @@ def pack(
         raise DataError(f"{out}: exists and is not a ferlit pack; choose another --out")
 
     partial = _partial_dir(out)
+    if (partial / MANIFEST).is_file():  # killed after the manifest, before the final rename
+        finished = Pack.open(partial)
+        _refuse_changed_sources(partial, finished.manifest, indexes, roots, sources)
+        if _plan_of(finished.manifest) != _as_recorded(plan, finished.manifest):
+            raise DataError(
+                f"{partial}: a complete pack of other data or options "
+                f"({_differences(_plan_of(finished.manifest), plan)}), not yet renamed to {out}; "
+                "pack with its options to finish it, or delete it to start over"
+            )
+        _finish(partial, out)
+        warnings.warn(
+            f"{partial}: the pack was complete but not yet renamed (interrupted at its last "
+            f"step); renamed it to {out}",
+            DataWarning,
+            stacklevel=2,
+        )
+        return Pack.open(out)
     if partial.is_dir():
         try:
             started = json.loads((partial / PLAN).read_text())
@@ -365,14 +407,16 @@ def pack(
                 f"{partial / PLAN}: unreadable ({e}); {partial} is not a resumable pack, "
                 "delete it to pack again"
             ) from None
-        if started != plan:
+        if isinstance(started, dict):
+            _refuse_changed_sources(partial, started, indexes, roots, sources)
+        if started != _as_recorded(plan, started):
             raise DataError(
                 f"{partial}: an interrupted pack of other data or options "
                 f"({_differences(started, plan)}); pack with the same options to resume it, or "
                 "delete it to start over"
             )
     else:
-        _start(partial, plan, indexes)
+        _start(partial, plan, indexes, sources)
 
     done = json.loads((partial / PROGRESS).read_text())
     transform = build_transform(size, None)
@@ -398,7 +442,11 @@ def pack(
                 continue
             source = _ResizedFaces(ix, transform, expw_margin, expw_box_overflow)
             loader = DataLoader(
-                source, batch_sampler=todo, num_workers=workers, collate_fn=np.stack
+                source,
+                batch_sampler=todo,
+                num_workers=workers,
+                collate_fn=np.stack,
+                worker_init_fn=exit_with_parent,  # a killed pack leaves no worker decoding
             )
             with _FramesWriter(partial / part / FRAMES_FILE) as writer:
                 for rows, faces in zip(todo, loader, strict=True):
@@ -409,11 +457,17 @@ def pack(
 
     manifest = plan | {"complete": True}
     _write_json(partial / MANIFEST, manifest)
-    (partial / PLAN).unlink()
-    (partial / PROGRESS).unlink()
+    _finish(partial, out)
+    return Pack.open(out)
+
+
+def _finish(partial: Path, out: Path) -> None:
+    """Drop a complete pack's resume records and rename it into place. Re-run safely: a kill
+    anywhere in here leaves a ``partial`` with its manifest, which the next ``pack`` finishes."""
+    (partial / PLAN).unlink(missing_ok=True)
+    (partial / PROGRESS).unlink(missing_ok=True)
     partial.rename(out)
     _fsync_dir(out.parent)
-    return Pack.open(out)
 
 
 class _ResizedFaces(Dataset):
@@ -462,7 +516,12 @@ class _FramesWriter:
         os.fdatasync(self.fd)
 
 
-def _start(partial: Path, plan: dict[str, Any], indexes: dict[str, FrameIndex]) -> None:
+def _start(
+    partial: Path,
+    plan: dict[str, Any],
+    indexes: dict[str, FrameIndex],
+    sources: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> None:
     """Lay out a new partial pack, in a folder of its own renamed into place once complete."""
     setup = partial.with_name(f"{partial.name}.setup-{os.getpid()}")
     shutil.rmtree(setup, ignore_errors=True)
@@ -471,6 +530,8 @@ def _start(partial: Path, plan: dict[str, Any], indexes: dict[str, FrameIndex]) 
         for part, ix in indexes.items():
             (setup / part).mkdir(parents=True)
             ix.save(setup / part / INDEX_FILE)
+            files, folders = sources[part]
+            np.savez(setup / part / SOURCES_FILE, files=files, folders=folders)
             frames = np.lib.format.open_memmap(
                 setup / part / FRAMES_FILE, "w+", np.uint8, (len(ix), size, size, 3)
             )
@@ -506,6 +567,184 @@ def _index_digest(index: FrameIndex) -> str:
     return h.hexdigest()
 
 
+# -- staleness: the images a pack was made from, as they were ----------------------------------
+
+
+def source_stats(index: FrameIndex, root: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the pack's faces were made from, as it is on disk now: per sample, the ``(size,
+    st_mtime_ns)`` of its image file (an ExpW image once per face); per group, the
+    ``st_mtime_ns`` of its folder (an Aff-Wild2 video folder, ExpW's ``image/origin``). -1 where
+    a file or folder is missing.
+
+    A replaced image (re-cropped frames, a re-downloaded ExpW image) changes its file's size or
+    time; a frame added or removed changes its folder's time. Paths are taken from ``root``, the
+    absolute data folder the manifest records (``sources``), not the index's spelling of it.
+    One ``stat`` per image: about a second per 100k on a local disk, small beside decoding them.
+    """
+    files = np.full((len(index), 2), -1, np.int64)
+    seen: dict[str, tuple[int, int]] = {}
+    for i in range(len(index)):
+        path = os.path.join(root, _image_of(index, i))
+        if path not in seen:
+            try:
+                st = os.stat(path)
+                seen[path] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                seen[path] = (-1, -1)
+        files[i] = seen[path]
+    folders = np.array(
+        [_mtime(os.path.join(root, _folder_of(index, g))) for g in range(len(index.group_names))],
+        np.int64,
+    )
+    return files, folders
+
+
+def _image_of(index: FrameIndex, i: int) -> str:
+    """Sample ``i``'s image file relative to its root (as ``FrameIndex.image_path`` joins it)."""
+    name = str(index.group_names[index.groups[i]])
+    if index.group_kinds[index.groups[i]] == FRAME_FOLDER:
+        return os.path.join(name, f"{index.frames[i]:05d}.jpg")
+    return name
+
+
+def _folder_of(index: FrameIndex, g: int) -> str:
+    """The folder of group ``g`` relative to its root: the video folder, or the image's folder."""
+    name = str(index.group_names[g])
+    return name if index.group_kinds[g] == FRAME_FOLDER else os.path.dirname(name)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _stats_digest(stats: tuple[np.ndarray, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for array in stats:
+        h.update(np.ascontiguousarray(array, np.int64).tobytes())
+    return h.hexdigest()
+
+
+def first_changed(
+    index: FrameIndex,
+    root: str,
+    recorded: tuple[np.ndarray, np.ndarray],
+    now: tuple[np.ndarray, np.ndarray],
+) -> str | None:
+    """The first image file or folder whose state differs between ``recorded`` and ``now``
+    (``source_stats`` arrays of the same index), said in words; None when none does."""
+    files_then, folders_then = recorded
+    files_now, folders_now = now
+    if files_then.shape == files_now.shape:
+        changed = np.flatnonzero((files_then != files_now).any(axis=1))
+        if len(changed):
+            i = int(changed[0])
+            path = os.path.join(root, _image_of(index, i))
+            what = "is gone" if files_now[i, 0] < 0 else "was replaced (its size or time changed)"
+            more = f", and {len(changed) - 1} more faces' images" if len(changed) > 1 else ""
+            return f"{path} {what}{more}"
+    if folders_then.shape == folders_now.shape:
+        changed = np.flatnonzero(folders_then != folders_now)
+        if len(changed):
+            folder = os.path.join(root, _folder_of(index, int(changed[0])))
+            more = f", and {len(changed) - 1} more folders" if len(changed) > 1 else ""
+            return f"{folder} changed (files added, removed or renamed){more}"
+    return None
+
+
+def _load_sources(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A part's recorded ``source_stats``; None for a pack from before they were recorded."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["files"], z["folders"]
+    except FileNotFoundError:
+        return None
+    except _DAMAGED_NPZ as e:
+        raise DataError(f"{path}: damaged ({_short(e)}); pack the data again") from None
+
+
+def _refuse_changed_sources(
+    pack_dir: Path,
+    recorded_plan: dict[str, Any],
+    indexes: dict[str, FrameIndex],
+    roots: dict[str, str],
+    sources: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> None:
+    """Refuse a complete or partial pack made from images that have changed since.
+
+    Its faces are the old images': returning it (or resuming it) would train on them while the
+    data folder says otherwise. A part whose index changed too is left to the plan comparison
+    (other data), a pack from before sources were recorded is not checked.
+    """
+    parts = recorded_plan.get("parts")
+    if not isinstance(parts, dict):
+        return
+    for part, ix in indexes.items():
+        info = parts.get(part)
+        if not isinstance(info, dict) or "sources_sha256" not in info:
+            continue
+        if info.get("index_sha256") != _index_digest(ix):
+            continue
+        if info["sources_sha256"] == _stats_digest(sources[part]):
+            continue
+        recorded = _load_sources(pack_dir / part / SOURCES_FILE)
+        what = first_changed(ix, roots[part], recorded, sources[part]) if recorded else None
+        raise DataError(
+            f"{pack_dir}: images of its {part} changed since they were packed "
+            f"({what or 'sizes or times differ'}); its faces are the old ones. Delete {pack_dir} "
+            "and pack again, or pack into another --out"
+        )
+
+
+def check_pack_sources(pack: Pack) -> str | None:
+    """Whether the data folders a pack was made from still look as they did, said in words when
+    they do not (None when they do, or cannot be checked: a pack from before sources were
+    recorded, or data folders not on this machine).
+
+    The cheap check, run each time a DataModule opens a pack: the modification time of each
+    video folder (frames added or removed) and of ExpW's images (one stat per ExpW image, ~24k).
+    Aff-Wild2 frames replaced in place under the same names are seen by ``pack`` run again,
+    which stats every file.
+    """
+    for part in pack.parts:
+        root = pack.manifest.get("sources", {}).get(PART_SOURCE[part])
+        recorded = _load_sources(pack.root / part / SOURCES_FILE)
+        if root is None or recorded is None or not os.path.isdir(root):
+            continue
+        index = pack.index(part)
+        folders = np.array(
+            [
+                _mtime(os.path.join(root, _folder_of(index, g)))
+                for g in range(len(index.group_names))
+            ],
+            np.int64,
+        )
+        if (index.group_kinds == BOXED_IMAGE).all():
+            now = source_stats(index, root)
+        else:
+            now = (recorded[0], folders)
+        what = first_changed(index, root, recorded, now)
+        if what is not None:
+            return f"{pack.root}: the images of its {part} changed since they were packed ({what})"
+    return None
+
+
+def _as_recorded(plan: dict[str, Any], recorded: Any) -> dict[str, Any]:
+    """``plan`` without the sources digests when ``recorded`` (a manifest or plan) is from before
+    they were recorded, so such a pack still compares equal to the same data and options."""
+    parts = recorded.get("parts") if isinstance(recorded, dict) else None
+    if not isinstance(parts, dict) or any(
+        isinstance(info, dict) and "sources_sha256" in info for info in parts.values()
+    ):
+        return plan
+    stripped = {part: dict(info) for part, info in plan["parts"].items()}
+    for info in stripped.values():
+        info.pop("sources_sha256", None)
+    return plan | {"parts": stripped}
+
+
 def _plan_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in manifest.items() if k != "complete"}
 
@@ -520,14 +759,11 @@ def _partial_dir(out: Path) -> Path:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write aside, sync, rename: the file is either the old one or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    """Write aside, sync, rename (:func:`ferlit.io.atomic_write`): the file is either the old
+    one or the whole new one, and a failed write leaves no temporary file."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(value, f, indent=2)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
