@@ -10,6 +10,7 @@ bounded, so the test takes seconds and fails the same way on every machine.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -31,6 +32,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 FRAMES_ON_DISK = 4
+#: What a parsed label or label.lst integer field must be.
+ASCII_INT = re.compile(r"-?[0-9]+")
 BLACK = np.zeros((8, 8, 3), np.uint8)
 #: Tokens a parser built on int()/float()/split() may accept or trip over.
 TRICKY = [
@@ -137,6 +140,10 @@ def test_any_annotation_file_parses_or_raises_data_error(affwild2_tree, content)
     event(f"parsed, {len(index)} samples")
     lines = content.decode("utf-8-sig").split("\n")
     assert lines[0].strip() in AFFWILD2_HEADERS
+    body = [line.strip() for line in lines[1:]]
+    while body and not body[-1]:
+        body.pop()
+    assert all(ASCII_INT.fullmatch(line) for line in body)  # int() reads "٣", "+3", "1_0" too
     for label, frame, line in zip(index.labels, index.frames, index.lines, strict=True):
         assert 1 <= frame <= FRAMES_ON_DISK and line == frame + 1
         assert int(lines[line - 1].strip()) == label >= 0
@@ -158,5 +165,7 @@ def test_any_label_list_parses_or_raises_data_error(expw_tree, content):
     for label, line, box in zip(index.labels, index.lines, index.boxes, strict=True):
         fields = lines[line - 1].split()
         assert len(fields) == 8 and fields[0] in ("a.jpg", "b.jpg")
+        assert all(ASCII_INT.fullmatch(fields[c]) for c in (1, 2, 3, 4, 5, 7))
+        assert fields[6].isascii() and "_" not in fields[6]
         assert EXPW_TO_ABAW[int(fields[7])] == label
         assert box.tolist() == [int(v) for v in fields[2:6]]
