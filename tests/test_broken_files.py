@@ -215,3 +215,87 @@ def test_fit_names_a_sample_data_folder_that_is_a_file(tmp_path, monkeypatch, ca
         "folders)"
     )
     assert "Traceback" not in err
+
+
+WEIGHTS_FORMATS = ".pkl (VGGFace2 PyTorch port), .pth/.pt/.ckpt (torch state dict), .safetensors"
+
+
+def weights_error(path) -> str:
+    import timm
+
+    from ferlit.errors import WeightsError
+    from ferlit.models import load_vggface2_weights
+
+    model = timm.create_model("legacy_seresnet18", layers=(1, 1, 1, 1), num_classes=7)
+    with pytest.raises(WeightsError) as caught:
+        load_vggface2_weights(model, path)
+    return str(caught.value)
+
+
+def test_a_safetensors_header_that_lies_is_named(tmp_path):
+    import struct
+
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"conv1.weight": torch.zeros(3)}, path)
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    for lie in (10**9, 2**63, 3):  # longer than the file, absurd, shorter than the header
+        path.write_bytes(struct.pack("<Q", lie) + raw[8:])
+        assert weights_error(path).startswith(
+            f"{path}: safetensors failed (corrupt, truncated or not a weights file; "
+            "SafetensorError: Error while deserializing header: "
+        )
+    header = raw[8 : 8 + length].replace(b"[0,12]", b"[0,99]")  # data past the end
+    path.write_bytes(raw[:8] + header + raw[8 + length :])
+    assert "SafetensorError: Error while deserializing header" in weights_error(path)
+    path.write_bytes(raw[:-4])  # truncated tensor data
+    assert weights_error(path).endswith(f"expected {WEIGHTS_FORMATS}")
+
+
+@pytest.mark.parametrize(
+    ("stored", "found"),
+    [([1.0, 2.0], "list"), ((), "tuple"), ({}, "dict"), (7, "int")],
+)
+def test_a_pth_that_is_not_a_dict_of_tensors_is_named(tmp_path, stored, found):
+    import torch
+
+    path = tmp_path / "w.pth"
+    torch.save(stored, path)
+    assert weights_error(path) == (
+        f"{path}: expected a non-empty dict of name -> tensor (or one under 'state_dict' or "
+        f"'model'), got {found}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01", "EOFError"),  # truncated
+        (b"\x80\x02h\xde.", "UnpicklingError: Memo value not found at index 222"),
+        (b"\x80\x02a.", "IndexError: pop from empty list"),  # an append onto an empty stack
+        (b"\x80\x02J\x01\x02", "struct.error: unpack requires a buffer of 4 bytes"),  # cut short
+    ],
+)
+def test_a_damaged_pkl_is_named(tmp_path, content, kind):
+    path = tmp_path / "senet50_ft_weight.pkl"
+    path.write_bytes(content)
+    message = weights_error(path)
+    assert message.startswith(
+        f"{path}: unpickle failed (corrupt, truncated or not a weights file; {kind}"
+    )
+    assert message.endswith(f"); expected {WEIGHTS_FORMATS}")
+
+
+def test_an_empty_or_folder_weights_file_is_named(tmp_path):
+    for name in ("w.pkl", "w.pth", "w.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+        assert weights_error(tmp_path / name) == (
+            f"{tmp_path / name}: empty file (0 bytes); expected {WEIGHTS_FORMATS}"
+        )
+    (tmp_path / "folder.pth").mkdir()
+    assert weights_error(tmp_path / "folder.pth") == (
+        f"{tmp_path / 'folder.pth'}: is a folder; expected a weights file, {WEIGHTS_FORMATS}"
+    )

@@ -257,7 +257,7 @@ def test_a_corrupt_pickle_is_a_weights_error(tmp_path: Path) -> None:
     path = tmp_path / "w.pkl"
     path.write_bytes(pickle.dumps({"a": np.zeros(3)})[:-9])
     with pytest.raises(
-        WeightsError, match=r"w\.pkl: unpickle failed \(corrupt or not a weights file\)"
+        WeightsError, match=r"w\.pkl: unpickle failed \(corrupt, truncated or not a weights file; "
     ):
         load_vggface2_weights(tiny_senet(), path)
 

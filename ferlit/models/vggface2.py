@@ -34,6 +34,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -278,8 +279,12 @@ def read_weights(path: Path) -> Mapping[str, Any]:
             f"{path}: unknown weights format {suffix or '(no extension)'!r}; "
             f"expected {ACCEPTED_FORMATS}"
         )
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder; expected a weights file, {ACCEPTED_FORMATS}")
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file; expected {ACCEPTED_FORMATS}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file (0 bytes); expected {ACCEPTED_FORMATS}")
     if suffix in SAFETENSORS_SUFFIXES:
         return _guarded(path, "safetensors", lambda: load_safetensors(path, device="cpu"))
     if suffix in TORCH_SUFFIXES or zipfile.is_zipfile(path):
@@ -301,8 +306,21 @@ def _guarded(path: Path, how: str, read: Callable[[], Any]) -> Any:
         SafetensorError,
         ValueError,
         TypeError,
+        # what the pure-Python unpickler raises on a truncated or random byte stream (an opcode
+        # that pops an empty stack, a memo key never stored, struct.error for short arguments)
+        IndexError,
+        KeyError,
+        AttributeError,
+        struct.error,
+        OSError,
     ) as err:
-        raise WeightsError(f"{path}: {how} failed (corrupt or not a weights file): {err}") from err
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        kind = "struct.error" if isinstance(err, struct.error) else type(err).__name__
+        detail = f"{kind}: {detail[:100]}" if detail else kind
+        raise WeightsError(
+            f"{path}: {how} failed (corrupt, truncated or not a weights file; {detail}); "
+            f"expected {ACCEPTED_FORMATS}"
+        ) from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
