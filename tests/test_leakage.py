@@ -166,7 +166,9 @@ def test_packing_again_after_an_expw_image_changed_is_refused_naming_it(tmp_path
     pack_it(tmp_path / "pack", affwild2, expw)
     image = expw / "image/origin" / "y.jpg"
     replace_image(image, 20, size=32)  # same size in pixels, a re-download
-    with pytest.raises(DataError, match=rf"images of its expw changed .*\({re.escape(str(image))} "):
+    with pytest.raises(
+        DataError, match=rf"images of its expw changed .*\({re.escape(str(image))} "
+    ):
         pack_it(tmp_path / "pack", affwild2, expw)
     image.unlink()
     with pytest.raises(DataError, match=r"image/origin/y\.jpg does not exist"):  # the reader
@@ -188,7 +190,9 @@ def test_a_datamodule_warns_on_a_pack_whose_data_changed(tmp_path, small_data):
         assert len(open_pack()) == 7  # unchanged: no warning
 
     replace_image(expw / "image/origin" / "x.jpg", 200, size=32)
-    with pytest.warns(DataWarning, match=r"its expw changed since .*x\.jpg was replaced.*pack again"):
+    with pytest.warns(
+        DataWarning, match=r"its expw changed since .*x\.jpg was replaced.*pack again"
+    ):
         open_pack()
     replace_image(expw / "image/origin" / "x.jpg", 60, size=32)  # time moved on: still changed
     (tmp_path / "pack" / "expw" / "sources.npz").unlink()  # as a pack from before the check
@@ -220,3 +224,32 @@ def test_resuming_a_pack_whose_images_changed_is_refused(tmp_path, small_data, m
         DataError, match=rf"pack\.partial: images of its affwild2_train changed .*{frame.name}"
     ):
         pack_it(tmp_path / "pack", affwild2, expw)
+
+
+def test_the_stats_command_warns_of_videos_in_both_splits(overlapping):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferlit.data",
+            "stats",
+            "--affwild2-dir",
+            str(overlapping),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    train = annotation_dir(overlapping, "abaw2020", "train") / "shared.txt"
+    val = annotation_dir(overlapping, "abaw2020", "val") / "shared.txt"
+    assert done.stderr == (
+        "warning: 1 Aff-Wild2 video is in both the train and the val split, so trained and "
+        f"validated on: shared ({train} and {val}); training stops on this unless "
+        "data.allow_split_overlap is true\n"
+    )
+    assert '"video": "shared"' in done.stdout
