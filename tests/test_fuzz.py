@@ -10,6 +10,7 @@ bounded, so the test takes seconds and fails the same way on every machine.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -169,3 +170,86 @@ def test_any_label_list_parses_or_raises_data_error(expw_tree, content):
         assert fields[6].isascii() and "_" not in fields[6]
         assert EXPW_TO_ABAW[int(fields[7])] == label
         assert box.tolist() == [int(v) for v in fields[2:6]]
+
+
+# -- pack manifests ----------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=12),
+        st.sampled_from(["ferlit-pack-v1", "expw", "affwild2_train", "clip", "pad", "samples"]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@pytest.fixture(scope="module")
+def one_face_pack(tmp_path_factory) -> tuple[Path, dict]:
+    """A complete pack of one ExpW face at 8x8 pixels, and its manifest as written (its own
+    ExpW tree: the label.lst test rewrites ``expw_tree``'s)."""
+    from ferlit.data.packed import pack
+
+    expw = tmp_path_factory.mktemp("expw-packed")
+    (expw / IMAGES_DIR).mkdir(parents=True)
+    cv2.imwrite(str(expw / IMAGES_DIR / "a.jpg"), BLACK)
+    write_label_list(expw / LABEL_FILE, [ExpWFace("a.jpg", 0, 0, 0, 4, 4, 1.0, 3)])
+    root = tmp_path_factory.mktemp("pack")
+    out = pack(
+        root / "pack",
+        expw_dir=expw,
+        size=8,
+        workers=0,
+        progress=False,
+        index_cache=False,
+    )
+    return out.root, json.loads((out.root / "manifest.json").read_text())
+
+
+def mutated(manifest: dict, data) -> object:
+    """The written manifest with one key (top-level or of a part) replaced, added or deleted."""
+    manifest = json.loads(json.dumps(manifest))
+    info = manifest["parts"]["expw"]
+    target = data.draw(st.sampled_from(["top", "part", "parts"]), label="where")
+    into = {"top": manifest, "part": info, "parts": manifest["parts"]}[target]
+    key = data.draw(st.one_of(st.sampled_from(sorted(into)), st.text(max_size=8)), label="key")
+    if data.draw(st.booleans(), label="delete"):
+        into.pop(key, None)
+    else:
+        into[key] = data.draw(json_values, label="value")
+    return manifest
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_pack_manifest_opens_or_raises_data_error_naming_it(one_face_pack, data):
+    from ferlit.data.packed import Pack
+
+    root, written = one_face_pack
+    kind = data.draw(st.sampled_from(["mutated", "json", "bytes"]), label="kind")
+    if kind == "mutated":
+        content = json.dumps(mutated(written, data)).encode()
+    elif kind == "json":
+        content = json.dumps(data.draw(json_values, label="manifest")).encode()
+    else:
+        content = data.draw(st.binary(max_size=200), label="bytes")
+    (root / "manifest.json").write_bytes(content)
+    try:
+        opened = Pack.open(root)
+    except DataError as e:
+        event(str(e).split(": ", 2)[1][:40])
+        assert str(root) in str(e)
+    else:  # what opens is usable: every part's index and frames read as the manifest says
+        event("opened")
+        for part in opened.parts:
+            assert len(opened.index(part)) == len(opened.frames(part))
+        assert opened.frames("expw").shape[1:] == (opened.image_size, opened.image_size, 3)
+        assert opened.num_classes in (7, 8)
+    finally:
+        (root / "manifest.json").write_text(json.dumps(written))

@@ -258,8 +258,8 @@ def copy_of(packed_sample, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda m: [m], r"manifest.json: a JSON list, expected an object"),
-        (lambda m: "pack", r"manifest.json: a JSON str, expected an object"),
+        (lambda m: [m], r"manifest.json: a JSON array, expected an object"),
+        (lambda m: "pack", r"manifest.json: a JSON string, expected an object"),
         (lambda m: {k: v for k, v in m.items() if k != "parts"}, r"'parts' is missing"),
         (lambda m: m | {"parts": []}, r"'parts' is \[\], expected an object with some of"),
         (lambda m: m | {"parts": {"test": {"samples": 1}}}, r"'parts' is \{'test'"),
@@ -350,5 +350,25 @@ def test_the_pack_command_names_a_damaged_pack(tiny_sample, packed_sample, tmp_p
     err = capsys.readouterr().err
     assert (
         err
-        == f"error: {root / 'manifest.json'}: a JSON list, expected an object (a ferlit pack manifest)\n"
+        == f"error: {root / 'manifest.json'}: a JSON array, expected an object (a ferlit pack manifest)\n"
     )
+
+
+def test_fit_from_a_pack_alone_does_not_announce_the_sample_data(
+    tiny_sample, packed_sample, tmp_path, capsys
+):
+    """A fit given only --data.packed_dir reads the pack; it must not say it uses the sample data."""
+    from test_fit import fit_args
+
+    from ferlit.fit import main
+
+    out, cache_dir = packed_sample
+    args = fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "2")
+    args = args[4:]  # without --data.affwild2_dir and --data.expw_dir
+    args += ["--data.packed_dir", str(out.root), "--data.expw_margin", "0.1"]
+    args += ["--model.input_size", str(SIZE), "--data.index_cache_dir", str(cache_dir)]
+    cli = main(args)
+
+    assert cli.trainer.global_step == 2
+    err = capsys.readouterr().err
+    assert "No data configured" not in err and "sample data" not in err

@@ -162,6 +162,17 @@ class Pack:
 _DAMAGED_NPZ = (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile)
 
 
+#: JSON's names for what ``json.loads`` returns.
+_JSON_TYPES = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
 def _short(error: BaseException, limit: int = 100) -> str:
     """An exception's text cut to ``limit`` characters: a message quotes, it does not dump."""
     text = str(error) or type(error).__name__
@@ -187,7 +198,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON ({_short(e)})") from None
     if not isinstance(manifest, dict):
         raise DataError(
-            f"{path}: a JSON {type(manifest).__name__}, expected an object (a ferlit pack manifest)"
+            f"{path}: a JSON {_JSON_TYPES.get(type(manifest), 'value')}, expected an object (a "
+            "ferlit pack manifest)"
         )
     if manifest.get("version") != PACK_VERSION:
         raise DataError(
