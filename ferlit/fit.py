@@ -54,6 +54,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from rich.console import Console
@@ -291,10 +292,13 @@ def check_trainer_options(config: Namespace) -> None:
             check_number(f"trainer.{option}", value, -1, integer=True)
     for option in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         value = getattr(trainer, option, None)
-        if isinstance(value, float):
-            check_number(f"trainer.{option}", value, 0, 1)
-        elif value is not None:
-            check_number(f"trainer.{option}", value, 0, integer=True)
+        if value is not None:  # Lightning's rule: a fraction in [0, 1], or whole batches
+            check_number(f"trainer.{option}", value, 0)
+            if value > 1 and value != int(value):
+                raise ConfigError(
+                    f"trainer.{option} must be a fraction in [0, 1] of the batches or a whole "
+                    f"number of batches, got {value!r}"
+                )
     if trainer.gradient_clip_val is not None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
 
@@ -448,9 +452,17 @@ def resume_checkpoint(
     in the folders of the checkpoint it resumes, whatever the working directory and whether
     ``save_dir`` is relative: checkpoints beside it (``ModelCheckpoint`` drops its best score
     and top-k list when the folder changes) and logs in its ``version_N``.
+
+    Lightning's other names: ``best`` (a new fit has no best checkpoint yet) is refused;
+    ``hpc``, and no checkpoint at all under SLURM (where Lightning itself takes the newest
+    ``hpc_ckpt_N.ckpt`` of ``trainer.default_root_dir``, its requeue checkpoint), become that
+    file, checked like any other: Lightning would resume it whichever experiment wrote it.
     """
-    if ckpt_path is None:
-        return None
+    if ckpt_path == "best":
+        raise ConfigError(
+            "--ckpt_path best: a new fit has no best checkpoint yet; give the checkpoint file "
+            "(<save_dir>/<name>/version_N/checkpoints/best-*.ckpt) or 'last'"
+        )
     callback = trainer.checkpoint_callback
     callback = callback if isinstance(callback, ModelCheckpoint) else None
     if ckpt_path == "last":
@@ -463,15 +475,26 @@ def resume_checkpoint(
                 root = Path(logger.save_dir or ".") / str(logger.name)
                 folders += sorted(root.glob("*/checkpoints"))
         found = [f for folder in folders for f in folder.glob("last*.ckpt")]
-        if not found:
+        if found:
+            ckpt_path = str(max(found, key=lambda f: f.stat().st_mtime))
+        elif (hpc := trainer._checkpoint_connector._hpc_resume_path) and SLURMEnvironment.detect():
+            ckpt_path = hpc
+        else:
             Console(stderr=True).print(
                 f"--ckpt_path last: no last.ckpt in {', '.join(map(str, folders)) or 'any run folder'}"
                 " yet: starting a new run"
             )
             return None
-        ckpt_path = str(max(found, key=lambda f: f.stat().st_mtime))
-    elif ckpt_path in ("best", "hpc"):
-        return ckpt_path
+    elif ckpt_path in (None, "hpc"):
+        hpc = trainer._checkpoint_connector._hpc_resume_path
+        if ckpt_path == "hpc" and hpc is None:
+            raise ConfigError(
+                f"--ckpt_path hpc: no hpc_ckpt_N.ckpt (Lightning's SLURM requeue checkpoint) in "
+                f"trainer.default_root_dir {trainer.default_root_dir}"
+            )
+        if hpc is None or (ckpt_path is None and not SLURMEnvironment.detect()):
+            return None
+        ckpt_path = hpc
     elif not Path(ckpt_path).is_file():
         raise ConfigError(f"--ckpt_path: no checkpoint file {ckpt_path}")
     saved = read_checkpoint_file(ckpt_path)

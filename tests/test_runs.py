@@ -366,3 +366,32 @@ def test_an_option_newer_than_the_checkpoint_left_at_its_default_may_resume(
     assert "options that differ: data.strict_images '(unset)' -> True." in capsys.readouterr().err
     resumed = main(sample_args(tiny_sample, "--ckpt_path", "last", "--trainer.max_steps", "6"))
     assert resumed.trainer.global_step == 6
+
+
+def test_lightnings_best_and_hpc_checkpoints_are_refused_or_checked(
+    tiny_sample, tmp_path, monkeypatch, capsys
+):
+    """``--ckpt_path best`` was a raw ValueError; under SLURM Lightning resumes the newest
+    ``hpc_ckpt_N.ckpt`` of ``trainer.default_root_dir`` by itself, whichever experiment wrote
+    it: ferlit checks it like any --ckpt_path."""
+    monkeypatch.chdir(tmp_path)
+    for name, message in (
+        ("best", "error: --ckpt_path best: a new fit has no best checkpoint yet"),
+        ("hpc", "error: --ckpt_path hpc: no hpc_ckpt_N.ckpt (Lightning's SLURM requeue"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(sample_args(tiny_sample, "--ckpt_path", name))
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    main(sample_args(tiny_sample, "--trainer.max_steps", "3"))
+    hpc = tmp_path / "runs/hpc_ckpt_1.ckpt"  # as Lightning's requeue handler names it
+    hpc.write_bytes((tmp_path / "runs/sample/version_0/checkpoints/last.ckpt").read_bytes())
+    slurm = {"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    slurm |= {"SLURM_JOB_NAME": "ferlit", "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "7"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as refused:  # another experiment, no --ckpt_path
+        main(sample_args(tiny_sample, "--model.lr_head", "0.02"))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --ckpt_path runs/hpc_ckpt_1.ckpt: written by another experiment" in err
+    assert "model.lr_head 0.01 -> 0.02" in err
