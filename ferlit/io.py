@@ -208,3 +208,28 @@ def _matching(folder: Path, pattern: str | None) -> set[str]:
     if pattern is None or not folder.is_dir():
         return set()
     return {p.name for p in folder.glob(pattern)}
+
+
+def check_creatable(folder: str | os.PathLike, option: str) -> None:
+    """Refuse, before any long work, an output folder that cannot be made or written (found only
+    at the first write, it cost a whole evaluation or pack): below a file, a dangling link, or in
+    a folder not writable. A path that is itself a file passes here: the caller names it."""
+    folder = Path(folder)
+    if folder.is_dir():
+        existing = folder
+    elif os.path.islink(folder) and not folder.exists():
+        raise ConfigError(
+            f"{option} {folder}: a link to {os.readlink(folder)}, which does not exist; "
+            "choose another folder"
+        )
+    else:
+        existing = folder.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(
+                f"{option} {folder}: {existing} is a file, so the folder cannot be made there; "
+                "choose another folder"
+            )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {folder}: {existing} is not writable; choose another folder")

@@ -57,7 +57,7 @@ from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
-from ferlit.io import atomic_write
+from ferlit.io import atomic_write, check_creatable
 
 PACK_VERSION = "ferlit-pack-v1"
 MANIFEST = "manifest.json"
@@ -340,6 +340,10 @@ def pack(
     if size <= 0 or chunk_size <= 0:
         raise ConfigError(f"size and chunk size must be positive, got {size} and {chunk_size}")
     out = Path(out)
+    if not (out / MANIFEST).is_file():  # checked before indexing, which takes minutes
+        if out.exists():
+            raise DataError(f"{out}: exists and is not a ferlit pack; choose another --out")
+        check_creatable(out, "--out")
     indexes: dict[str, FrameIndex] = {}
     if affwild2_dir is not None:
         layout = layout or detect_layout(affwild2_dir)
@@ -511,6 +515,7 @@ class _FramesWriter:
             shape, _, _ = read_header(f)
             self.offset = f.tell()
         self.row_bytes = int(np.prod(shape[1:]))
+        self.path = path
         self.fd = os.open(path, os.O_WRONLY)
 
     def __enter__(self) -> _FramesWriter:
@@ -522,10 +527,17 @@ class _FramesWriter:
     def write(self, first_row: int, faces: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(faces, np.uint8)).cast("B")
         position = self.offset + first_row * self.row_bytes
-        while data:
-            written = os.pwrite(self.fd, data, position)
-            data, position = data[written:], position + written
-        os.fdatasync(self.fd)
+        try:
+            while data:
+                written = os.pwrite(self.fd, data, position)
+                data, position = data[written:], position + written
+            os.fdatasync(self.fd)
+        except OSError as e:  # the sparse file takes its space as it fills: ENOSPC lands here
+            raise DataError(
+                f"{self.path}: cannot write the packed faces ({e.strerror or e}); the chunks "
+                "done so far are kept: free space (or fix the folder) and pack again with the "
+                "same options to resume"
+            ) from None
 
 
 def _start(

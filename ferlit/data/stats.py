@@ -26,6 +26,7 @@ from ferlit.data.expw import read_expw
 from ferlit.data.index import SKIP_REASONS, FrameIndex
 from ferlit.errors import ConfigError, DataWarning
 from ferlit.expressions import class_names
+from ferlit.io import OUTPUTS_MANIFEST, atomic_write, claim_outputs, outputs_written
 
 #: Aff-Wild2 videos with annotated frames but no image of any (``read_affwild2``), a count of
 #: videos beside the skipped frames.
@@ -209,6 +210,12 @@ def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> None:
         raise ConfigError(f"{option} {path}: the folder {parent} {what}; create it first")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"{option} {path}: the folder {parent} is not writable")
+    if os.path.lexists(path) and path.name not in outputs_written(parent):
+        raise ConfigError(
+            f"{option} {path}: exists and was not written by ferlit (not listed in "
+            f"{parent / OUTPUTS_MANIFEST}); ferlit never replaces a file of yours: choose "
+            "another name"
+        )
 
 
 def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False) -> None:
@@ -232,7 +239,10 @@ def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False
             ax.set_ylim(bottom=1)
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=35)
+    path = Path(path)
     try:
-        fig.savefig(path, dpi=120)
+        claim_outputs(path.parent, [path.name])  # a later plot may replace it, nothing else
+        with atomic_write(path) as file:  # whole or absent, even on a full disk
+            fig.savefig(file, format=path.suffix.lower().lstrip("."), dpi=120)
     except OSError as e:  # checked writable above; a full disk or a quota remains
         raise ConfigError(f"plot path {path}: cannot be written ({e.strerror or e})") from None
