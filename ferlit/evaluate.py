@@ -61,6 +61,7 @@ from ferlit.data.index import FRAME_FOLDER, FrameIndex
 from ferlit.data.packed import PackedFaceDataset
 from ferlit.data.samplers import ShardSampler
 from ferlit.data.transforms import build_transform
+from ferlit.data.workers import exit_with_parent
 from ferlit.errors import (
     ConfigError,
     DataError,
@@ -72,6 +73,7 @@ from ferlit.errors import (
 from ferlit.expressions import EXPRESSIONS_7, class_names
 from ferlit.io import (
     atomic_write,
+    check_creatable,
     check_output_folder,
     claim_outputs,
     owned_matching,
@@ -98,6 +100,7 @@ from ferlit.smoothing import (
 from ferlit.submission import (
     SINGLE_FILE_NAME,
     annotation_frame_counts,
+    find_video,
     frame_counts_from_videos,
     read_frame_counts,
     read_test_list,
@@ -425,6 +428,7 @@ class EvaluationData(pl.LightningDataModule):
             sampler=ShardSampler(len(self.dataset), rank, world_size),
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=exit_with_parent,  # no worker outlives a killed evaluation
         )
 
 
@@ -601,32 +605,6 @@ def check_destinations(
         )
 
 
-def check_creatable(folder: Path, option: str) -> None:
-    """Refuse an output folder that cannot be made or written, before the split is predicted
-    (found only at the first write, it cost the whole prediction): below a file, in a folder
-    not writable, or a path that is a file (named by ``check_output_folder``)."""
-    if folder.is_dir():
-        existing = folder
-    elif os.path.islink(folder) and not folder.exists():
-        raise ConfigError(
-            f"{option} {folder}: a link to {os.readlink(folder)}, which does not exist; "
-            "choose another folder"
-        )
-    else:
-        existing = folder.parent
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ConfigError(
-                f"{option} {folder}: {existing} is a file, so the folder cannot be made there; "
-                "choose another folder"
-            )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{option} {folder}: {existing} is not writable; choose another folder"
-        )
-
-
 def data_folders(config) -> list[tuple[str, Any]]:
     """The folders an evaluation reads (option, folder), which its outputs must stay out of."""
     d = config.data
@@ -718,6 +696,49 @@ def check_submission_options(config) -> str | None:
     return form
 
 
+def check_submission_coverage(config, index: FrameIndex, form: str | None) -> None:
+    """Stop before predicting (an hour or more on the real test set) when the submission could
+    not be written from these faces: a video of ``--test_list`` without any face image to
+    predict, a ``--frames_dir`` video missing from ``--frame_counts`` or with a face image past
+    the frame count given there, a ``--frames_dir`` video without a file in ``--videos_dir``.
+    The same checks run again as the files are written (``ferlit.submission``)."""
+    if form is None:
+        return
+    videos = np.asarray([os.path.basename(str(g)) for g in index.group_names], dtype=object)
+    highest = np.zeros(len(videos), np.int64)
+    np.maximum.at(highest, index.groups, index.frames)
+    faces = dict(zip(videos.tolist(), highest.tolist(), strict=True))
+    if form == "single_file":
+        listed = dict.fromkeys(read_test_list(config.test_list)[0].tolist())
+        missing = [video for video in listed if video not in faces]
+        if missing:
+            raise DataError(
+                f"{config.test_list}: video {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                + " listed but without any face image to predict; check --frames_dir holds "
+                + ("their folders" if len(missing) > 1 else "its folder")
+            )
+    elif config.frames_dir is not None and config.frame_counts:
+        counts = read_frame_counts(config.frame_counts)
+        missing = sorted(video for video in faces if video not in counts)
+        if missing:
+            raise DataError(
+                f"{config.frame_counts}: no frame count for video {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                + " of --frames_dir"
+            )
+        for video, frame in faces.items():
+            if frame > counts[video]:
+                raise DataError(
+                    f"{config.frame_counts}: video {video} has {counts[video]} frames there but "
+                    f"a face image of frame {frame} in --frames_dir; a wrong count, or the faces "
+                    "of another video?"
+                )
+    elif config.frames_dir is not None and config.videos_dir:
+        for video in faces:
+            find_video(config.videos_dir, video)
+
+
 def smoothing_kernels(window: int | str, kernel: str | None) -> tuple[str, ...]:
     """The kernels to smooth with: ``--smooth_kernel``'s, or box for a fixed window and both
     for ``--smooth auto``; a kernel without smoothing is refused rather than ignored."""
@@ -751,6 +772,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     data = ExpressionDataModule(**config.data.as_dict(), image_size=model_hparams["input_size"])
     index, split_part, described = frames_to_evaluate(config, data)
     index, part, context = with_context(data, index, split_part)
+    check_submission_coverage(config, index, submission_format)
     module = load_module(checkpoint, model_hparams)
     t = config.trainer
     trainer = pl.Trainer(

@@ -173,3 +173,98 @@ def test_expw_index_refuses_an_image_declaring_an_absurd_size(tmp_path, write_jp
     png_declaring(tmp_path / IMAGES_DIR / "b.jpg", 12000, 12000)
     with pytest.raises(DataError, match=r"b\.jpg declares 12000x12000 pixels"):
         read_expw(tmp_path)
+
+
+# -- workers that outlive their parent -------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _stat(int(entry.name))
+            if stat is not None and stat[1] == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")  # a zombie is dead, awaiting its reaper
+
+
+def kill_and_watch_workers(
+    command: list[str], workers: int, env_extra: dict | None = None
+) -> list[int]:
+    """Start ``command``, wait until it has ``workers`` child processes, SIGKILL it, and return
+    the workers still alive 3 seconds later (torch's own watchdog would need 5 or more); any
+    left are killed, so that no test leaves a process behind."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    process = subprocess.Popen(
+        [sys.executable, *command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    seen: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(seen) < workers:
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the workers never started"
+            seen = _children(process.pid)
+            time.sleep(0.05)
+        time.sleep(0.5)  # the workers are past their start, decoding
+        process.kill()
+        process.wait()
+        time.sleep(3)
+        return [pid for pid in seen if _alive(pid)]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in seen:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.stderr.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_pack_leaves_no_worker_behind(tiny_sample, tmp_path):
+    command = ["-m", "ferlit.data", "pack", "--affwild2-dir", str(tiny_sample.affwild2_dir)]
+    command += ["--out", str(tmp_path / "pack"), "--workers", "2", "--no-index-cache"]
+    assert kill_and_watch_workers(command, 2) == []
+
+
+#: A training run whose every sample takes forever to read: its loader's workers are busy,
+#: where torch's watchdog never looks, when the run is killed.
+SLOW_TRAINING = """
+import sys, time
+import ferlit.data.datamodule as dm
+dm.load_face = lambda *args, **kwargs: time.sleep(3600)
+data = dm.ExpressionDataModule(sys.argv[1], num_workers=2, batch_size=2, index_cache=False)
+next(iter(data.train_dataloader()))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_run_leaves_no_loader_worker_behind(tiny_sample):
+    command = ["-c", SLOW_TRAINING, str(tiny_sample.affwild2_dir)]
+    assert kill_and_watch_workers(command, 2) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_killed_check_leaves_no_worker_behind(tiny_sample):
+    command = ["-m", "ferlit.data", "check", "--expw-dir", str(tiny_sample.expw_dir)]
+    assert kill_and_watch_workers([*command, "--workers", "2"], 2) == []

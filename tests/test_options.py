@@ -50,11 +50,11 @@ REFUSED = [
     (["--trainer.max_epochs", "-5"], "trainer.max_epochs must be an integer >= -1, got -5"),
     (
         ["--trainer.limit_train_batches", "-1"],
-        "trainer.limit_train_batches must be an integer >= 0, got -1",
+        "trainer.limit_train_batches must be a finite number >= 0, got -1",
     ),
     (
         ["--trainer.limit_val_batches", "1.5"],
-        "trainer.limit_val_batches must be a finite number in [0, 1], got 1.5",
+        "trainer.limit_val_batches must be a fraction in [0, 1] of the batches or a whole number of batches, got 1.5",
     ),
     (
         ["--trainer.gradient_clip_val", ".nan"],

@@ -112,6 +112,7 @@ def _check(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ferlit.data.images import check_image
+    from ferlit.data.workers import exit_with_parent
 
     folders = [f for f in (args.affwild2_dir, args.expw_dir) if f is not None]
     if not folders:
@@ -136,7 +137,7 @@ def _check(args: argparse.Namespace) -> int:
     # The bar on stderr: stdout is the list of damaged files, for scripts.
     with Progress("Decoding images", *columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("check", total=len(paths))
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        pool = ProcessPoolExecutor(workers, initializer=exit_with_parent) if workers > 1 else None
         try:
             results = (
                 pool.map(check_image, paths, chunksize=256) if pool else map(check_image, paths)
@@ -243,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         status = args.run(args)
     except FerlitError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # What the checks before the work cannot foresee (a disk that fills, a file system that
+        # goes read-only, a folder removed meanwhile): the path and the reason, not a traceback.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     return status or 0
 
