@@ -406,13 +406,37 @@ def nested_tree(root: Path) -> Path:
             ["--smooth_kernel", "gaussian"],
             "--smooth_kernel gaussian: smoothing is off (--smooth 0)",
         ),
+        # Submissions that could not be written from these faces stop before predicting them.
+        (
+            ["--frames_dir", "{frames}", "--submission", "{sub}", "--test_list", "{other_list}"],
+            "other_list.txt: video clipZ listed but without any face image to predict; check "
+            "--frames_dir holds its folder",
+        ),
+        (
+            ["--frames_dir", "{frames}", "--submission", "{sub}", "--frame_counts", "{other}"],
+            "other.csv: no frame count for video clipA of --frames_dir",
+        ),
+        (
+            ["--frames_dir", "{frames}", "--submission", "{sub}", "--frame_counts", "{short}"],
+            "short.csv: video clipA has 2 frames there but a face image of frame 3 in "
+            "--frames_dir; a wrong count, or the faces of another video?",
+        ),
+        (
+            ["--frames_dir", "{frames}", "--submission", "{sub}", "--videos_dir", "{videos}"],
+            "videos: no video file for clipA (looked for clipA.mp4, clipA.avi)",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_message(
     extra, message, smoothed_run, checkpoint, tmp_path, capsys, write_jpeg
 ):
-    test_frames = tmp_path / "test_frames"  # a valid --frames_dir: one video of one face
+    test_frames = tmp_path / "test_frames"  # a valid --frames_dir: one video, faces 1 and 3
     write_jpeg(test_frames / "clipA" / frame_file(1), np.zeros((32, 32, 3), np.uint8))
+    write_jpeg(test_frames / "clipA" / frame_file(3), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "other_list.txt").write_text("clipA/00001.jpg\nclipZ/00001.jpg\n")
+    (tmp_path / "other.csv").write_text("video,frames\nclipZ,4\n")
+    (tmp_path / "short.csv").write_text("video,frames\nclipA,2\n")
+    (tmp_path / "videos").mkdir()
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     (tmp_path / "frames" / "v").mkdir(parents=True)
@@ -426,6 +450,10 @@ def test_bad_input_is_refused_with_a_clear_message(
         "garbage": garbage,
         "frames": test_frames,
         "sub": tmp_path / "sub",
+        "other_list": tmp_path / "other_list.txt",
+        "other": tmp_path / "other.csv",
+        "short": tmp_path / "short.csv",
+        "videos": tmp_path / "videos",
     }
     extra = [v.format(**paths) for v in extra]
     with pytest.raises(SystemExit) as stop:
