@@ -299,3 +299,71 @@ def test_an_empty_or_folder_weights_file_is_named(tmp_path):
     assert weights_error(tmp_path / "folder.pth") == (
         f"{tmp_path / 'folder.pth'}: is a folder; expected a weights file, {WEIGHTS_FORMATS}"
     )
+
+
+@pytest.fixture
+def no_pack_indexing(monkeypatch):
+    import ferlit.data.packed as packed
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the data were indexed before --out was checked")
+
+    monkeypatch.setattr(packed, "_read", fail)
+
+
+def test_pack_out_that_cannot_be_made_is_refused_before_indexing(
+    tiny_sample, tmp_path, capsys, no_pack_indexing
+):
+    blocker = tmp_path / "notes"
+    blocker.write_text("")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "mine.txt").write_text("")
+    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--out"]
+    assert data_main([*argv, str(blocker / "pack")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {blocker / 'pack'}: {blocker} is a file, so the folder cannot be made "
+        "there; choose another folder\n"
+    )
+    for taken in (blocker, tmp_path / "old"):
+        assert data_main([*argv, str(taken)]) == 2
+        assert capsys.readouterr().err == (
+            f"error: {taken}: exists and is not a ferlit pack; choose another --out\n"
+        )
+    assert blocker.read_text() == "" and (tmp_path / "old" / "mine.txt").exists()
+
+
+def test_a_full_disk_while_packing_is_named_and_resumable(
+    tiny_sample, tmp_path, capsys, monkeypatch
+):
+    import ferlit.data.packed as packed
+
+    real_pwrite = packed.os.pwrite
+
+    def pwrite(fd, data, position):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(packed.os, "pwrite", pwrite)
+    out = tmp_path / "pack"
+    argv = ["pack", "--expw-dir", str(tiny_sample.expw_dir), "--out", str(out), "--size", "8"]
+    argv += ["--workers", "0", "--no-index-cache"]
+    assert data_main(argv) == 2
+    frames = tmp_path / "pack.partial" / "expw" / "frames.npy"
+    assert capsys.readouterr().err == (
+        f"error: {frames}: cannot write the packed faces (No space left on device); the chunks "
+        "done so far are kept: free space (or fix the folder) and pack again with the same "
+        "options to resume\n"
+    )
+    monkeypatch.setattr(packed.os, "pwrite", real_pwrite)
+    assert data_main(argv) == 0  # resumed
+    assert (out / "manifest.json").is_file() and not frames.parent.parent.exists()
+
+
+def test_an_unforeseen_os_error_in_a_data_command_is_one_line(tmp_path, capsys, monkeypatch):
+    import ferlit.data.__main__ as data_cli
+
+    def vanished(*args, **kwargs):  # e.g. a network file system dropping a file meanwhile
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "gone.jpg"))
+
+    monkeypatch.setattr(data_cli, "write_sample_data", vanished)
+    assert data_main(["synth", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'gone.jpg'}: No such file or directory\n"

@@ -49,6 +49,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
+from ferlit.cli_values import check_number
 from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
@@ -339,6 +340,13 @@ def pack(
         raise ConfigError(f"expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}")
     if size <= 0 or chunk_size <= 0:
         raise ConfigError(f"size and chunk size must be positive, got {size} and {chunk_size}")
+    # before indexing, not in the workers once packing has started (DataLoader refuses -1 workers
+    # with a bare ValueError; a NaN margin would fail every face)
+    if workers is not None:
+        check_number("--workers", workers, 0, integer=True)
+    check_number("--expw-margin", expw_margin, 0)
+    if expw_min_confidence is not None:
+        check_number("--expw-min-confidence", expw_min_confidence)
     out = Path(out)
     if not (out / MANIFEST).is_file():  # checked before indexing, which takes minutes
         if out.exists():
