@@ -253,3 +253,16 @@ def test_the_stats_command_warns_of_videos_in_both_splits(overlapping):
         "data.allow_split_overlap is true\n"
     )
     assert '"video": "shared"' in done.stdout
+
+
+def test_a_video_in_both_splits_of_a_pack_stops_setup_too(tmp_path, overlapping):
+    from ferlit.data.packed import pack
+
+    out = pack(
+        tmp_path / "pack", overlapping, size=16, workers=0, progress=False, index_cache=False
+    )
+    dm = ExpressionDataModule(packed_dir=str(out.root), image_size=16, num_workers=0)
+    with pytest.raises(
+        DataError, match=r"^1 Aff-Wild2 video is in both .*: shared \(.*Training_Set"
+    ):
+        dm.setup("fit")
