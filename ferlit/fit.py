@@ -320,6 +320,30 @@ def check_run_folders(trainer: pl.Trainer) -> None:
             raise ConfigError(f"{option} {folder}: not writable by this user")
 
 
+def check_config_destination(trainer: pl.Trainer, resuming: bool) -> None:
+    """Without a logger there are no version folders: config.yaml goes to
+    ``trainer.default_root_dir`` itself, where Lightning's SaveConfigCallback refuses to replace
+    an earlier run's with a raw RuntimeError, after the data was read. Refused here instead,
+    before any data is read; a resume continues that run, whose config.yaml it replaces."""
+    if trainer.loggers:
+        return
+    for callback in trainer.callbacks:
+        if not isinstance(callback, SaveConfigCallback) or callback.overwrite:
+            continue
+        path = Path(trainer.default_root_dir) / callback.config_filename
+        if not path.exists():
+            continue
+        if resuming:
+            callback.overwrite = True
+            continue
+        raise ConfigError(
+            f"--trainer.logger false: the run's config goes to trainer.default_root_dir "
+            f"{trainer.default_root_dir} itself (no version_N folders without a logger), which "
+            f"holds an earlier run's {path}; give another --trainer.default_root_dir, or keep a "
+            "logger (each run in a version_N folder of its own)"
+        )
+
+
 def read_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint given to ``--ckpt_path``, read and checked before training starts.
 
@@ -570,6 +594,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
             ckpt_path = resume_checkpoint(
                 cli.trainer, cli.config.ckpt_path, config, resolved_config(cli, defaults=True)
             )
+            check_config_destination(cli.trainer, resuming=ckpt_path is not None)
             if ckpt_path is not None and is_debug_run(cli.trainer):
                 raise ConfigError(
                     "--ckpt_path with trainer.fast_dev_run or trainer.overfit_batches: a debug "

@@ -277,3 +277,26 @@ def test_pack_over_a_users_folder_is_refused_and_leaves_it(tiny_sample, tmp_path
     with pytest.raises(DataError, match=r"mine: exists and is not a ferlit pack; choose another"):
         pack(out, tiny_sample.affwild2_dir, size=16, workers=0, progress=False)
     assert contents(out) == {"notes.txt": b"my notes"}
+
+
+def test_a_second_run_without_logger_into_the_same_folder_is_refused(tiny_sample, tmp_path, capsys):
+    """No version folders without a logger: Lightning's own refusal to replace config.yaml was a
+    raw RuntimeError once the data was set up; now ferlit's error before training starts."""
+    from ferlit.fit import main as fit_main
+
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "config.yaml").write_text("seed_everything: 0  # the earlier run's\n")
+    argv = ["--trainer.logger", "false", "--trainer.default_root_dir", str(root)]
+    argv += ["--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--data.expw_dir", "null"]
+    with pytest.raises(SystemExit) as stop:
+        fit_main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: --trainer.logger false: the run's config goes to trainer.default_root_dir "
+        f"{root} itself (no version_N folders without a logger), which holds an earlier run's "
+        f"{root / 'config.yaml'}; give another --trainer.default_root_dir, or keep a logger "
+        "(each run in a version_N folder of its own)\n"
+    )
+    assert (root / "config.yaml").read_text() == "seed_everything: 0  # the earlier run's\n"
+    assert sorted(p.name for p in root.iterdir()) == ["config.yaml"]  # nothing else written
