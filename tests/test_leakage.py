@@ -266,3 +266,24 @@ def test_a_video_in_both_splits_of_a_pack_stops_setup_too(tmp_path, overlapping)
         DataError, match=r"^1 Aff-Wild2 video is in both .*: shared \(.*Training_Set"
     ):
         dm.setup("fit")
+
+
+def test_a_pack_away_from_its_data_is_read_without_the_check(tmp_path, small_data):
+    import json
+    import shutil
+
+    affwild2, expw = small_data
+    out = pack_it(tmp_path / "pack", affwild2, expw)
+    replace_image(expw / "image/origin" / "x.jpg", 200, size=32)
+    shutil.move(expw, tmp_path / "elsewhere")  # the pack copied to a machine without the data
+    shutil.move(affwild2, tmp_path / "elsewhere-affwild2")
+    dm = ExpressionDataModule(packed_dir=str(out.root), image_size=16, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert len(dm.train_index) == 7
+
+    manifest = json.loads((out.root / "manifest.json").read_text())
+    manifest["sources"] = "edited by hand"
+    (out.root / "manifest.json").write_text(json.dumps(manifest))
+    dm = ExpressionDataModule(packed_dir=str(out.root), image_size=16, num_workers=0)
+    assert len(dm.train_index) == 7

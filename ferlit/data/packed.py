@@ -740,10 +740,13 @@ def check_pack_sources(pack: Pack) -> str | None:
     Aff-Wild2 frames replaced in place under the same names are seen by ``pack`` run again,
     which stats every file.
     """
+    sources = pack.manifest.get("sources")
     for part in pack.parts:
-        root = pack.manifest.get("sources", {}).get(PART_SOURCE[part])
+        root = sources.get(PART_SOURCE[part]) if isinstance(sources, dict) else None
+        if not isinstance(root, str) or not os.path.isdir(root):
+            continue
         recorded = _load_sources(pack.root / part / SOURCES_FILE)
-        if root is None or recorded is None or not os.path.isdir(root):
+        if recorded is None:
             continue
         index = pack.index(part)
         folders = np.array(
