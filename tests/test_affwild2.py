@@ -512,3 +512,17 @@ def test_frames_that_are_not_regular_files_are_skipped_and_counted(tmp_path, add
     assert index.frames.tolist() == [1, 5]
     assert index.skipped["not_a_file"] == 3
     assert index.skipped["no_image"] == 0
+
+
+def test_an_unreadable_annotation_file_is_named(tmp_path, add_video, monkeypatch):
+    path = add_video("locked", [1], [1])
+    read_bytes = type(path).read_bytes
+
+    def no_permission(self):  # chmod 000 does not stop root, who runs CI containers
+        if str(self) == str(path):
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(type(path), "read_bytes", no_permission)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: cannot be read \(Permission d"):
+        read_affwild2(tmp_path, "train")
