@@ -183,6 +183,43 @@ def test_padding_after_the_end_marker_is_accepted(expw_one_image):
     assert check_image(image) is None
 
 
+def test_data_appended_after_the_end_marker_is_not_damage(expw_one_image):
+    """Phones append trailers after EOI (Samsung's SEFH/SEFT, motion photos' video): decoders stop
+    at EOI, so such a file is complete; the face it holds is the one without the trailer."""
+    index = faces_at(expw_one_image, (0, 0, 48, 64))
+    image = index.image_path(0)
+    before = load_face(index, 0)
+    with open(image, "ab") as f:
+        f.write(b"SEFH" + bytes(range(256)) * 40)  # 10 kB, no FF D9 in its last bytes
+
+    assert check_image(image) is None
+    assert np.array_equal(load_face(index, 0), before)
+
+
+def test_a_thumbnails_end_marker_does_not_make_a_truncated_jpeg_whole(expw_one_image):
+    """An EXIF thumbnail (a JPEG inside APP1) has its own FF D9 near the start: a file cut in
+    its main image's scan is still truncated."""
+    index = faces_at(expw_one_image, (0, 0, 16, 16))
+    image = index.image_path(0)
+    with open(image, "rb") as f:
+        whole = f.read()
+    thumbnail = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    payload = b"Exif\x00\x00" + thumbnail
+    app1 = b"\xff\xe1" + (2 + len(payload)).to_bytes(2, "big") + payload
+    with_thumbnail = whole[:2] + app1 + whole[2:]
+    with open(image, "wb") as f:
+        f.write(with_thumbnail)
+    assert check_image(image) is None and load_face(index, 0).shape == (16, 16, 3)
+    cut = with_thumbnail[: len(app1) + len(whole) // 2]
+    with open(image, "wb") as f:
+        f.write(cut)
+
+    assert check_image(image) == (
+        f"truncated JPEG: no end-of-image marker FF D9 at its end ({len(cut):,} bytes; the file "
+        "was cut short)"
+    )
+
+
 def test_empty_and_missing_images(expw_one_image):
     index = faces_at(expw_one_image, (0, 0, 16, 16))
     image = index.image_path(0)

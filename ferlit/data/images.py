@@ -7,7 +7,11 @@ Damaged files are refused, not decoded into wrong faces: OpenCV (libjpeg) decode
 half its bytes into a face whose lower half is grey, with only a "Premature end of JPEG file"
 warning that names no file. A complete JPEG ends with the EOI marker ``FF D9`` (ITU-T T.81,
 B.2.1), possibly followed by padding; ``read_image`` checks that on the bytes it decodes anyway
-(no second read), and raises ``ImageError`` naming the file and what is wrong with it.
+(no second read), and raises ``ImageError`` naming the file and what is wrong with it. Data
+after the EOI marker (phone makers' trailers, an appended second image or video) is not damage:
+decoders stop at EOI, so a file whose main image's scan reaches an ``FF D9`` is complete,
+whatever follows it (entropy-coded data cannot hold ``FF D9``: T.81 B.1.1.5 stuffs every
+``FF`` byte in it).
 
 Nothing a data folder holds may hang or exhaust a worker. Only regular files are read: a FIFO
 (or a character device) named like a frame would block ``read`` forever, so the file is opened
@@ -87,14 +91,36 @@ def image_problem(data: bytes | np.ndarray) -> str | None:
     """
     if len(data) == 0:
         return "empty file (0 bytes)"
-    if bytes(data[:2]) == _JPEG_SOI and not bytes(data[-4096:]).rstrip(_PADDING).endswith(
-        _JPEG_EOI
+    if (
+        bytes(data[:2]) == _JPEG_SOI
+        and not bytes(data[-4096:]).rstrip(_PADDING).endswith(_JPEG_EOI)
+        and not _ends_before_trailer(bytes(data))
     ):
         return (
             f"truncated JPEG: no end-of-image marker FF D9 at its end ({len(data):,} bytes; "
             "the file was cut short)"
         )
     return None
+
+
+def _ends_before_trailer(data: bytes) -> bool:
+    """Whether a JPEG not ending with EOI has one after its main image's first scan, i.e. is
+    complete with data appended. The segments are walked from SOI to the first SOS (so that an
+    EXIF thumbnail's EOI, inside APP1, does not count); a walk that fails counts as no EOI."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _JPEG_NO_LENGTH:
+            pos += 2
+        elif marker == 0xDA:  # start of scan: its entropy-coded data follows
+            return data.find(_JPEG_EOI, pos + 2) != -1
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:
