@@ -49,8 +49,9 @@ from ferlit.data.packed import PackedFaceDataset, pack
 from ferlit.data.samplers import EpochShuffleSampler
 from ferlit.data.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.transforms import Augmentation
-from ferlit.errors import ConfigError
+from ferlit.errors import ConfigError, FerlitError, user_message
 from ferlit.expressions import EXPW_TO_ABAW
+from ferlit.io import atomic_write, check_creatable
 
 #: The targets of issue 7, checked on the figures of the same run.
 TARGET_JPEG_RATIO = 2.0  # (b) / (a)
@@ -182,7 +183,7 @@ def bench_loaders(work: Path, scale: Scale, workers: int, batch_size: int, quiet
 def _sample_data(root: Path, scale: float, quiet: bool) -> SampleData:
     if (root / "manifest.json").is_file():
         data = SampleData.open(root)
-        if data.manifest["scale"] == scale:
+        if data.manifest.get("scale") == scale:
             return data
         shutil.rmtree(root)
     return write_sample_data(root, seed=0, scale=scale, progress=not quiet)
@@ -530,6 +531,15 @@ def report(loaders: dict, index: dict, training: dict, workers: int, batch: int)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m ferlit.bench``; bad options and folders end with ``error: ...``, exit 2."""
+    try:
+        return _main(argv)
+    except FerlitError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ferlit.bench",
         description="Measure loader throughput, index build and load, and training-step speed "
@@ -563,6 +573,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 0 or args.batch_size <= 0:
         raise ConfigError("--workers must be >= 0 and --batch-size positive")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    # Destinations checked before minutes of measuring, not when the figures are written.
+    if args.work_dir is not None:
+        if args.work_dir.exists() and not args.work_dir.is_dir():
+            raise ConfigError(f"--work-dir {args.work_dir}: is a file; expected a folder")
+        check_creatable(args.work_dir, "--work-dir")
+    if args.json is not None:
+        if args.json.is_dir():
+            raise ConfigError(f"--json {args.json}: is a folder; expected a file name")
+        if not args.json.parent.is_dir():
+            raise ConfigError(
+                f"--json {args.json}: the folder {args.json.parent} does not exist; create it first"
+            )
+        check_creatable(args.json.parent, "--json")
     scale = QUICK if args.quick else FULL
     quiet = args.quick
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="ferlit-bench-"))
@@ -580,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         figures = {"workers": args.workers, "batch_size": args.batch_size, "quick": args.quick}
         figures |= {"loaders": loaders, "index": index, "training": training}
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        with atomic_write(args.json, "w") as file:
+            file.write(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

@@ -367,3 +367,37 @@ def test_an_unforeseen_os_error_in_a_data_command_is_one_line(tmp_path, capsys, 
     monkeypatch.setattr(data_cli, "write_sample_data", vanished)
     assert data_main(["synth", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'gone.jpg'}: No such file or directory\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "-1"], "--workers must be >= 0 and --batch-size positive"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--work-dir", "{tmp}/notes"], "--work-dir {tmp}/notes: is a file; expected a folder"),
+        (
+            ["--work-dir", "{tmp}/notes/bench"],
+            "--work-dir {tmp}/notes/bench: {tmp}/notes is a file, so the folder cannot be made "
+            "there; choose another folder",
+        ),
+        (
+            ["--json", "{tmp}/missing/figures.json"],
+            "--json {tmp}/missing/figures.json: the folder {tmp}/missing does not exist; create "
+            "it first",
+        ),
+        (["--json", "{tmp}"], "--json {tmp}: is a folder; expected a file name"),
+    ],
+)
+def test_bench_options_and_destinations_are_checked_before_measuring(
+    args, message, tmp_path, capsys, monkeypatch
+):
+    import ferlit.bench as bench
+
+    def fail(*args, **kwargs):
+        raise AssertionError("measuring started before the options were checked")
+
+    monkeypatch.setattr(bench, "bench_loaders", fail)
+    (tmp_path / "notes").write_text("")
+    assert bench.main(["--quick", *(a.format(tmp=tmp_path) for a in args)]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+    assert (tmp_path / "notes").read_text() == ""
