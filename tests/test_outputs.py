@@ -23,8 +23,8 @@ from ferlit.data.packed import Pack, pack
 from ferlit.data.stats import plot_stats
 from ferlit.data.synth import write_sample_data
 from ferlit.errors import ConfigError, DataError, DataWarning
+from ferlit.evaluate import check_destinations, write_outputs
 from ferlit.evaluate import main as evaluate_main
-from ferlit.evaluate import write_outputs
 from ferlit.io import OUTPUTS_MANIFEST, atomic_write, outputs_written
 from ferlit.submission import write_single_file, write_submission
 
@@ -119,6 +119,28 @@ def test_out_inside_the_data_folder_is_refused(affwild2_copy, model, capsys):
         "outputs go in a folder apart from the data\n"
     )
     assert not out.exists()
+
+
+def test_out_that_is_a_file_or_contains_the_data_is_refused(tmp_path):
+    data = tmp_path / "data" / "Aff-Wild2"
+    data.mkdir(parents=True)
+    reads = [("--data.affwild2_dir", data), ("--frames_dir", None)]
+    afile = tmp_path / "evalfile"
+    afile.write_text("mine")
+    with pytest.raises(ConfigError) as caught:
+        check_destinations(afile, None, True, reads)
+    assert str(caught.value) == f"--out {afile}: is a file; expected a folder for ferlit's outputs"
+    with pytest.raises(ConfigError) as caught:
+        check_destinations(tmp_path / "out", tmp_path / "data", True, reads)
+    assert str(caught.value) == (
+        f"--submission {tmp_path / 'data'}: contains --data.affwild2_dir {data}, data being read; "
+        "outputs go in a folder apart from the data"
+    )
+    link = tmp_path / "link"
+    link.symlink_to(data)  # the same folder by another name
+    with pytest.raises(ConfigError, match=r"link: is --data.affwild2_dir .*Aff-Wild2, data being"):
+        check_destinations(link, None, True, reads)
+    assert afile.read_text() == "mine"
 
 
 def test_a_submission_replaces_its_own_files_and_refuses_a_users(tmp_path):
