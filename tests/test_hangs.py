@@ -87,6 +87,14 @@ def test_a_fifo_named_like_a_frame_is_refused_without_blocking(tmp_path):
         )
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_frame_linked_to_a_device_is_refused_before_reading(tmp_path):
+    frame = tmp_path / "00001.jpg"
+    frame.symlink_to("/dev/zero")  # endless bytes: read whole, it would exhaust memory
+    with fails_after(5):
+        assert check_image(str(frame)) == "cannot read image: not a regular file but a device"
+
+
 def test_a_folder_named_like_a_frame_is_refused(tmp_path):
     folder = tmp_path / "00001.jpg"
     folder.mkdir()
