@@ -142,9 +142,18 @@ class FerlitCLI(LightningCLI):
             path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
             if path is not None and os.path.isfile(path):
                 try:
-                    loaded = yaml.safe_load(Path(path).read_text())
-                except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                    loaded = None  # jsonargparse reports an unreadable config itself
+                    text = Path(path).read_bytes().decode("utf-8")
+                except UnicodeDecodeError as e:  # jsonargparse lets this one out as a traceback
+                    raise ConfigError(
+                        f"--config {path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "expected a YAML file of options"
+                    ) from None
+                except OSError as e:
+                    raise ConfigError(f"--config {path}: cannot be read ({e.strerror})") from None
+                try:
+                    loaded = yaml.safe_load(text)
+                except yaml.YAMLError:
+                    loaded = None  # jsonargparse reports a malformed config itself
                 if isinstance(loaded, dict):
                     keys += [f"{k} (in {path})" for k in loaded if k in OPTIMIZER_OPTIONS]
         for key in keys:

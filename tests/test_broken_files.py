@@ -401,3 +401,19 @@ def test_bench_options_and_destinations_are_checked_before_measuring(
     assert bench.main(["--quick", *(a.format(tmp=tmp_path) for a in args)]) == 2
     assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
     assert (tmp_path / "notes").read_text() == ""
+
+
+def test_fit_names_a_config_file_that_is_not_text(tmp_path, capsys):
+    from ferlit.fit import main as fit_main
+
+    config = tmp_path / "run.yaml"
+    config.write_bytes(b"\xff\xfe\x00m\x00o\x00d\x00e\x00l\x00:")  # saved as UTF-16 by an editor
+    with pytest.raises(SystemExit) as stop:
+        fit_main(["--config", str(config), "--trainer.accelerator", "cpu"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"error: --config {config}: not UTF-8 text (invalid start byte at byte 0); expected a "
+        "YAML file of options"
+    )
+    assert "Traceback" not in err
