@@ -287,3 +287,26 @@ def test_a_pack_away_from_its_data_is_read_without_the_check(tmp_path, small_dat
     (out.root / "manifest.json").write_text(json.dumps(manifest))
     dm = ExpressionDataModule(packed_dir=str(out.root), image_size=16, num_workers=0)
     assert len(dm.train_index) == 7
+
+
+def test_fit_stops_on_a_video_in_both_splits_before_training(tmp_path, overlapping, capsys):
+    from types import SimpleNamespace
+
+    from test_fit import fit_args
+
+    from ferlit.fit import main
+
+    dirs = SimpleNamespace(affwild2_dir=overlapping, expw_dir=None)
+    args = fit_args(dirs, tmp_path, "--trainer.max_steps", "1")[4:]  # without the data dirs
+    args += ["--data.affwild2_dir", str(overlapping), "--data.index_cache", "false"]
+    args += ["--data.class_weighting", "none"]  # its 5 frames miss two classes
+    with pytest.raises(SystemExit) as exit_code:
+        main(args)
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: 1 Aff-Wild2 video is in both the train and the val split" in err
+    assert "or set data.allow_split_overlap true" in err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+    cli = main([*args, "--data.allow_split_overlap", "true"], run=False)
+    assert cli.datamodule.hparams.allow_split_overlap is True
