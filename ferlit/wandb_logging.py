@@ -31,6 +31,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from ferlit.io import atomic_write
 from ferlit.metrics import scores_from_confusion
 
 if TYPE_CHECKING:
@@ -214,4 +215,5 @@ class WandbSaveConfig(SaveConfigCallback):
         path = run_dir(logger) / self.config_filename
         if self.overwrite or not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            with atomic_write(path, "w", encoding="utf-8") as file:  # whole or absent
+                file.write(text)
