@@ -150,7 +150,7 @@ def test_fit_on_expw_boxes_past_the_edge_and_a_damaged_image_runs_to_its_end(
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ExpW:")]
     assert started == [
         "ExpW: 12 faces kept, 3 of them clipped to their image (boxes past the edge, "
-        "data.expw_box_overflow: clip); skipped: 1 box_outside_image, 0 duplicate, "
+        "data.expw_box_overflow: clip); skipped: 1 box_outside_image, 0 empty_box, 0 duplicate, "
         "0 low_confidence"
     ]
     folder = Path(cli.trainer.checkpoint_callback.best_model_path).parent

@@ -21,6 +21,7 @@ REASONS = (
     "duplicate",
     "low_confidence",
     "box_outside_image",
+    "empty_box",
     "not_a_file",
 )
 CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
@@ -299,10 +300,12 @@ def test_stats_and_pack_count_boxes_past_the_edge(tiny: tuple[Path, Path], tmp_p
         ExpWFace("one.jpg", 0, 0, 0, 20, 20, 90.0, 0),
         ExpWFace("one.jpg", 1, 20, 30, 55, 41, 90.0, 6),  # right by 15 px, bottom by 1 px
         ExpWFace("two.jpg", 0, 5, 40, 60, 30, 90.0, 3),  # starts at the right edge: outside
+        ExpWFace("two.jpg", 1, 10, 10, 10, 30, 90.0, 3),  # left == right: empty
     ]
     write_label_list(expw / LABEL_FILE, faces)
     entry = run_json(capsys, "--expw-dir", str(expw))["splits"]["train"]["sources"]["expw"]
     assert entry["samples"] == 2 and entry["skipped"]["box_outside_image"] == 1
+    assert entry["skipped"]["empty_box"] == 1
     assert (entry["box_clipped"], entry["box_padded"]) == (1, 0)
     padded = run_json(capsys, "--expw-dir", str(expw), "--expw-box-overflow", "pad")
     assert padded["splits"]["train"]["sources"]["expw"]["box_padded"] == 1
@@ -311,15 +314,18 @@ def test_stats_and_pack_count_boxes_past_the_edge(tiny: tuple[Path, Path], tmp_p
     out = capsys.readouterr().out
     assert table_row(out, "of which box clipped to the image")[1:] == ["1", ""]
     assert table_row(out, "skipped: box outside its image")[1] == "1"
+    assert table_row(out, "skipped: empty box")[1] == "1"
 
     out_dir = tmp_path / "pack"
     args = ["pack", "--expw-dir", str(expw), "--out", str(out_dir), "--size", "8"]
     assert main([*args, "--workers", "1", "--expw-box-overflow", "pad", "--no-index-cache"]) == 0
     printed = capsys.readouterr().out
-    assert "ExpW boxes past the image edge padded: 1; skipped with no pixel in their image: 1" in (
-        printed
+    assert (
+        "ExpW boxes past the image edge padded: 1; skipped with no pixel in their image: 1, "
+        "empty: 1" in printed
     )
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["expw_box_overflow"] == "pad"
     assert manifest["parts"]["expw"]["box_padded"] == 1
     assert manifest["parts"]["expw"]["skipped"]["box_outside_image"] == 1
+    assert manifest["parts"]["expw"]["skipped"]["empty_box"] == 1

@@ -142,6 +142,16 @@ def test_box_with_no_pixel_in_its_image_is_skipped_while_indexing(expw_one_image
     assert index.boxes_past_edge() == 0
 
 
+def test_empty_box_is_skipped_and_counted_while_indexing(expw_one_image):
+    # top == bottom, left == right, top > bottom: no face, skipped (issue 11), the good face kept;
+    # an empty box also past the edge counts as empty (checked first)
+    boxes = (0, 0, 16, 16), (8, 0, 16, 8), (0, 8, 8, 16), (20, 0, 16, 10), (50, 70, 80, 50)
+    index = faces_at(expw_one_image, *boxes)
+
+    assert len(index) == 1 and index.lines.tolist() == [1]
+    assert index.skipped["empty_box"] == 4 and index.skipped["box_outside_image"] == 0
+
+
 def test_image_that_changed_after_indexing_is_named(expw_one_image, write_jpeg):
     index = faces_at(expw_one_image, (0, 0, 16, 16))
     image = expw_one_image.parent.parent / "image/origin/a.jpg"

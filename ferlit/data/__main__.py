@@ -89,7 +89,8 @@ def _pack(args: argparse.Namespace) -> None:
         done = "clipped" if result.manifest["expw_box_overflow"] == "clip" else "padded"
         print(
             f"  ExpW boxes past the image edge {done}: {expw['box_' + done]:,}; skipped with no "
-            f"pixel in their image: {expw['skipped']['box_outside_image']:,}"
+            f"pixel in their image: {expw['skipped']['box_outside_image']:,}, empty: "
+            f"{expw['skipped'].get('empty_box', 0):,}"
         )
     print(f"Train from it with --data.packed_dir {result.root}")
 

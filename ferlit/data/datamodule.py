@@ -75,7 +75,7 @@ def expw_summary(index: FrameIndex, box_overflow: BoxOverflow) -> str:
     """One line on what became of ExpW's faces: kept, boxes past the edge, skipped by reason."""
     past = index.boxes_past_edge()
     done = "clipped to their image" if box_overflow == "clip" else "padded with black"
-    reasons = ("box_outside_image", "duplicate", "low_confidence")
+    reasons = ("box_outside_image", "empty_box", "duplicate", "low_confidence")
     skips = ", ".join(f"{index.skipped.get(r, 0):,} {r}" for r in reasons)
     return (
         f"ExpW: {len(index):,} faces kept, {past:,} of them {done} (boxes past the edge, "

@@ -17,8 +17,10 @@ Real ExpW boxes are not always inside their image: in a public subset of 5,705 r
 e.g. the box (top, left, right, bottom) = (16, 8, 108, 116) of a 107x160 image. The reader reads
 every image's stored size from its JPEG header (the pixel grid the boxes are given in; EXIF
 orientation is ignored, as the decoder ignores it) and decides while indexing: a box with no pixel
-in its image is skipped (``skipped["box_outside_image"]``); a box past the edge is kept, and
-``load_face`` clips it to the image or pads it with black (``data.expw_box_overflow``).
+in its image is skipped (``skipped["box_outside_image"]``), and so is an empty box, top >= bottom
+or left >= right (``skipped["empty_box"]``): neither holds a face, and one such line among ExpW's
+~91k must not stop a run; a box past the edge is kept, and ``load_face`` clips it to the image or
+pads it with black (``data.expw_box_overflow``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, declared_size, size
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, quote
 from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
+from ferlit.io import atomic_write
 
 IMAGES_DIR = "image/origin"
 LABEL_FILE = "label/label.lst"
@@ -81,10 +84,11 @@ class ExpWFace(NamedTuple):
 
 
 def write_label_list(path: str | os.PathLike, faces: Iterable[ExpWFace]) -> None:
-    """Write ``label.lst`` in ExpW's format, one face per line."""
+    """Write ``label.lst`` in ExpW's format, one face per line, whole or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(face.line() + "\n" for face in faces))
+    with atomic_write(path, "w", encoding="utf-8") as file:
+        file.write("".join(face.line() + "\n" for face in faces))
 
 
 def read_expw(
@@ -100,9 +104,10 @@ def read_expw(
     (``skipped["duplicate"]``); with ``min_confidence``, faces whose detector confidence is below
     it are dropped (``skipped["low_confidence"]``). Every listed image must exist: unlike an
     Aff-Wild2 frame without a face, a missing ExpW image means an incomplete download. Each
-    kept image's size is read from its header and stored (``group_sizes``); a box with no pixel
-    in its image is dropped (``skipped["box_outside_image"]``), one that runs past the edge is
-    kept (``FrameIndex.boxes_past_edge``).
+    kept image's size is read from its header and stored (``group_sizes``); an empty box
+    (``skipped["empty_box"]``) and a box with no pixel in its image
+    (``skipped["box_outside_image"]``) are dropped, one that runs past the edge is kept
+    (``FrameIndex.boxes_past_edge``).
     """
     if num_classes not in (7, 8):
         raise ConfigError(f"num_classes must be 7 (ABAW 2020) or 8 (ABAW 2022+), got {num_classes}")
@@ -135,11 +140,14 @@ def read_expw(
         low = keep & (confidence < min_confidence)
         skipped["low_confidence"] = int(np.count_nonzero(low))
         keep &= ~low
+    empty = keep & ((boxes[:, 0] >= boxes[:, 3]) | (boxes[:, 1] >= boxes[:, 2]))
+    skipped["empty_box"] = int(np.count_nonzero(empty))
+    keep &= ~empty
 
     sizes = _image_sizes(label_path, images_dir, lines, image_names, codes, keep, progress)
     width, height = sizes[codes, 0], sizes[codes, 1]
-    # top and left are >= 0 and top < bottom, left < right (_check_fields): the box clipped to
-    # the image is empty exactly when it starts at or past the right or bottom edge.
+    # top and left are >= 0 (_check_fields) and the kept boxes are not empty: the box clipped
+    # to the image is empty exactly when it starts at or past the right or bottom edge.
     outside = keep & ((boxes[:, 0] >= height) | (boxes[:, 1] >= width))
     skipped["box_outside_image"] = int(np.count_nonzero(outside))
     keep &= ~outside
@@ -254,7 +262,8 @@ def _parses(value: str, kind: type) -> bool:
 
 
 def _check_fields(path: str, lines: np.ndarray, ints: np.ndarray, confidence: np.ndarray) -> None:
-    """Labels are ExpW codes, boxes are non-empty pixel rectangles, confidences are finite."""
+    """Labels are ExpW codes, box coordinates are pixel coordinates (>= 0), confidences are
+    finite. Empty boxes are not malformed lines: ``read_expw`` skips and counts them."""
     face_id, top, left, right, bottom, expression = ints.T
     codes = ", ".join(f"{code} {name}" for code, name in enumerate(EXPW_NAMES))
     _check(
@@ -276,12 +285,6 @@ def _check_fields(path: str, lines: np.ndarray, ints: np.ndarray, confidence: np
         lines,
         (ints[:, 1:5] < 0).any(axis=1),
         lambda k: f"{box(k)} has a negative coordinate; expected pixel coordinates >= 0",
-    )
-    _check(
-        path,
-        lines,
-        (top >= bottom) | (left >= right),
-        lambda k: f"{box(k)} is empty; expected top < bottom and left < right",
     )
     _check(
         path,

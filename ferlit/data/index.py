@@ -28,6 +28,7 @@ SKIP_REASONS = (
     "duplicate",
     "low_confidence",
     "box_outside_image",
+    "empty_box",
     "not_a_file",
 )
 

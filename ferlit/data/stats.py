@@ -40,6 +40,7 @@ SKIP_NAMES = {
     "duplicate": "duplicate line",
     "low_confidence": "low confidence",
     "box_outside_image": "box outside its image",
+    "empty_box": "empty box",
     "not_a_file": "frame not a regular file",
 }
 #: Aff-Wild2 videos in both splits (``affwild2.videos_in_both_splits``), each with its two
