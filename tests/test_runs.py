@@ -395,3 +395,43 @@ def test_lightnings_best_and_hpc_checkpoints_are_refused_or_checked(
     err = capsys.readouterr().err
     assert "error: --ckpt_path runs/hpc_ckpt_1.ckpt: written by another experiment" in err
     assert "model.lr_head 0.01 -> 0.02" in err
+
+
+def test_sbatch_keeps_the_allocations_layout_and_run_folder_whatever_config_is_given(tmp_path):
+    """A --config after the script name (experiments/abaw2024.yaml sets devices 1, accumulation
+    4, batch 64 and the shared runs/abaw2024 folder) used to override the script's options: the
+    run left its own folder and the allocation's layout. Options the script sets are refused."""
+    calls = tmp_path / "srun-calls"
+    srun = tmp_path / "bin/srun"
+    srun.parent.mkdir()
+    srun.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {calls}\n')
+    srun.chmod(0o755)
+    env = os.environ | {"PATH": f"{srun.parent}{os.pathsep}{os.environ['PATH']}"}
+    env |= {"SLURM_SUBMIT_DIR": str(REPO), "SLURM_JOB_NAME": "ferlit", "SLURM_JOB_ID": "7"}
+    env |= {"SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4"}
+    script = str(REPO / "experiments/slurm/fit.sbatch")
+    subprocess.run(["bash", script, "--config", "experiments/abaw2024.yaml"], env=env, check=True)
+    args = calls.read_text().splitlines()[3:]  # after "python -m ferlit.fit"
+    printed = subprocess.run(
+        [sys.executable, "-m", "ferlit.fit", *args, "--print_config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    config = __import__("yaml").safe_load(printed)
+    folder = config["trainer"]["logger"]["init_args"]["save_dir"]
+    assert re.fullmatch(r"runs/slurm/ferlit-[0-9a-f]{10}", folder)
+    assert config["trainer"]["default_root_dir"] == folder
+    assert config["trainer"]["logger"]["init_args"]["name"] == "abaw2024"
+    assert (str(config["trainer"]["devices"]), config["trainer"]["num_nodes"]) == ("4", 2)
+    assert config["trainer"]["accumulate_grad_batches"] == 1
+    assert config["data"]["batch_size"] == 32 and config["trainer"]["strategy"] == "ddp"
+    assert config["data"]["num_classes"] == 8 and config["ckpt_path"] == "last"
+
+    calls.unlink()
+    refused = subprocess.run(
+        ["bash", script, "--data.batch_size=8"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and not calls.exists()
+    assert "error: --data.batch_size is set by fit.sbatch from the allocation" in refused.stderr
