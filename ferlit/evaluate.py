@@ -23,7 +23,9 @@ with. Written into ``--out``:
   confusion matrix, raw and smoothed (computed by :mod:`ferlit.metrics`, as in training);
   ``criterion`` is the score of the run's challenge, named under ``"criterion"`` at the top
   (0.67 F1 + 0.33 accuracy for a 7-class run, mean F1 over 8 classes for an 8-class one);
-* ``confusion_matrix.png`` and ``per_class_f1.png`` (labelled frames only).
+* ``confusion_matrix.png`` and ``per_class_f1.png`` (labelled frames only);
+* ``.ferlit-outputs.json``: the files ferlit wrote there (also in ``--submission``), the only
+  ones ``--overwrite`` replaces (:mod:`ferlit.io`); every file is written whole or not at all.
 
 ``--smooth W`` averages class probabilities over a centred window of W frames per video, box or
 Gaussian (``--smooth_kernel``, :mod:`ferlit.smoothing`); ``--smooth auto`` picks kernel and W on
