@@ -147,6 +147,8 @@ def read_test_list(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: --test_list file not found") from None
+    except OSError as e:  # a folder, unreadable (PermissionError), an I/O error
+        raise DataError(f"{path}: --test_list cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     videos: list[str] = []
@@ -233,6 +235,8 @@ def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: --frame_counts file not found") from None
+    except OSError as e:  # a folder, unreadable (PermissionError), an I/O error
+        raise DataError(f"{path}: --frame_counts cannot be read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     counts: dict[str, int] = {}

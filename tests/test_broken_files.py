@@ -417,3 +417,25 @@ def test_fit_names_a_config_file_that_is_not_text(tmp_path, capsys):
         "YAML file of options"
     )
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("reader", ["read_test_list", "read_frame_counts"])
+def test_submission_lists_that_are_folders_or_unreadable_are_named(reader, tmp_path, monkeypatch):
+    import ferlit.submission as submission
+    from ferlit.errors import DataError
+
+    read = getattr(submission, reader)
+    option = "--test_list" if reader == "read_test_list" else "--frame_counts"
+    with pytest.raises(DataError) as caught:
+        read(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: {option} cannot be read (Is a directory)"
+    listed = tmp_path / "list.txt"
+    listed.write_text("video\n")
+
+    def denied(self):  # tests run as root, for whom chmod 000 denies nothing
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(submission.Path, "read_bytes", denied)
+    with pytest.raises(DataError) as caught:
+        read(listed)
+    assert str(caught.value) == f"{listed}: {option} cannot be read (Permission denied)"
