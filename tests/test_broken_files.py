@@ -439,3 +439,58 @@ def test_submission_lists_that_are_folders_or_unreadable_are_named(reader, tmp_p
     with pytest.raises(DataError) as caught:
         read(listed)
     assert str(caught.value) == f"{listed}: {option} cannot be read (Permission denied)"
+
+
+def permission_denied_for(monkeypatch, module, name, matches):
+    """``module.name`` (os.scandir, Path.read_bytes) raises PermissionError for paths that
+    ``matches``: tests run as root, for whom chmod denies nothing."""
+    real = getattr(module, name)
+
+    def guarded(*args, **kwargs):
+        path = str(args[0]) if args else "."
+        if matches(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, guarded)
+
+
+def test_unreadable_annotation_folder_and_files_are_named_by_stats(
+    tiny_sample, capsys, monkeypatch
+):
+    import os
+
+    train = tiny_sample.affwild2_dir / "annotations" / "EXPR_Set" / "Training_Set"
+    argv = ["stats", "--affwild2-dir", str(tiny_sample.affwild2_dir)]
+    with monkeypatch.context() as m:
+        permission_denied_for(m, os, "scandir", lambda p: p == str(train))
+        assert data_main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: {train}: cannot be listed (Permission denied); ferlit needs to read the train "
+        "annotation files in it\n"
+    )
+    first = sorted(train.iterdir())[0]
+    with monkeypatch.context() as m:
+        permission_denied_for(m, Path, "read_bytes", lambda p: p == str(first))
+        assert data_main(argv) == 2
+    assert capsys.readouterr().err == f"error: {first}: cannot be read (Permission denied)\n"
+
+
+def test_unreadable_annotation_folder_through_the_index_cache(tiny_sample, tmp_path, monkeypatch):
+    import os
+
+    from ferlit.data.cache import cached_read_affwild2
+    from ferlit.errors import DataError
+
+    val = tiny_sample.affwild2_dir / "annotations" / "EXPR_Set" / "Validation_Set"
+    permission_denied_for(monkeypatch, os, "scandir", lambda p: p == str(val))
+    with pytest.raises(DataError, match=r"Validation_Set: cannot be listed \(Permission denied\)"):
+        cached_read_affwild2(tiny_sample.affwild2_dir, "val", progress=False, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing cached of a read that failed
+
+
+def test_unreadable_expw_label_list_is_named(tiny_sample, tmp_path, capsys, monkeypatch):
+    label = tiny_sample.expw_dir / "label" / "label.lst"
+    permission_denied_for(monkeypatch, Path, "read_bytes", lambda p: p == str(label))
+    assert data_main(["stats", "--expw-dir", str(tiny_sample.expw_dir)]) == 2
+    assert capsys.readouterr().err == f"error: {label}: cannot be read (Permission denied)\n"

@@ -161,12 +161,18 @@ def read_affwild2(
     folder = annotation_dir(root, layout, split)
     if not folder.is_dir():
         raise DataError(f"{folder}: missing; expected the {split} annotations of layout {layout}")
-    with os.scandir(folder) as entries:  # dot files: e.g. macOS "._<video>.txt" resource forks
-        files = sorted(
-            e.name
-            for e in entries
-            if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file()
-        )
+    try:
+        with os.scandir(folder) as entries:  # dot files: e.g. macOS "._<video>.txt" forks
+            files = sorted(
+                e.name
+                for e in entries
+                if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file()
+            )
+    except OSError as e:  # unreadable (PermissionError) or gone meanwhile
+        raise DataError(
+            f"{folder}: cannot be listed ({e.strerror or e}); ferlit needs to read the {split} "
+            "annotation files in it"
+        ) from None
     if not files:
         raise DataError(f"{folder}: no <video>.txt annotation files")
     rel_folder = folder.relative_to(root).as_posix()

@@ -184,6 +184,8 @@ def _parse_label_list(
         text = Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # unreadable (PermissionError), a folder, an I/O error
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     all_lines = text.split("\n")
     names: list[str] = []
     parts: dict[str, list[np.ndarray]] = {"ints": [], "confidence": [], "lines": []}
