@@ -282,6 +282,21 @@ def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
     assert out[-1] == f"Checked 18 images in {affwild2}, {expw}: 3 damaged (listed above)"
 
 
+def test_check_passes_over_hidden_files_the_readers_skip(tiny: tuple[Path, Path], capsys) -> None:
+    """macOS leaves an undecodable AppleDouble ._<name> beside every file it copies to a foreign
+    disk; a hidden folder (.Trash) likewise holds nothing ferlit reads."""
+    affwild2, _ = tiny
+    (affwild2 / "cropped_aligned/a/._00001.jpg").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (affwild2 / "cropped_aligned/.Trashes").mkdir()
+    (affwild2 / "cropped_aligned/.Trashes/00001.jpg").write_bytes(b"")
+
+    assert main(["check", "--affwild2-dir", str(affwild2), "--workers", "1"]) == 0
+    assert capsys.readouterr().out == (
+        f"Checked 15 images in {affwild2}: none damaged; 2 hidden files or folders (names "
+        "starting with '.', e.g. macOS ._ copies) passed over\n"
+    )
+
+
 def test_check_of_sound_images_exits_0(tiny: tuple[Path, Path], capsys) -> None:
     affwild2, expw = tiny
     assert main(["check", "--expw-dir", str(expw), "--workers", "2"]) == 0

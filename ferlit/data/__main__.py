@@ -99,13 +99,27 @@ def _pack(args: argparse.Namespace) -> None:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def image_files(folder: Path) -> list[str]:
-    """Every image file under ``folder``, at any depth, sorted (hidden files and folders too:
-    a data set's files are what they are)."""
-    found = []
-    for parent, _, names in os.walk(folder):
-        found += [os.path.join(parent, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
-    return sorted(found)
+def image_files(folder: Path) -> tuple[list[str], int]:
+    """Every image file under ``folder``, at any depth, sorted, and how many were passed over
+    as hidden: names starting with a dot, files or folders, which the Aff-Wild2 readers skip
+    (they read ``<video>/%05d.jpg`` of non-hidden video folders). macOS writes an AppleDouble
+    ``._00001.jpg`` beside every frame it copies to a foreign disk; undecodable, each would be
+    listed as damaged."""
+
+    def unreadable(error: OSError) -> None:  # os.walk passes over a folder it cannot list
+        raise DataError(
+            f"{error.filename}: cannot be listed ({error.strerror or error}); check needs to "
+            "read every folder of the data set"
+        )
+
+    found, hidden = [], 0
+    for parent, folders, names in os.walk(folder, onerror=unreadable):
+        hidden += sum(1 for d in folders if d.startswith("."))
+        folders[:] = [d for d in folders if not d.startswith(".")]
+        images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+        hidden += sum(1 for n in images if n.startswith("."))
+        found += [os.path.join(parent, n) for n in images if not n.startswith(".")]
+    return sorted(found), hidden
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -119,12 +133,14 @@ def _check(args: argparse.Namespace) -> int:
     if not folders:
         raise DataError("check needs --affwild2-dir and/or --expw-dir: there is nothing to check")
     paths: list[str] = []
+    hidden = 0
     for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
         if folder is None:
             continue
         if not folder.is_dir():
             raise DataError(f"{option} {folder}: folder does not exist")
-        found = image_files(folder)
+        found, passed_over = image_files(folder)
+        hidden += passed_over
         if not found:
             raise DataError(
                 f"{option} {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it"
@@ -155,6 +171,12 @@ def _check(args: argparse.Namespace) -> int:
     print(
         f"Checked {len(paths):,} images in {', '.join(map(str, folders))}: "
         + (f"{len(bad):,} damaged (listed above)" if bad else "none damaged")
+        + (
+            f"; {hidden:,} hidden files or folders (names starting with '.', e.g. macOS ._ "
+            "copies) passed over"
+            if hidden
+            else ""
+        )
     )
     return 1 if bad else 0
 
@@ -227,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="decode every image once and list the damaged ones (exit status 1 if any)",
-        description="Decode every .jpg/.jpeg/.png under the folders given, once, and list the "
+        description="Decode every .jpg/.jpeg/.png under the folders given (hidden names, "
+        "starting with '.', passed over and counted), once, and list the "
         "missing, empty, truncated or undecodable ones with the reason; exit status 1 if any is "
         "damaged, 0 if none. Training skips damaged images (data.strict_images: false); "
         "validation and evaluation stop on them.",
