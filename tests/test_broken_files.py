@@ -494,3 +494,16 @@ def test_unreadable_expw_label_list_is_named(tiny_sample, tmp_path, capsys, monk
     permission_denied_for(monkeypatch, Path, "read_bytes", lambda p: p == str(label))
     assert data_main(["stats", "--expw-dir", str(tiny_sample.expw_dir)]) == 2
     assert capsys.readouterr().err == f"error: {label}: cannot be read (Permission denied)\n"
+
+
+def test_check_names_a_folder_it_cannot_list(tiny_sample, capsys, monkeypatch):
+    import os
+
+    video = sorted((tiny_sample.affwild2_dir / "cropped_aligned").iterdir())[0]
+    permission_denied_for(monkeypatch, os, "scandir", lambda p: p == str(video))
+    argv = ["check", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--workers", "1"]
+    assert data_main(argv) == 2  # not "none damaged" over the frames it could list
+    assert capsys.readouterr().err == (
+        f"error: {video}: cannot be listed (Permission denied); check needs to read every "
+        "folder of the data set\n"
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ferlit.data.affwild2 import LAYOUTS
 from ferlit.data.synth import write_sample_data
-from ferlit.errors import DataError, FerlitError, data_warnings_as_lines, user_message
+from ferlit.errors import ConfigError, DataError, FerlitError, data_warnings_as_lines, user_message
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -35,7 +35,18 @@ def _synth(args: argparse.Namespace) -> None:
     )
 
 
+def _refuse_expw_options_without_expw(args: argparse.Namespace) -> None:
+    """An ExpW option given without ``--expw-dir`` would be accepted and do nothing: refused."""
+    if args.expw_dir is not None:
+        return
+    for name in ("expw_min_confidence", "expw_margin", "expw_box_overflow"):
+        if getattr(args, name, None) is not None:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option}: only used with --expw-dir (no ExpW folder given)")
+
+
 def _stats(args: argparse.Namespace) -> None:
+    _refuse_expw_options_without_expw(args)
     for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
         if folder is not None and not folder.is_dir():
             raise DataError(f"{option} {folder}: folder does not exist")
@@ -51,7 +62,7 @@ def _stats(args: argparse.Namespace) -> None:
         affwild2_layout=args.affwild2_layout,
         expw_min_confidence=args.expw_min_confidence,
         progress=not args.json,
-        expw_box_overflow=args.expw_box_overflow,
+        expw_box_overflow=args.expw_box_overflow or "clip",
     )
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -64,6 +75,7 @@ def _stats(args: argparse.Namespace) -> None:
 
 
 def _pack(args: argparse.Namespace) -> None:
+    _refuse_expw_options_without_expw(args)
     from ferlit.data.packed import pack  # imports torch: slow
 
     result = pack(
@@ -74,8 +86,8 @@ def _pack(args: argparse.Namespace) -> None:
         num_classes=args.num_classes,
         layout=args.affwild2_layout,
         expw_min_confidence=args.expw_min_confidence,
-        expw_margin=args.expw_margin,
-        expw_box_overflow=args.expw_box_overflow,
+        expw_margin=args.expw_margin or 0.0,
+        expw_box_overflow=args.expw_box_overflow or "clip",
         workers=args.workers,
         index_cache=not args.no_index_cache,
         index_cache_dir=args.index_cache_dir,
@@ -212,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--expw-box-overflow",
         choices=("clip", "pad"),
-        default="clip",
         help="count ExpW boxes past the image edge as clipped (default) or padded",
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
@@ -233,11 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
     pack.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
     pack.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
-    pack.add_argument("--expw-margin", type=float, default=0.0, help="as data.expw_margin")
+    pack.add_argument("--expw-margin", type=float, help="as data.expw_margin (default 0)")
     pack.add_argument(
         "--expw-box-overflow",
         choices=("clip", "pad"),
-        default="clip",
         help="ExpW boxes past the image edge: clip to the image (default) or pad with black; "
         "as data.expw_box_overflow",
     )
