@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
@@ -754,6 +755,27 @@ def smoothing_kernels(window: int | str, kernel: str | None) -> tuple[str, ...]:
     return KERNELS if window == "auto" else ("box",)
 
 
+def evaluation_trainer(t: Any) -> pl.Trainer:
+    """The prediction Trainer of ``--trainer.*``; a value Lightning refuses (``num_nodes 0``,
+    ``precision 7``, an unknown accelerator) is a ConfigError quoting its message."""
+    try:
+        return pl.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            strategy=t.strategy,
+            num_nodes=t.num_nodes,
+            precision=t.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=t.enable_progress_bar,
+            callbacks=[RichProgressBar()] if t.enable_progress_bar else [],
+            use_distributed_sampler=False,  # EvaluationData shards by rank itself, no padding
+        )
+    except (ValueError, MisconfigurationException) as error:
+        raise ConfigError(f"trainer options: {error}") from None
+
+
 def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     """Run ``python -m ferlit.evaluate`` with ``args``; returns the metrics.json content (rank 0)."""
     config, checkpoint, model_hparams = parse_args(args)
@@ -772,24 +794,11 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
         )
     names = class_names(num_classes)
     data = ExpressionDataModule(**config.data.as_dict(), image_size=model_hparams["input_size"])
+    trainer = evaluation_trainer(config.trainer)  # its options refused before any indexing
     index, split_part, described = frames_to_evaluate(config, data)
     index, part, context = with_context(data, index, split_part)
     check_submission_coverage(config, index, submission_format)
     module = load_module(checkpoint, model_hparams)
-    t = config.trainer
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=t.enable_progress_bar,
-        callbacks=[RichProgressBar()] if t.enable_progress_bar else [],
-        use_distributed_sampler=False,  # EvaluationData shards by rank itself, without padding
-    )
 
     auto_on_val = window == "auto" and split_part != "affwild2_val"
     if auto_on_val:

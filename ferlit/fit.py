@@ -170,6 +170,16 @@ class FerlitCLI(LightningCLI):
         if seed is not None and not isinstance(seed, bool):
             check_number("seed_everything", seed, 0, MAX_SEED, integer=True)
 
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        """The Trainer; a value Lightning refuses (an unknown accelerator, ``devices 0``...) is a
+        ``ConfigError`` quoting Lightning's message, not its traceback."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except FerlitError:
+            raise
+        except (ValueError, MisconfigurationException) as error:
+            raise ConfigError(f"trainer options: {error}") from None
+
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
         return super().init_parser(**{"parser_mode": PARSER_MODE, **kwargs})
@@ -288,6 +298,7 @@ def check_trainer_options(config: Namespace) -> None:
     check_number(
         "trainer.accumulate_grad_batches", trainer.accumulate_grad_batches, 1, integer=True
     )
+    check_number("trainer.num_nodes", trainer.num_nodes, 1, integer=True)
     if trainer.enable_checkpointing is False:
         raise ConfigError(
             "trainer.enable_checkpointing false: ferlit's runs checkpoint through checkpoint.* "

@@ -13,6 +13,7 @@ from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError
 from ferlit.fit import main
 from ferlit.module import ExpressionModule
+from tests.test_evaluate import checkpoint, evaluate_args  # noqa: F401 (a fixture)
 from tests.test_fit import fit_args
 
 REFUSED = [
@@ -48,6 +49,7 @@ REFUSED = [
     ),
     (["--seed_everything", "4294967296"], "seed_everything must be an integer in [0, 4294967295]"),
     (["--trainer.max_epochs", "-5"], "trainer.max_epochs must be an integer >= -1, got -5"),
+    (["--trainer.num_nodes", "0"], "trainer.num_nodes must be an integer >= 1, got 0"),
     (
         ["--trainer.limit_train_batches", "-1"],
         "trainer.limit_train_batches must be a finite number >= 0, got -1",
@@ -167,3 +169,51 @@ def test_pack_refuses_bad_values_before_indexing(tmp_path, capsys, extra, messag
     assert data_main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "pack").exists() and not (tmp_path / "pack.partial").exists()
+
+
+def test_fit_refuses_a_trainer_value_lightning_refuses_with_a_plain_valueerror(
+    tiny_sample, tmp_path, capsys
+):
+    with pytest.raises(SystemExit) as stop:
+        main(fit_args(tiny_sample, tmp_path, "--trainer.accelerator", "tpu9"))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: trainer options: You selected an invalid accelerator name: `accelerator='tpu9'`"
+        in err
+    )
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--trainer.num_nodes", "0"],
+            "error: trainer options: `num_nodes` must be a positive integer, but got 0",
+        ),
+        (["--trainer.precision", "7"], "error: trainer options: Precision '7' is invalid"),
+        (["--data.num_workers", "-1"], "error: data.num_workers must be an integer >= 0, got -1"),
+        (["--data.hflip", ".nan"], "error: data.hflip must be a finite number in [0, 1], got nan"),
+    ],
+)
+def test_evaluate_refuses_bad_values_before_reading_the_data(
+    checkpoint,  # noqa: F811 (the fixture of test_evaluate)
+    tmp_path,
+    capsys,
+    monkeypatch,
+    extra,
+    message,
+):
+    import ferlit.evaluate
+    from ferlit.evaluate import main as evaluate_main
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data was read before the options were checked")
+
+    monkeypatch.setattr(ferlit.evaluate, "frames_to_evaluate", no_reading)
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main(evaluate_args(checkpoint, tmp_path / "out", *extra))
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "metrics.json").exists()
