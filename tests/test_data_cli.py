@@ -282,6 +282,25 @@ def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
     assert out[-1] == f"Checked 18 images in {affwild2}, {expw}: 3 damaged (listed above)"
 
 
+@pytest.mark.parametrize(
+    "command, option",
+    [
+        ("stats", ["--expw-box-overflow", "pad"]),
+        ("stats", ["--expw-min-confidence", "0.5"]),
+        ("pack", ["--expw-box-overflow", "clip"]),
+        ("pack", ["--expw-margin", "0.2"]),
+    ],
+)
+def test_expw_options_without_expw_are_refused(tiny, tmp_path, capsys, command, option) -> None:
+    affwild2, _ = tiny
+    out = ["--out", str(tmp_path / "pack")] if command == "pack" else []
+    assert main([command, "--affwild2-dir", str(affwild2), *out, *option]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {option[0]}: only used with --expw-dir (no ExpW folder given)\n"
+    )
+    assert not (tmp_path / "pack").exists()
+
+
 def test_check_passes_over_hidden_files_the_readers_skip(tiny: tuple[Path, Path], capsys) -> None:
     """macOS leaves an undecodable AppleDouble ._<name> beside every file it copies to a foreign
     disk; a hidden folder (.Trash) likewise holds nothing ferlit reads."""
