@@ -49,6 +49,7 @@ from ferlit.data.packed import PackedFaceDataset, pack
 from ferlit.data.samplers import EpochShuffleSampler
 from ferlit.data.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.transforms import Augmentation
+from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, FerlitError, user_message
 from ferlit.expressions import EXPW_TO_ABAW
 from ferlit.io import atomic_write, check_creatable
@@ -122,7 +123,13 @@ class NaiveDataset(Dataset):
 
 def images_per_second(dataset: Dataset, order: list[int], batch_size: int, workers: int) -> float:
     """Images/s through a DataLoader reading ``order``, after its first batch (worker start-up)."""
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order,
+        num_workers=workers,
+        worker_init_fn=exit_with_parent,  # none outlives a killed bench
+    )
     batches = iter(loader)
     next(batches)
     start, images = time.perf_counter(), 0
@@ -291,7 +298,13 @@ def start_datamodule(options: dict[str, Any], workers: int, walk: bool) -> dict[
     if walk and workers > 0:
         sampler = EpochShuffleSampler(train, 256)
         walker = IndexWalk(dm.train_index)
-        loader = DataLoader(walker, batch_size=256, sampler=sampler, num_workers=workers)
+        loader = DataLoader(
+            walker,
+            batch_size=256,
+            sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=exit_with_parent,
+        )
         first: dict[int, float] = {}
         last: dict[int, float] = {}
         for *_, worker, private in loader:
