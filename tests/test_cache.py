@@ -407,3 +407,21 @@ def test_a_cache_folder_that_is_a_file_warns_once_through_pack(tiny_sample, tmp_
         "or data.index_cache false)"
     ]
     assert (tmp_path / "pack" / "manifest.json").is_file() and blocker.read_text() == ""
+
+
+def test_ferlit_cache_dir_that_is_a_file_warns_for_expw_too(expw, tmp_path, monkeypatch):
+    import warnings
+
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FERLIT_CACHE_DIR", str(blocker))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = cached_read_expw(expw, progress=False)
+    assert same(index, read_expw(expw, progress=False))
+    assert [str(w.message) for w in caught if issubclass(w.category, DataWarning)] == [
+        f"index cache folder {blocker}: cannot write to it (File exists); going on without the "
+        "cache (set data.index_cache_dir or FERLIT_CACHE_DIR to a writable folder, or "
+        "data.index_cache false)"
+    ]
+    assert blocker.read_text() == ""
