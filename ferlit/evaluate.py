@@ -1010,6 +1010,10 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
     except FerlitError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # what the checks before predicting cannot foresee (a full disk)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

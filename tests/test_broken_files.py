@@ -507,3 +507,18 @@ def test_check_names_a_folder_it_cannot_list(tiny_sample, capsys, monkeypatch):
         f"error: {video}: cannot be listed (Permission denied); check needs to read every "
         "folder of the data set\n"
     )
+
+
+def test_an_unforeseen_os_error_in_evaluate_is_one_line(tmp_path, capsys, monkeypatch):
+    import ferlit.evaluate
+
+    def full(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "eval" / "predictions.csv"))
+
+    monkeypatch.setattr(ferlit.evaluate, "evaluate", full)
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main([])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'eval' / 'predictions.csv'}: No space left on device\n"
+    )
