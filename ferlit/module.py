@@ -225,7 +225,14 @@ class ExpressionModule(pl.LightningModule):
                 f"{checkpoint_path}: ferlit reads checkpoints only with weights_only=True"
             )
         if isinstance(checkpoint_path, str | os.PathLike):
-            load_checkpoint(checkpoint_path, mmap=True)
+            state = load_checkpoint(checkpoint_path, mmap=True)
+            needed = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
+            missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+            if missing:  # Lightning's loader would end in a KeyError
+                raise WeightsError(
+                    f"{checkpoint_path}: not a checkpoint of python -m ferlit.fit (no "
+                    f"{', '.join(missing)}); expected a .ckpt of a ferlit run"
+                )
         token = _FROM_CHECKPOINT.set(True)
         try:
             return super().load_from_checkpoint(

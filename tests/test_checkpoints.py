@@ -340,3 +340,27 @@ def test_a_pkl_asking_for_an_absurd_array_is_refused_naming_it(tmp_path, protoco
         f"more elements than the file has bytes ({path.stat().st_size}); the file is damaged or "
         "crafted to exhaust memory"
     )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {"state_dict": {"net.fc.weight": torch.zeros(2, 2)}},
+            "not a checkpoint of python -m ferlit.fit (no hyper_parameters, "
+            "pytorch-lightning_version); expected a .ckpt of a ferlit run",
+        ),
+        (
+            {"weight": torch.zeros(2)},
+            "not a Lightning checkpoint (no state_dict); expected a checkpoint written by "
+            "python -m ferlit.fit",
+        ),
+    ],
+)
+def test_load_model_of_a_foreign_checkpoint_names_it(tmp_path, content, message):
+    """A .ckpt with a state_dict that is not a ferlit run's was a KeyError."""
+    path = tmp_path / "foreign.ckpt"
+    torch.save(content, path)
+    with pytest.raises(WeightsError) as refused:
+        ferlit.load_model(path)
+    assert str(refused.value) == f"{path}: {message}"
