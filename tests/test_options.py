@@ -217,3 +217,11 @@ def test_evaluate_refuses_bad_values_before_reading_the_data(
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_synth_refuses_a_negative_seed(tmp_path, capsys):
+    from ferlit.data.__main__ import main as data_main
+
+    assert data_main(["synth", "--out", str(tmp_path / "s"), "--seed", "-1"]) == 2
+    assert "error: seed must be an integer >= 0 (numpy's seeds), got -1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

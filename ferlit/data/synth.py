@@ -702,6 +702,8 @@ def write_sample_data(
     out = Path(out)
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"scale must be a positive number, got {scale}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ConfigError(f"seed must be an integer >= 0 (numpy's seeds), got {seed!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out}: exists and is not an empty folder; sample data needs a new one")
     _make_folder(out, "sample data needs a new or empty folder it can write")
