@@ -117,6 +117,26 @@ def test_min_confidence(tmp_path, expw):
     assert only_b.skipped["low_confidence"] == 2
 
 
+def test_a_list_that_keeps_no_face_is_an_error_saying_why(tmp_path, expw):
+    # boxes written as (left, top, bottom, right) by another tool: every box starts past the
+    # 32-pixel-wide b.jpg or is empty; the reader stops instead of training without ExpW
+    swapped = [
+        ExpWFace("b.jpg", 0, 40, 8, 50, 60, 0.9, 3),
+        ExpWFace("b.jpg", 1, 8, 16, 16, 4, 0.9, 3),
+    ]
+    write_label_list(expw, swapped)
+    with pytest.raises(DataError) as error:
+        read_expw(tmp_path)
+    assert str(error.value) == (
+        f"{expw}: keeps no face of the 2 listed (1 empty_box, 1 box_outside_image); expected "
+        "image_name face_id_in_image face_box_top face_box_left face_box_right face_box_bottom "
+        "face_box_cofidence expression_label per line, the box in its image's pixels"
+    )
+    write_label_list(expw, FACES)
+    with pytest.raises(DataError, match=r"\(3 low_confidence\); .*, and faces at min_confidence "):
+        read_expw(tmp_path, min_confidence=2)
+
+
 def test_tabs_repeated_spaces_crlf_bom_and_blank_lines(tmp_path, expw):
     expw.write_bytes(
         "\ufeff\r\n"

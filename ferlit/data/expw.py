@@ -107,7 +107,9 @@ def read_expw(
     kept image's size is read from its header and stored (``group_sizes``); an empty box
     (``skipped["empty_box"]``) and a box with no pixel in its image
     (``skipped["box_outside_image"]``) are dropped, one that runs past the edge is kept
-    (``FrameIndex.boxes_past_edge``).
+    (``FrameIndex.boxes_past_edge``). A list that keeps no face (every box empty or outside
+    its image, e.g. fields in another order, or every confidence below ``min_confidence``) is a
+    DataError, as an Aff-Wild2 split that keeps no frame is.
     """
     if num_classes not in (7, 8):
         raise ConfigError(f"num_classes must be 7 (ABAW 2020) or 8 (ABAW 2022+), got {num_classes}")
@@ -151,6 +153,17 @@ def read_expw(
     outside = keep & ((boxes[:, 0] >= height) | (boxes[:, 1] >= width))
     skipped["box_outside_image"] = int(np.count_nonzero(outside))
     keep &= ~outside
+    if not keep.any():  # as an Aff-Wild2 split that keeps no frame: an error, not 0 faces
+        reasons = ", ".join(f"{count:,} {reason}" for reason, count in skipped.items() if count)
+        raise DataError(
+            f"{label_path}: keeps no face of the {len(lines):,} listed ({reasons}); expected "
+            f"{' '.join(FIELDS)} per line, the box in its image's pixels"
+            + (
+                f", and faces at min_confidence {min_confidence:g} or above"
+                if min_confidence is not None
+                else ""
+            )
+        )
 
     used, groups = np.unique(codes[keep], return_inverse=True)
     return FrameIndex.build(
