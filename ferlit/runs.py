@@ -253,8 +253,19 @@ class FerlitCheckpoint(ModelCheckpoint):
 
 
 def git_commit(folder: Path) -> dict[str, Any] | None:
-    """The commit of the git work tree ``folder`` is in (and whether it has changes), or None."""
+    """The commit of the git work tree ``folder`` is in (and whether it has changes), or None.
+
+    None too when ``folder``'s ``__init__.py`` is not tracked there: ferlit installed into a
+    virtual environment inside another project's repository is not at that project's commit.
+    """
     try:
+        tracked = subprocess.run(
+            ["git", "-C", str(folder), "ls-files", "--error-unmatch", "__init__.py"],
+            capture_output=True,
+            timeout=5,
+        )
+        if tracked.returncode != 0:
+            return None
         head = subprocess.run(
             ["git", "-C", str(folder), "rev-parse", "HEAD"],
             capture_output=True,

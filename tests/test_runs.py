@@ -435,3 +435,29 @@ def test_sbatch_keeps_the_allocations_layout_and_run_folder_whatever_config_is_g
     )
     assert refused.returncode == 2 and not calls.exists()
     assert "error: --data.batch_size is set by fit.sbatch from the allocation" in refused.stderr
+
+
+def test_git_commit_is_ferlits_own_not_an_enclosing_projects(tmp_path):
+    """ferlit installed into a .venv inside another repository: that repository's commit is
+    not ferlit's, and run_info.json records none."""
+    from ferlit.runs import git_commit
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    package = tmp_path / ".venv/lib/site-packages/ferlit"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    git("add", ".gitignore")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project")
+    assert git_commit(package) is None
+    own = tmp_path / "ferlit"
+    own.mkdir()
+    (own / "__init__.py").write_text("")
+    git("add", "ferlit/__init__.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "ferlit")
+    assert git_commit(own) == {"commit": git("rev-parse", "HEAD"), "modified": False}
