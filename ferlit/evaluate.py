@@ -134,11 +134,11 @@ def _recorded_best(folder: Path) -> Path | None:
                 recorded = json.loads(record.read_text()).get("checkpoint")
             else:  # plain types only: nothing in the file can run code
                 state = read_torch_file(record, mmap=True)
-                recorded = next(
+                recorded = next(  # ferlit's FerlitCheckpoint, or Lightning's ModelCheckpoint
                     (
                         s.get("best_model_path")
-                        for k, s in state.get("callbacks", {}).items()
-                        if "ModelCheckpoint" in str(k) and isinstance(s, dict)
+                        for s in state.get("callbacks", {}).values()
+                        if isinstance(s, dict) and "best_model_path" in s
                     ),
                     None,
                 )

@@ -461,3 +461,23 @@ def test_git_commit_is_ferlits_own_not_an_enclosing_projects(tmp_path):
     git("add", "ferlit/__init__.py")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "ferlit")
     assert git_commit(own) == {"commit": git("rev-parse", "HEAD"), "modified": False}
+
+
+def test_log_folder_reads_the_best_from_ferlits_own_checkpoint_callback_state(tmp_path):
+    """A run's last.ckpt holds the state under FerlitCheckpoint's key (not "ModelCheckpoint..."):
+    its best_model_path is the record, before an older best_validation.json (here from a stop
+    before the run found a better checkpoint, both kept with save_top_k 2)."""
+    from ferlit.runs import FerlitCheckpoint
+
+    folder = tmp_path / "version_0/checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("best-step0000010.ckpt", "best-step0000020.ckpt"):
+        torch.save({"state_dict": {}}, folder / name)
+    (folder / "best_validation.json").write_text(
+        json.dumps({"checkpoint": str(folder / "best-step0000010.ckpt")})
+    )
+    os.utime(folder / "best_validation.json", (1, 1))
+    key = FerlitCheckpoint(monitor="val/criterion", mode="max").state_key
+    state = {"best_model_path": str(folder / "best-step0000020.ckpt"), "dirpath": str(folder)}
+    torch.save({"callbacks": {key: state}}, folder / "last.ckpt")
+    assert resolve_checkpoint(tmp_path) == folder / "best-step0000020.ckpt"
