@@ -292,6 +292,17 @@ def test_a_pack_killed_before_its_final_rename_is_finished(tiny_sample, tmp_path
     assert frames.shape[1:] == (16, 16, 3) and np.asarray(frames).any()  # the faces, kept
 
 
+def test_pack_inside_the_data_it_packs_is_refused(tiny_sample):
+    out = tiny_sample.affwild2_dir / "pack"
+    with pytest.raises(ConfigError) as caught:
+        pack(out, tiny_sample.affwild2_dir, size=16, workers=0, progress=False)
+    assert str(caught.value) == (
+        f"--out {out}: is inside --affwild2-dir {tiny_sample.affwild2_dir}, data being read; "
+        "outputs go in a folder apart from the data"
+    )
+    assert not out.exists() and not out.with_name("pack.partial").exists()
+
+
 def test_pack_over_a_users_folder_is_refused_and_leaves_it(tiny_sample, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()

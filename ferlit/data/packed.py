@@ -58,7 +58,7 @@ from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
-from ferlit.io import atomic_write, check_creatable
+from ferlit.io import atomic_write, check_apart, check_creatable
 
 PACK_VERSION = "ferlit-pack-v1"
 MANIFEST = "manifest.json"
@@ -348,6 +348,8 @@ def pack(
     if expw_min_confidence is not None:
         check_number("--expw-min-confidence", expw_min_confidence)
     out = Path(out)
+    # A pack inside the data it packs would travel with every copy of the data set.
+    check_apart(out, "--out", [("--affwild2-dir", affwild2_dir), ("--expw-dir", expw_dir)])
     if not (out / MANIFEST).is_file():  # checked before indexing, which takes minutes
         if out.exists():
             raise DataError(f"{out}: exists and is not a ferlit pack; choose another --out")
