@@ -321,6 +321,12 @@ def check_trainer_options(config: Namespace) -> None:
                 )
     if trainer.gradient_clip_val is not None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
+    # ferlit's checkpoint and early stopping callbacks are built after the data is indexed
+    check_number("checkpoint.save_top_k", config.checkpoint.save_top_k, -1, integer=True)
+    check_number("early_stopping.patience", config.early_stopping.patience, 0, integer=True)
+    for option in ("checkpoint.mode", "early_stopping.mode"):
+        if config[option] not in ("min", "max"):
+            raise ConfigError(f"{option} must be min or max, got {config[option]!r}")
 
 
 def check_run_folders(trainer: pl.Trainer) -> None:
@@ -638,8 +644,8 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
     except FerlitError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except MisconfigurationException as error:  # a Trainer option ferlit does not check itself
-        print(f"error: trainer options: {error}", file=sys.stderr)
+    except MisconfigurationException as error:  # e.g. a checkpoint.* or early_stopping.* value
+        print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return cli
 

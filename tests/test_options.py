@@ -225,3 +225,40 @@ def test_synth_refuses_a_negative_seed(tmp_path, capsys):
     assert data_main(["synth", "--out", str(tmp_path / "s"), "--seed", "-1"]) == 2
     assert "error: seed must be an integer >= 0 (numpy's seeds), got -1" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--checkpoint.save_top_k", "-2"],
+            "error: checkpoint.save_top_k must be an integer >= -1, got -2",
+        ),
+        (
+            ["--early_stopping.mode", "bad"],
+            "error: early_stopping.mode must be min or max, got 'bad'",
+        ),
+        (
+            ["--early_stopping.patience", "-1"],
+            "error: early_stopping.patience must be an integer >= 0, got -1",
+        ),
+    ],
+)
+def test_callback_values_are_refused_before_any_data_is_read(
+    tmp_path, monkeypatch, capsys, extra, message
+):
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(tmp_path / "sample"))
+    with pytest.raises(SystemExit) as stop:
+        main(["--trainer.logger", "false", *extra])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sample").exists()
+
+
+def test_a_callback_value_lightning_refuses_is_an_error_line(tiny_sample, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(fit_args(tiny_sample, tmp_path, "--checkpoint.every_n_train_steps", "-1"))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: Invalid value for every_n_train_steps=-1. Must be >= 0" in err
+    assert "Traceback" not in err
