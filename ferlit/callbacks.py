@@ -241,7 +241,7 @@ class Preemption(pl.Callback):
         ):
             name = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
             self.saved = os.path.join(checkpoint.dirpath, name)
-            trainer.save_checkpoint(self.saved)
+            trainer.save_checkpoint(self.saved, weights_only=False)  # the whole state
         for signum in self.held:
             handler = self._handlers.get(signum)
             if signum != signal.SIGTERM and callable(handler):

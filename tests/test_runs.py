@@ -144,6 +144,7 @@ def test_stop_kill_and_resume_keep_one_run_and_its_true_best(
     assert stop.value.code == 130
     out, err = capsys.readouterr()
     assert "stopped by SIGINT after optimizer step 5" in err
+    assert "`weights_only` was not set" not in err  # Lightning's note on a full checkpoint
     assert f"cd {work} && {sys.executable} -m ferlit.fit --config {SAMPLE_YAML}" in err
     assert err.rstrip().endswith(f"--ckpt_path {checkpoints / 'last.ckpt'}")
     assert "Best validation" in out  # the summary table, also on a stop
