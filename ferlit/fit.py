@@ -434,6 +434,27 @@ def check_same_experiment(
         )
 
 
+def newest_of_this_experiment(
+    found: list[Path], config: dict[str, Any] | None, defaults: dict[str, Any] | None
+) -> Path:
+    """``--ckpt_path last`` among several ``last*.ckpt`` (a logger folder holding two experiments'
+    versions): the newest one this run's options may resume, else the newest (whose check then
+    refuses it, listing the differences). A file that cannot be read is taken as it is, so that
+    the error names it rather than an older one being resumed past it."""
+    newest_first = sorted(found, key=lambda f: f.stat().st_mtime, reverse=True)
+    if config is None or len(newest_first) == 1:
+        return newest_first[0]
+    for candidate in newest_first:
+        try:
+            record = read_checkpoint_file(candidate).get(CHECKPOINT_KEY)
+        except (ConfigError, OSError):
+            return candidate
+        saved = record.get("config") if isinstance(record, dict) else None
+        if not isinstance(saved, dict) or not config_differences(saved, config, defaults):
+            return candidate
+    return newest_first[0]
+
+
 def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
     """Log a resumed run into the version folder of the checkpoint it resumes.
 
@@ -497,7 +518,7 @@ def resume_checkpoint(
     Lightning looks for ``last`` only in the checkpoint folder of the *new* logger version, which
     never holds one, and would silently start over. ferlit takes the newest ``last*.ckpt`` in
     the checkpoint folder set by ``checkpoint.dirpath``, else in every version of the logger's
-    folder. The file is read first (:func:`read_checkpoint_file`) and, with ``config`` (the
+    folder, of this run's experiment where several are there (:func:`newest_of_this_experiment`). The file is read first (:func:`read_checkpoint_file`) and, with ``config`` (the
     run's flattened options), refused if another experiment wrote it. A resumed run continues
     in the folders of the checkpoint it resumes, whatever the working directory and whether
     ``save_dir`` is relative: checkpoints beside it (``ModelCheckpoint`` drops its best score
@@ -526,7 +547,7 @@ def resume_checkpoint(
                 folders += sorted(root.glob("*/checkpoints"))
         found = [f for folder in folders for f in folder.glob("last*.ckpt")]
         if found:
-            ckpt_path = str(max(found, key=lambda f: f.stat().st_mtime))
+            ckpt_path = str(newest_of_this_experiment(found, config, defaults))
         elif (hpc := trainer._checkpoint_connector._hpc_resume_path) and SLURMEnvironment.detect():
             ckpt_path = hpc
         else:

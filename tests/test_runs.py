@@ -482,3 +482,24 @@ def test_log_folder_reads_the_best_from_ferlits_own_checkpoint_callback_state(tm
     state = {"best_model_path": str(folder / "best-step0000020.ckpt"), "dirpath": str(folder)}
     torch.save({"callbacks": {key: state}}, folder / "last.ckpt")
     assert resolve_checkpoint(tmp_path) == folder / "best-step0000020.ckpt"
+
+
+def test_ckpt_path_last_resumes_this_experiment_among_the_logger_folders_versions(
+    tiny_sample, tmp_path, monkeypatch, capsys
+):
+    """Two experiments in runs/sample (version_0: lr_head 0.01, version_1: 0.02, newer):
+    --ckpt_path last of the first continues version_0 (it took version_1's and refused)."""
+    monkeypatch.chdir(tmp_path)
+    main(sample_args(tiny_sample, "--trainer.max_steps", "3"))
+    main(sample_args(tiny_sample, "--trainer.max_steps", "3", "--model.lr_head", "0.02"))
+    runs = tmp_path / "runs/sample"
+    resumed = main(sample_args(tiny_sample, "--ckpt_path", "last", "--trainer.max_steps", "6"))
+    assert resumed.trainer.global_step == 6
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    assert saved_step(runs / "version_0/checkpoints/last.ckpt") == 6
+    assert saved_step(runs / "version_1/checkpoints/last.ckpt") == 3
+    with pytest.raises(SystemExit) as refused:  # a third experiment: the newest is named
+        main(sample_args(tiny_sample, "--ckpt_path", "last", "--model.lr_head", "0.03"))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "written by another experiment; options that differ: model.lr_head 0.01 -> 0.03" in err
