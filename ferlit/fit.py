@@ -327,6 +327,13 @@ def check_trainer_options(config: Namespace) -> None:
     for option in ("checkpoint.mode", "early_stopping.mode"):
         if config[option] not in ("min", "max"):
             raise ConfigError(f"{option} must be min or max, got {config[option]!r}")
+    # A text Lightning cannot parse (e.g. a W&B sweep's "None") was a TypeError traceback.
+    devices = trainer.devices
+    if isinstance(devices, str) and not re.fullmatch(r"auto|-?\d+|\d+(\s*,\s*\d+)*\s*,?", devices):
+        raise ConfigError(
+            "trainer.devices must be auto, a number of devices (-1: all) or device indices "
+            f"('0,1' or [0, 1]), got {devices!r}"
+        )
 
 
 def check_run_folders(trainer: pl.Trainer) -> None:

@@ -503,3 +503,17 @@ def test_ckpt_path_last_resumes_this_experiment_among_the_logger_folders_version
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert "written by another experiment; options that differ: model.lr_head 0.01 -> 0.03" in err
+
+
+@pytest.mark.parametrize("devices", ["None", "abc", ""])
+def test_trainer_devices_text_lightning_cannot_parse_is_refused(
+    tmp_path, monkeypatch, capsys, devices
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        main(["--config", str(SAMPLE_YAML), f"--trainer.devices={devices}"])
+    assert refused.value.code == 2
+    assert (
+        "error: trainer.devices must be auto, a number of devices (-1: all) or device indices "
+        f"('0,1' or [0, 1]), got {devices!r}"
+    ) in capsys.readouterr().err
