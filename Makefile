@@ -50,7 +50,7 @@ sweep: install
 	echo "  source $(VENV)/bin/activate"; \
 	echo "  FERLIT_AFFWILD2_DIR=/data/Aff-Wild2 FERLIT_EXPW_DIR=/data/ExpW wandb agent $$sweep"
 
-## Evaluate the sample run (after `make fit`): the best checkpoint of the newest runs/sample/version_*
+## Evaluate the sample run (after `make fit`): the best checkpoint runs/sample's newest run recorded
 ## into runs/sample-eval/ (predictions, metrics, plots, ABAW files; see README "Evaluation and exploration").
 .PHONY: evaluate
 evaluate: install
