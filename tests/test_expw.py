@@ -229,7 +229,17 @@ def test_listed_images_that_are_dangling_links_or_not_files_are_named(tmp_path, 
         read_expw(tmp_path)
     (origin / "b.jpg").unlink()
     os.mkfifo(origin / "b.jpg")  # opened, it would block the reader forever
-    with pytest.raises(DataError, match=r":1: image image/origin/b\.jpg is not a regular file"):
+    with pytest.raises(
+        DataError,
+        match=r":1: image image/origin/b\.jpg is a FIFO \(named pipe\), not a regular file; "
+        r"expected a JPEG$",
+    ):
+        read_expw(tmp_path)
+    (origin / "b.jpg").unlink()
+    (origin / "b.jpg").mkdir()  # another member of the kind: a folder named like an image
+    with pytest.raises(
+        DataError, match=r":1: image image/origin/b\.jpg is a folder, not a regular file; "
+    ):
         read_expw(tmp_path)
 
 

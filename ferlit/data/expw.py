@@ -30,6 +30,7 @@ import math
 import numbers
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -309,6 +310,22 @@ def _check_fields(path: str, lines: np.ndarray, ints: np.ndarray, confidence: np
     )
 
 
+def _kind(path: str) -> str:
+    """What a listed image that is not a regular file is, for the message (a FIFO named only as
+    "not a regular file" sent users looking for a missing file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:  # a symlink loop, a folder on the way not searchable
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
 def _check_images(
     path: str, images_dir: str, lines: np.ndarray, image_names: list[str], codes: np.ndarray
 ) -> None:
@@ -350,7 +367,10 @@ def _check_images(
                 "which does not exist (a disk not mounted, or a copy moved?)"
             )
         if os.path.lexists(image):
-            return f"image {IMAGES_DIR}/{shown(name)} is not a regular file; expected a JPEG"
+            return (
+                f"image {IMAGES_DIR}/{shown(name)} is {_kind(image)}, not a regular file; "
+                "expected a JPEG"
+            )
         return f"image {IMAGES_DIR}/{shown(name)} does not exist in {images_dir}"
 
     _check(path, lines, ~present[codes], missing)
