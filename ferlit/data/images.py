@@ -28,6 +28,7 @@ import math
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import cv2
@@ -103,23 +104,31 @@ def image_problem(data: bytes | np.ndarray) -> str | None:
     return None
 
 
+def _jpeg_markers(data: bytes) -> Iterator[tuple[int, int]]:
+    """The ``(offset, marker)`` of each marker of a JPEG after its SOI, in file order (T.81 B.1.1.4,
+    fill bytes ``FF`` skipped); stops at the data's end or where no marker is (a damaged header).
+    Each segment is skipped by its length field; callers stop at the marker they look for (SOF
+    for the declared size, SOS for the scan), both in the header before any entropy-coded data."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        yield pos, marker
+        length = 0 if marker in _JPEG_NO_LENGTH else int.from_bytes(data[pos + 2 : pos + 4], "big")
+        pos += 2 + length
+
+
 def _ends_before_trailer(data: bytes) -> bool:
     """Whether a JPEG not ending with EOI has one after its main image's first scan, i.e. is
     complete with data appended. The segments are walked from SOI to the first SOS (so that an
     EXIF thumbnail's EOI, inside APP1, does not count); a walk that fails counts as no EOI."""
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-        elif marker in _JPEG_NO_LENGTH:
-            pos += 2
-        elif marker == 0xDA:  # start of scan: its entropy-coded data follows
+    for pos, marker in _jpeg_markers(data):
+        if marker == 0xDA:  # start of scan: its entropy-coded data follows
             return data.find(_JPEG_EOI, pos + 2) != -1
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
     return False
 
 
@@ -136,23 +145,13 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
             return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
         return None
     if data[:2] == _JPEG_SOI:
-        pos = 2
-        while pos + 4 <= len(data):
-            if data[pos] != 0xFF:
-                return None
-            marker = data[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-            elif marker in _JPEG_NO_LENGTH:
-                pos += 2
-            elif marker in _JPEG_SOF:
+        for pos, marker in _jpeg_markers(data):
+            if marker in _JPEG_SOF:
                 if pos + 9 > len(data):
                     return None
                 height = int.from_bytes(data[pos + 5 : pos + 7], "big")
                 width = int.from_bytes(data[pos + 7 : pos + 9], "big")
                 return (width, height) if height else None  # 0: height given later (DNL)
-            else:
-                pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
         return None
     try:
         with warnings.catch_warnings():
