@@ -1,4 +1,5 @@
-"""Crash-safe file writes: a reader sees the old file or the whole new one, never a part.
+"""Crash-safe file writes (a reader sees the old file or the whole new one, never a part), the
+output-folder bookkeeping built on them, and :func:`read_text` for the text files users give.
 
 A file written in place (or, like Lightning's checkpoints, written to ``$TMPDIR`` and then
 moved) is half-written for a while; on a cluster's NFS or Lustre the move across file systems is
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from ferlit.errors import ConfigError
+from ferlit.errors import ConfigError, DataError
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:
@@ -233,3 +234,25 @@ def check_creatable(folder: str | os.PathLike, option: str) -> None:
             )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {folder}: {existing} is not writable; choose another folder")
+
+
+def read_text(path: str | os.PathLike, what: str | None = None) -> str:
+    """The text of a file a user gives (an annotation file, ``label.lst``, a test list), or
+    ``DataError`` naming the file and why it cannot be read.
+
+    UTF-8, with the byte order mark that Windows editors write accepted and dropped
+    (``utf-8-sig``); undecodable bytes are refused with their offset. ``what`` is the option that
+    named the file (``--test_list``): the message then says which, and a missing file reads
+    "file not found" rather than the OS's words.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:  # missing, a folder, unreadable (PermissionError), an I/O error
+        if what and isinstance(e, FileNotFoundError):
+            raise DataError(f"{path}: {what} file not found") from None
+        label = f" {what}" if what else ""
+        raise DataError(f"{path}:{label} cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None

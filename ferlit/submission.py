@@ -33,7 +33,7 @@ from ferlit.data.affwild2 import _read_annotation_file, write_annotation_file
 from ferlit.data.index import FrameIndex
 from ferlit.errors import DataError
 from ferlit.expressions import EXPRESSIONS_8
-from ferlit.io import atomic_write, claim_outputs
+from ferlit.io import atomic_write, claim_outputs, read_text
 
 #: The first line of an ABAW 2023/2024 expression submission file.
 SINGLE_FILE_HEADER = "image_location," + ",".join(EXPRESSIONS_8)
@@ -143,14 +143,7 @@ def read_test_list(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     video name (the names-only ``..._test_set_release.txt``) tells no frames and is refused.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: --test_list file not found") from None
-    except OSError as e:  # a folder, unreadable (PermissionError), an I/O error
-        raise DataError(f"{path}: --test_list cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path, "--test_list")
     videos: list[str] = []
     frames: list[int] = []
     seen: set[tuple[str, int]] = set()
@@ -231,14 +224,7 @@ def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
     """Frames per video from a lengths file: CSV lines ``video,frames``, an optional
     ``video,frames`` header line first."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: --frame_counts file not found") from None
-    except OSError as e:  # a folder, unreadable (PermissionError), an I/O error
-        raise DataError(f"{path}: --frame_counts cannot be read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path, "--frame_counts")
     counts: dict[str, int] = {}
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()

@@ -37,7 +37,7 @@ from rich.progress import track
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, DataWarning, quote
 from ferlit.expressions import AFFWILD2_HEADERS, OTHER, class_names
-from ferlit.io import atomic_write
+from ferlit.io import atomic_write, read_text
 
 #: Known annotation layouts, by challenge year: (folder under affwild2_dir, train dir, val dir).
 LAYOUTS: dict[str, tuple[str, str, str]] = {
@@ -453,12 +453,7 @@ def _read_annotation_file(path: str) -> tuple[np.ndarray, int]:
     empty lines; those are accepted. Anything that would shift the frame<->line alignment (an
     empty line inside the file) or is not a label of the header's classes is an error.
     """
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    text = read_text(path)
     lines = [line.strip() for line in text.split("\n")]
     while lines and not lines[-1]:
         lines.pop()

@@ -44,7 +44,7 @@ from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, declared_size, size
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, quote
 from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
-from ferlit.io import atomic_write
+from ferlit.io import atomic_write, read_text
 
 IMAGES_DIR = "image/origin"
 LABEL_FILE = "label/label.lst"
@@ -194,12 +194,7 @@ def _parse_label_list(
     are accepted. Each chunk becomes arrays at once, so a million-line file never exists as a
     million lists of strings, and the per-line work is one ``str.split``.
     """
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:  # unreadable (PermissionError), a folder, an I/O error
-        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    text = read_text(path)
     all_lines = text.split("\n")
     names: list[str] = []
     parts: dict[str, list[np.ndarray]] = {"ints": [], "confidence": [], "lines": []}
