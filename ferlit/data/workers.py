@@ -8,12 +8,13 @@ check that their parent is alive only while they wait for work (``ManagerWatchdo
 not while a long read or decode runs.
 
 :func:`exit_with_parent` is the ``worker_init_fn`` of ferlit's loaders (training, validation,
-evaluation, pack) and the initializer of ``ferlit.data check``'s process pool. On Linux it asks the kernel (``prctl(PR_SET_PDEATHSIG)``, prctl(2)) to send the
-worker SIGKILL when its parent dies: SIGKILL rather than SIGTERM because a forked worker inherits
-the parent's Python SIGTERM handler (``python -m ferlit.fit`` installs one to stop after the
-current step), which would keep it alive; a worker holds nothing to clean up (every file is
-written by the parent). The parent may already have died before the call: its pid, recorded
-when the worker was started, no longer being the worker's parent, the worker exits at once.
+evaluation, pack) and the initializer of ``ferlit.data check``'s process pool. On Linux it asks the
+kernel (``prctl(PR_SET_PDEATHSIG)``, prctl(2)) to send the worker SIGKILL when its parent dies:
+SIGKILL rather than SIGTERM because a forked worker inherits the parent's Python SIGTERM handler
+(``python -m ferlit.fit`` installs one to stop after the current step), which would keep it alive; a
+worker holds nothing to clean up (every file is written by the parent). The parent may already have
+died before the call: its pid, recorded when the worker was started, no longer being the worker's
+parent, the worker exits at once.
 Elsewhere (macOS, Windows) only that check runs, and torch's watchdog remains.
 """
 
