@@ -50,7 +50,7 @@ from ferlit.data.samplers import EpochShuffleSampler
 from ferlit.data.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.transforms import Augmentation
 from ferlit.data.workers import exit_with_parent
-from ferlit.errors import ConfigError, FerlitError, user_message
+from ferlit.errors import ConfigError, FerlitError, quiet_closed_stdout, user_message
 from ferlit.expressions import EXPW_TO_ABAW
 from ferlit.io import atomic_write, check_creatable
 
@@ -624,4 +624,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with quiet_closed_stdout():
+        status = main()
+    sys.exit(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -47,6 +48,27 @@ def data_warnings_as_lines() -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = original
+
+
+@contextlib.contextmanager
+def quiet_closed_stdout() -> Iterator[None]:
+    """Within: a reader that closes the pipe early (``ferlit.data stats --json | head -1``) ends
+    the command quietly with exit status 1, not a ``BrokenPipeError`` traceback.
+
+    This is the recipe of Python's documentation (library/signal, "Note on SIGPIPE"): stdout is
+    pointed at ``os.devnull`` so that the interpreter's own flush at exit cannot raise again.
+    ``BrokenPipeError`` is an ``OSError``: the commands' ``except OSError`` lines let it through.
+    """
+    try:
+        try:
+            yield
+        finally:  # also after argparse's --help, which exits with the text still buffered
+            sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
 
 
 #: How much offending file content an error message quotes: enough to recognise the text, and a

@@ -71,6 +71,7 @@ from ferlit.errors import (
     FerlitError,
     WeightsError,
     data_warnings_as_lines,
+    quiet_closed_stdout,
     user_message,
 )
 from ferlit.expressions import EXPRESSIONS_7, class_names
@@ -1010,6 +1011,8 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
     except FerlitError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BrokenPipeError:  # stdout closed by its reader: quiet_closed_stdout ends it
+        raise
     except OSError as error:  # what the checks before predicting cannot foresee (a full disk)
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}", file=sys.stderr)
@@ -1017,5 +1020,5 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    with data_warnings_as_lines():
+    with quiet_closed_stdout(), data_warnings_as_lines():
         main()

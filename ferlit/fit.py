@@ -62,7 +62,13 @@ from rich.console import Console
 from ferlit.callbacks import BestValidationSummary, Preemption
 from ferlit.cli_values import PARSER_MODE, check_number
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.errors import ConfigError, FerlitError, data_warnings_as_lines, user_message
+from ferlit.errors import (
+    ConfigError,
+    FerlitError,
+    data_warnings_as_lines,
+    quiet_closed_stdout,
+    user_message,
+)
 from ferlit.models.checkpoints import load_checkpoint
 from ferlit.module import ExpressionModule, check_model_options, check_schedule
 from ferlit.runs import (
@@ -675,9 +681,18 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
     except MisconfigurationException as error:  # e.g. a checkpoint.* or early_stopping.* value
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:
+        # What no check before the run foresees (a disk that fills, a folder made read-only while
+        # the data is indexed): the file and the reason, as ferlit.data and ferlit.evaluate print
+        # them. An OSError naming no file is not the user's input: a bug, shown whole.
+        if not error.filename:
+            raise
+        where = f"{error.filename} -> {error.filename2}" if error.filename2 else error.filename
+        print(f"error: {where}: {error.strerror or error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return cli
 
 
 if __name__ == "__main__":
-    with data_warnings_as_lines():
+    with quiet_closed_stdout(), data_warnings_as_lines():
         main()

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from ferlit.data.affwild2 import LAYOUTS
 from ferlit.data.synth import write_sample_data
-from ferlit.errors import ConfigError, DataError, FerlitError, data_warnings_as_lines, user_message
+from ferlit.errors import (
+    ConfigError,
+    DataError,
+    FerlitError,
+    data_warnings_as_lines,
+    quiet_closed_stdout,
+    user_message,
+)
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     except FerlitError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed by its reader: quiet_closed_stdout ends it
+        raise
     except OSError as e:
         # What the checks before the work cannot foresee (a disk that fills, a file system that
         # goes read-only, a folder removed meanwhile): the path and the reason, not a traceback.
@@ -289,6 +298,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    with data_warnings_as_lines():
+    with quiet_closed_stdout(), data_warnings_as_lines():
         status = main()
     sys.exit(status)
