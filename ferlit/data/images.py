@@ -84,7 +84,7 @@ class ImageError(DataError):
         return error
 
 
-def image_problem(data: bytes | np.ndarray) -> str | None:
+def image_problem(data: bytes) -> str | None:
     """Why the bytes of an image file are not a complete image, or None: the cheap checks.
 
     Empty files, and JPEGs (starting with ``FF D8``) that do not end with ``FF D9`` once trailing
@@ -93,9 +93,9 @@ def image_problem(data: bytes | np.ndarray) -> str | None:
     if len(data) == 0:
         return "empty file (0 bytes)"
     if (
-        bytes(data[:2]) == _JPEG_SOI
-        and not bytes(data[-4096:]).rstrip(_PADDING).endswith(_JPEG_EOI)
-        and not _ends_before_trailer(bytes(data))
+        data[:2] == _JPEG_SOI
+        and not data[-4096:].rstrip(_PADDING).endswith(_JPEG_EOI)
+        and not _ends_before_trailer(data)
     ):
         return (
             f"truncated JPEG: no end-of-image marker FF D9 at its end ({len(data):,} bytes; "
@@ -216,8 +216,7 @@ def read_image(path: str, source: str | None = None) -> np.ndarray:
         raise ImageError.at(path, "cannot read image: no such file", source) from None
     except OSError as e:
         raise ImageError.at(path, f"cannot read image: {e.strerror or e}", source) from None
-    data = np.frombuffer(raw, np.uint8)
-    problem = image_problem(data)
+    problem = image_problem(raw)
     if problem is None:
         try:
             size = declared_size(raw)
@@ -226,7 +225,7 @@ def read_image(path: str, source: str | None = None) -> np.ndarray:
         problem = None if size is None else size_problem(*size)
     if problem is not None:
         raise ImageError.at(path, problem, source)
-    image = cv2.imdecode(data, _IMREAD_FLAGS)
+    image = cv2.imdecode(np.frombuffer(raw, np.uint8), _IMREAD_FLAGS)
     if image is None:
         raise ImageError.at(path, "cannot read image (not a decodable image)", source)
     return image
