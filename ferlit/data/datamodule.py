@@ -22,7 +22,7 @@ from ferlit.cli_values import check_number
 from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
-from ferlit.data.images import BOX_OVERFLOW, BoxOverflow, ImageError, load_face
+from ferlit.data.images import BoxOverflow, ImageError, check_box_overflow, load_face
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.data.packed import Pack, PackedFaceDataset, check_pack_sources
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
@@ -306,10 +306,7 @@ class ExpressionDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.frame_step must be an integer >= 1, got {frame_step!r}")
         if max_class_share is not None and not 0 < max_class_share <= 1:
             raise ConfigError(f"data.max_class_share must be in (0, 1], got {max_class_share}")
-        if expw_box_overflow not in BOX_OVERFLOW:
-            raise ConfigError(
-                f"data.expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}"
-            )
+        check_box_overflow(expw_box_overflow, "data.expw_box_overflow")
         if affwild2_dir is None and expw_dir is not None and packed_dir is None:
             raise ConfigError(
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"

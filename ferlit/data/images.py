@@ -65,6 +65,13 @@ BoxOverflow = Literal["clip", "pad"]
 BOX_OVERFLOW = ("clip", "pad")
 
 
+def check_box_overflow(value: object, option: str = "expw_box_overflow") -> None:
+    """``ConfigError`` naming ``option`` unless ``value`` is one of :data:`BOX_OVERFLOW` (the
+    ways :func:`load_face` treats an ExpW box past its image's edge)."""
+    if value not in BOX_OVERFLOW:
+        raise ConfigError(f"{option} must be 'clip' or 'pad', got {value!r}")
+
+
 class ImageError(DataError):
     """An image file that is missing, empty, cut short or not decodable; ``path`` and ``reason``
     say which and why (training replaces such a sample, validation stops on it).
@@ -261,8 +268,7 @@ def load_face(
     """
     if not (math.isfinite(margin) and margin >= 0):
         raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
-    if box_overflow not in BOX_OVERFLOW:
-        raise ConfigError(f"expw_box_overflow must be 'clip' or 'pad', got {box_overflow!r}")
+    check_box_overflow(box_overflow)
     path = index.image_path(i)
     image = read_image(path, index.source(i))
     if index.group_kinds[index.groups[i]] == BOXED_IMAGE:

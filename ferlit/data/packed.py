@@ -53,7 +53,7 @@ from ferlit.cli_values import check_number
 from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
-from ferlit.data.images import BOX_OVERFLOW, load_face
+from ferlit.data.images import BOX_OVERFLOW, check_box_overflow, load_face
 from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.data.workers import exit_with_parent
@@ -336,8 +336,7 @@ def pack(
     """
     if affwild2_dir is None and expw_dir is None:
         raise ConfigError("pack needs --affwild2-dir and/or --expw-dir: there is nothing to pack")
-    if expw_box_overflow not in BOX_OVERFLOW:
-        raise ConfigError(f"expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}")
+    check_box_overflow(expw_box_overflow)
     if size <= 0 or chunk_size <= 0:
         raise ConfigError(f"size and chunk size must be positive, got {size} and {chunk_size}")
     # before indexing, not in the workers once packing has started (DataLoader refuses -1 workers

@@ -23,6 +23,7 @@ from rich.table import Table
 from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.datamodule import class_weights_from_counts
 from ferlit.data.expw import read_expw
+from ferlit.data.images import check_box_overflow
 from ferlit.data.index import SKIP_REASONS, FrameIndex
 from ferlit.errors import ConfigError, DataWarning
 from ferlit.expressions import class_names
@@ -98,8 +99,7 @@ def dataset_stats(
     """
     if affwild2_dir is None and expw_dir is None:
         raise ConfigError("no data: give an Aff-Wild2 folder, an ExpW folder, or both")
-    if expw_box_overflow not in BOX_KEYS:
-        raise ConfigError(f"expw_box_overflow must be 'clip' or 'pad', got {expw_box_overflow!r}")
+    check_box_overflow(expw_box_overflow)
     names = class_names(num_classes)
     train: dict[str, dict[str, Any]] = {}
     val: dict[str, dict[str, Any]] = {}
