@@ -75,6 +75,7 @@ from ferlit.errors import (
     user_message,
 )
 from ferlit.expressions import EXPRESSIONS_7, class_names
+from ferlit.inference import load_model
 from ferlit.io import (
     atomic_write,
     check_creatable,
@@ -207,17 +208,6 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     model = dict(state["hyper_parameters"])
     data = dict(state.get("datamodule_hyper_parameters") or {})
     return model, data
-
-
-def load_module(path: Path, hparams: dict[str, Any]) -> ExpressionModule:
-    """The trained module, in eval mode on the CPU (the Trainer moves it).
-
-    ``ExpressionModule.load_from_checkpoint`` reads the file safely, does not need the VGGFace2
-    file the run started from (the checkpoint holds every weight) and restores the input
-    preprocessing saved in the checkpoint.
-    """
-    module = ExpressionModule.load_from_checkpoint(path, map_location="cpu")
-    return module.eval()
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -799,7 +789,7 @@ def evaluate(args: list[str] | None = None) -> dict[str, Any] | None:
     index, split_part, described = frames_to_evaluate(config, data)
     index, part, context = with_context(data, index, split_part)
     check_submission_coverage(config, index, submission_format)
-    module = load_module(checkpoint, model_hparams)
+    module = load_model(checkpoint)  # on the CPU, in eval mode (the Trainer moves it)
 
     auto_on_val = window == "auto" and split_part != "affwild2_val"
     if auto_on_val:

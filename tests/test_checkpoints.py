@@ -21,10 +21,10 @@ import torch
 import ferlit
 from ferlit.data.affwild2 import frame_file
 from ferlit.errors import DataError, WeightsError
-from ferlit.evaluate import load_module
 from ferlit.evaluate import main as evaluate
 from ferlit.expressions import EXPRESSIONS_7
 from ferlit.fit import main as fit
+from ferlit.inference import load_model
 from ferlit.models import IMAGENET, VGGFACE2, Normalize, create_model
 from ferlit.models.checkpoints import load_checkpoint
 from ferlit.module import ExpressionModule
@@ -118,7 +118,7 @@ def test_every_loader_restores_the_models_own_preprocessing(runs, run, tmp_path)
     np.testing.assert_allclose(probabilities(loaded, images), expected, rtol=1e-5, atol=1e-6)
     assert loaded.hparams.pretrained == trained.hparams.pretrained  # recorded as trained
 
-    evaluated = load_module(path, dict(trained.hparams))
+    evaluated = load_model(path)  # python -m ferlit.evaluate's loader
     assert evaluated.net.preprocessing == EXPECTED[run]
     np.testing.assert_allclose(probabilities(evaluated, images), expected, rtol=1e-5, atol=1e-6)
 
