@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,14 +45,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
 
     ``mode`` is ``"wb"`` or ``"w"`` (with ``open_kwargs`` such as ``encoding``). If the block
     raises, or the process dies in it, ``path`` is untouched: an exception removes the
-    temporary file; a killed process leaves a ``.<name>.*.tmp`` beside it, which no reader of
-    ``path`` looks at. The replaced file keeps the permissions a new file gets (umask).
+    temporary file; a killed process leaves a ``.<name>.<pid>@<host>.*.tmp`` beside it, which no
+    reader of ``path`` looks at and the next write of ``path`` removes
+    (:func:`remove_stale_temporaries`). The replaced file keeps the permissions a new file gets
+    (umask).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     folder = path.parent
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    remove_stale_temporaries(path)
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp", dir=folder
+    )
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -68,6 +75,50 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
             os.unlink(temporary)
         raise
     fsync_dir(folder)
+
+
+#: This machine's name as it appears in temporary names (letters, digits and ``-`` only), so that
+#: a process id is only ever looked up on the machine that wrote it (a shared NFS folder).
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Remove the temporaries of ``path`` that :func:`atomic_write` left when its process was
+    killed (``kill -9``, an OOM, a node lost mid-checkpoint): each holds up to a checkpoint's size,
+    and nothing else ever removes them. Returns the names removed.
+
+    Only ferlit's own pattern for this very target is touched (``.<name>.<pid>@<host>.<8 of
+    mkstemp's characters>.tmp``), and only where ``<host>`` is this machine and process ``<pid>``
+    no longer exists: a write in progress in another process, or on another machine sharing the
+    folder, keeps its file. A reused pid keeps a stale file, never removes a live one.
+    """
+    path = Path(path)
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}\.(\d+)@{re.escape(_HOST)}\.[a-z0-9_]{{8}}\.tmp"
+    )
+    removed = []
+    try:
+        entries = os.listdir(path.parent)
+    except OSError:  # the write itself will name the folder's problem
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match is None or int(match[1]) == os.getpid() or _alive(int(match[1])):
+            continue
+        with contextlib.suppress(OSError):  # another process removed it first, or read-only
+            os.unlink(path.parent / entry)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):  # another user's process: alive
+        return True
+    return True
 
 
 # -- ferlit's own outputs ----------------------------------------------------------------------

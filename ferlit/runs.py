@@ -145,8 +145,9 @@ def same_folder(recorded: str | os.PathLike | None, folder: str | os.PathLike) -
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are crash-safe (:func:`ferlit.io.atomic_write`).
 
-    A kill at any moment leaves the previous file whole (and at most a hidden ``.<name>.*.tmp``
-    beside it). Remote paths (``s3://...``) keep Lightning's writer.
+    A kill at any moment leaves the previous file whole (and at most a hidden
+    ``.<name>.<pid>@<host>.*.tmp`` beside it, which the next save removes). Remote paths
+    (``s3://...``) keep Lightning's writer.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
