@@ -5,6 +5,10 @@ decay 0.005) with two learning rates — 1e-3 for the new classifier, 1e-6 for t
 and model selection by the ABAW expression criterion (0.67 x macro-F1 + 0.33 x accuracy). An
 8-class run (with Other, ABAW 2022 and later) is selected by those challenges' score instead, the
 mean F1 over the 8 classes (:mod:`ferlit.metrics`).
+
+Where to look: :class:`ExpressionModule` (``training_step``, ``validation_step``,
+``configure_optimizers``); above it, the option checks that ``python -m ferlit.fit`` also runs
+before reading data, and the learning-rate schedule (:func:`schedule_factor`).
 """
 
 from __future__ import annotations
