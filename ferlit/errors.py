@@ -96,5 +96,8 @@ def user_message(error: FerlitError) -> str:
         return text
     marker = f"{type(error).__module__}.{type(error).__qualname__}: "
     where = text.rfind(marker)
+    # torch's first line is "Caught <ExceptionClass> in DataLoader worker process <n>."; the
+    # class name is ferlit's internals (it read "... (ImageError in DataLoader worker process 0)").
     origin = text.splitlines()[0].removeprefix("Caught ").rstrip(".")
-    return f"{text[where + len(marker) :].strip()} ({origin})" if where >= 0 else text
+    origin = origin.split(" ", 1)[1] if origin.startswith(f"{type(error).__name__} ") else origin
+    return f"{text[where + len(marker) :].strip()} (raised {origin})" if where >= 0 else text

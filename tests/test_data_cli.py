@@ -282,6 +282,17 @@ def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
     assert out[-1] == f"Checked 18 images in {affwild2}, {expw}: 3 damaged (listed above)"
 
 
+def test_pack_names_a_damaged_frame_read_by_its_worker(damaged, tmp_path, capsys) -> None:
+    affwild2, _, lines = damaged
+    argv = ["pack", "--affwild2-dir", str(affwild2), "--out", str(tmp_path / "pack")]
+    assert main([*argv, "--workers", "1"]) == 2
+    annotation = annotation_dir(affwild2, "abaw2020", "train") / "a.txt"
+    # torch's "Caught ImageError in ..." wrapper is gone; the class name says nothing to a user
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {lines[0]}; sample from {annotation}:3 (raised in DataLoader worker process 0)"
+    )
+
+
 @pytest.mark.parametrize(
     "command, option",
     [

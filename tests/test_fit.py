@@ -361,7 +361,7 @@ def test_an_undecodable_frame_in_a_worker_is_reported_by_name(tiny_sample, tmp_p
     assert stop.value.code == 2
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if line.startswith("error: "))
-    assert "00003.jpg" in line and "DataLoader worker" in line
+    assert "00003.jpg" in line and line.endswith(" (raised in DataLoader worker process 0)")
     assert "Traceback" not in err
 
 
