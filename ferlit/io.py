@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -119,6 +120,30 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):  # another user's process: alive
         return True
     return True
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What a path that ferlit expected to be a regular file is, for an error message ("a link to
+    X, which does not exist", "a FIFO (named pipe)", ...): a FIFO named only as "not a regular
+    file", or a dangling link as "does not exist", sent users looking for a missing file."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a link to {os.readlink(path)}, which does not exist"
+        return "missing"
+    except OSError as e:  # a symlink loop, a folder on the way not searchable
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 # -- ferlit's own outputs ----------------------------------------------------------------------

@@ -526,3 +526,25 @@ def test_an_unreadable_annotation_file_is_named(tmp_path, add_video, monkeypatch
     monkeypatch.setattr(type(path), "read_bytes", no_permission)
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: cannot be read \(Permission d"):
         read_affwild2(tmp_path, "train")
+
+
+def test_annotation_files_that_are_not_regular_files_are_named(tmp_path, add_video):
+    add_video("kept", [1], [1])
+    folder = annotation_dir(tmp_path, "abaw2020", "train")
+    gone = folder / "on-usb.txt"
+    gone.symlink_to(tmp_path / "usb-disk" / "on-usb.txt")  # the split lost this video, silently
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train")
+    assert str(error.value) == (
+        f"{gone}: is a link to {tmp_path / 'usb-disk' / 'on-usb.txt'}, which does not exist; "
+        "expected an annotation file (a regular file)"
+    )
+    gone.unlink()
+    os.mkfifo(folder / "pipe.txt")  # another member: opened, it would block the read forever
+    (folder / "video.txt").mkdir()
+    with pytest.raises(DataError) as error:
+        read_affwild2(tmp_path, "train")
+    assert str(error.value) == (
+        f"{folder / 'pipe.txt'}: is a FIFO (named pipe) (and 1 more); expected an annotation "
+        "file (a regular file)"
+    )

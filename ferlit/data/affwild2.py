@@ -37,7 +37,7 @@ from rich.progress import track
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, DataWarning, quote
 from ferlit.expressions import AFFWILD2_HEADERS, OTHER, class_names
-from ferlit.io import atomic_write, read_text
+from ferlit.io import atomic_write, file_kind, read_text
 
 #: Known annotation layouts, by challenge year: (folder under affwild2_dir, train dir, val dir).
 LAYOUTS: dict[str, tuple[str, str, str]] = {
@@ -163,16 +163,22 @@ def read_affwild2(
         raise DataError(f"{folder}: missing; expected the {split} annotations of layout {layout}")
     try:
         with os.scandir(folder) as entries:  # dot files: e.g. macOS "._<video>.txt" forks
-            files = sorted(
-                e.name
-                for e in entries
-                if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file()
-            )
+            named = [e for e in entries if e.name.endswith(".txt") and not e.name.startswith(".")]
+            files = sorted(e.name for e in named if e.is_file())
     except OSError as e:  # unreadable (PermissionError) or gone meanwhile
         raise DataError(
             f"{folder}: cannot be listed ({e.strerror or e}); ferlit needs to read the {split} "
             "annotation files in it"
         ) from None
+    # A <video>.txt that is a dangling link (a disk not mounted), a FIFO (would block the read)
+    # or a folder was passed over in silence: the split lost that video (issue 13, shrinkage).
+    odd = sorted(e.name for e in named if e.name not in files)
+    if odd:
+        more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        raise DataError(
+            f"{folder / odd[0]}: is {file_kind(folder / odd[0])}{more}; expected an annotation "
+            "file (a regular file)"
+        )
     if not files:
         raise DataError(f"{folder}: no <video>.txt annotation files")
     rel_folder = folder.relative_to(root).as_posix()

@@ -30,7 +30,6 @@ import math
 import numbers
 import os
 import re
-import stat
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -44,7 +43,7 @@ from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, declared_size, size
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, quote
 from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
-from ferlit.io import atomic_write, read_text
+from ferlit.io import atomic_write, file_kind, read_text
 
 IMAGES_DIR = "image/origin"
 LABEL_FILE = "label/label.lst"
@@ -305,22 +304,6 @@ def _check_fields(path: str, lines: np.ndarray, ints: np.ndarray, confidence: np
     )
 
 
-def _kind(path: str) -> str:
-    """What a listed image that is not a regular file is, for the message (a FIFO named only as
-    "not a regular file" sent users looking for a missing file)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as e:  # a symlink loop, a folder on the way not searchable
-        return f"unreadable ({e.strerror or e})"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
-
-
 def _check_images(
     path: str, images_dir: str, lines: np.ndarray, image_names: list[str], codes: np.ndarray
 ) -> None:
@@ -363,7 +346,7 @@ def _check_images(
             )
         if os.path.lexists(image):
             return (
-                f"image {IMAGES_DIR}/{shown(name)} is {_kind(image)}, not a regular file; "
+                f"image {IMAGES_DIR}/{shown(name)} is {file_kind(image)}, not a regular file; "
                 "expected a JPEG"
             )
         return f"image {IMAGES_DIR}/{shown(name)} does not exist in {images_dir}"
