@@ -46,10 +46,14 @@ class BestValidationSummary(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Note the damaged image files the training set skipped in this batch (its 4th element,
         ``EpochSeededDataset``): sample ``s`` with ``k`` skipped replaced samples s-1 .. s-k."""
-        if not (isinstance(batch, list | tuple) and len(batch) > 3) or not bool(batch[3].any()):
+        if not (isinstance(batch, list | tuple) and len(batch) > 3):
+            return
+        counts = batch[3]  # a host list (ExpressionDataModule.on_before_batch_transfer)
+        counts = counts.tolist() if torch.is_tensor(counts) else counts
+        if not any(counts):
             return
         dataset = trainer.train_dataloader.dataset
-        for sample, skipped in zip(batch[2].tolist(), batch[3].tolist(), strict=True):
+        for sample, skipped in zip(batch[2].tolist(), counts, strict=True):
             for k in range(skipped, 0, -1):
                 self.damaged[dataset.image_path((sample - k) % len(dataset))] = None
 

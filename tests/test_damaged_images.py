@@ -183,3 +183,16 @@ def test_fit_with_strict_images_stops_naming_the_file(tiny_sample, tmp_path, cap
     err = capsys.readouterr().err
     assert f"error: {made['damaged']}: truncated JPEG: no end-of-image marker FF D9" in err
     assert "Traceback" not in err
+
+
+def test_the_damaged_counts_of_a_training_batch_stay_on_the_host(tiny_sample):
+    """The summary reads them after every step: moved to a GPU, each read would wait for it."""
+    import torch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    data = ExpressionDataModule(affwild2_dir=str(tiny_sample.affwild2_dir))
+    batch = [torch.zeros(3, 3, 8, 8), torch.tensor([0, 1, 2]), torch.tensor([4, 5, 6])]
+    batch.append(torch.tensor([0, 2, 0]))
+    moved = move_data_to_device(data.on_before_batch_transfer(batch, 0), torch.device("meta"))
+    assert moved[3] == [0, 2, 0]
+    assert moved[0].device.type == "meta"

@@ -524,6 +524,16 @@ class ExpressionDataModule(pl.LightningDataModule):
         seeded = EpochSeededDataset(dataset, hp.seed, strict=hp.strict_images)
         return self._loader(seeded, sampler, hp.batch_size, ResumableLoader)
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Keep a training batch's 4th element (damaged images each sample replaced) on the host.
+
+        ``BestValidationSummary`` reads it after every step; read from the GPU it would make every
+        step wait for the device. A list of ints is left where it is by the batch transfer.
+        """
+        if isinstance(batch, list | tuple) and len(batch) > 3 and torch.is_tensor(batch[3]):
+            batch = [*batch[:3], batch[3].tolist(), *batch[4:]]
+        return batch
+
     def val_dataloader(self) -> DataLoader:
         rank, world_size, _ = self._distribution()
         hp = self.hparams
