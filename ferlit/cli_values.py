@@ -35,6 +35,13 @@ def _load(value: str):
 
 set_loader(PARSER_MODE, _load, (yaml.YAMLError,))
 
+#: The largest face side ferlit trains on, packs or evaluates (``model.input_size``,
+#: ``data.image_size``, ``pack --size``). Aff-Wild2's ``cropped_aligned`` faces are 112x112 and
+#: VGGFace2's models were trained at 224; 1024 is a 112 crop enlarged 9x, 12 MB a float sample.
+#: A typo such as 100000 made OpenCV try to allocate 30,000,000,000 bytes per sample in a loader
+#: worker (a raw cv2.error, or the machine swapping), and ``pack`` a memory map of 30 GB per face.
+MAX_IMAGE_SIZE = 1024
+
 
 def check_number(
     option: str,

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
-from ferlit.cli_values import check_number
+from ferlit.cli_values import MAX_IMAGE_SIZE, check_number
 from ferlit.errors import ConfigError, TrainingDiverged, WeightsError
 from ferlit.expressions import class_names, metric_key
 from ferlit.metrics import ExpressionCriterion
@@ -76,7 +76,7 @@ def check_model_options(
     ``TrainingDiverged`` would blame on the learning rate), negative rates, momentum outside
     [0, 1), a negative weight decay (torch's SGD raises a bare ValueError only when the
     optimizer is built). ``python -m ferlit.fit`` calls this before reading any data."""
-    check_number("model.input_size", input_size, 1, integer=True)
+    check_number("model.input_size", input_size, 1, MAX_IMAGE_SIZE, integer=True)
     if class_weights is not None:
         if len(class_weights) != num_classes:
             raise ConfigError(

@@ -282,6 +282,17 @@ def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
     assert out[-1] == f"Checked 18 images in {affwild2}, {expw}: 3 damaged (listed above)"
 
 
+@pytest.mark.parametrize("size", ["0", "100000"])
+def test_pack_refuses_a_face_size_out_of_range_before_indexing(tiny, tmp_path, capsys, size):
+    affwild2, _ = tiny
+    out = tmp_path / "pack"
+    assert main(["pack", "--affwild2-dir", str(affwild2), "--out", str(out), "--size", size]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --size must be an integer in [1, 1024], got {size}\n"
+    )  # 100000 made a memory map of 30 GB per face ("error: Cannot allocate memory")
+    assert not out.exists() and not (tmp_path / "pack.partial").exists()
+
+
 def test_pack_names_a_damaged_frame_read_by_its_worker(damaged, tmp_path, capsys) -> None:
     affwild2, _, lines = damaged
     argv = ["pack", "--affwild2-dir", str(affwild2), "--out", str(tmp_path / "pack")]

@@ -121,8 +121,11 @@ def test_the_module_refuses_nan_class_weights_from_python():
         match=r"^model.class_weights\[2\] \(Disgust\) must be a finite number > 0, got nan$",
     ):
         ExpressionModule(**kwargs, class_weights=[1, 1, math.nan, 1, 1, 1, 1])
-    with pytest.raises(ConfigError, match=r"^model.input_size must be an integer >= 1, got 0$"):
-        ExpressionModule(**kwargs, input_size=0)
+    for size in (0, 100_000):  # 100000: OpenCV asked for 30 GB per sample in a loader worker
+        with pytest.raises(
+            ConfigError, match=rf"^model.input_size must be an integer in \[1, 1024\], got {size}$"
+        ):
+            ExpressionModule(**kwargs, input_size=size)
 
 
 def test_a_trainer_value_lightning_refuses_is_an_error_line_not_a_traceback(

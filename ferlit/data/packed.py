@@ -49,7 +49,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from ferlit.cli_values import check_number
+from ferlit.cli_values import MAX_IMAGE_SIZE, check_number
 from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
@@ -337,8 +337,9 @@ def pack(
     if affwild2_dir is None and expw_dir is None:
         raise ConfigError("pack needs --affwild2-dir and/or --expw-dir: there is nothing to pack")
     check_box_overflow(expw_box_overflow)
-    if size <= 0 or chunk_size <= 0:
-        raise ConfigError(f"size and chunk size must be positive, got {size} and {chunk_size}")
+    check_number("--size", size, 1, MAX_IMAGE_SIZE, integer=True)  # data.image_size
+    if chunk_size <= 0:
+        raise ConfigError(f"chunk size must be positive, got {chunk_size}")
     # before indexing, not in the workers once packing has started (DataLoader refuses -1 workers
     # with a bare ValueError; a NaN margin would fail every face)
     if workers is not None:
