@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import yaml
 from jsonargparse import get_loader, set_loader
@@ -41,6 +42,26 @@ set_loader(PARSER_MODE, _load, (yaml.YAMLError,))
 #: A typo such as 100000 made OpenCV try to allocate 30,000,000,000 bytes per sample in a loader
 #: worker (a raw cv2.error, or the machine swapping), and ``pack`` a memory map of 30 GB per face.
 MAX_IMAGE_SIZE = 1024
+
+#: Worker processes per core that ferlit starts at most (``data.num_workers``, ``pack`` and
+#: ``check --workers``). More than one per core only helps to hide a network file system's
+#: latency; ``check --workers 100000`` forked until the machine stopped answering (a shared
+#: cluster node), where a typo should have been refused.
+MAX_WORKERS_PER_CORE = 8
+
+
+def check_workers(option: str, value: object, low: int = 0) -> None:
+    """Refuse a worker-process count below ``low`` or above :data:`MAX_WORKERS_PER_CORE` per
+    core of this machine, before any process is started."""
+    check_number(option, value, low, integer=True)
+    cores = os.cpu_count() or 1
+    if value > MAX_WORKERS_PER_CORE * cores:
+        from ferlit.errors import ConfigError
+
+        raise ConfigError(
+            f"{option} {value}: more than {MAX_WORKERS_PER_CORE} worker processes per core "
+            f"(this machine has {cores}); expected at most {MAX_WORKERS_PER_CORE * cores}"
+        )
 
 
 def check_number(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +292,20 @@ def test_pack_refuses_a_face_size_out_of_range_before_indexing(tiny, tmp_path, c
         f"error: --size must be an integer in [1, 1024], got {size}\n"
     )  # 100000 made a memory map of 30 GB per face ("error: Cannot allocate memory")
     assert not out.exists() and not (tmp_path / "pack.partial").exists()
+
+
+@pytest.mark.parametrize("command", ["check", "pack"])
+def test_a_worker_count_that_would_fork_the_machine_down_is_refused(
+    tiny, tmp_path, capsys, command
+):
+    affwild2, _ = tiny
+    out = ["--out", str(tmp_path / "pack")] if command == "pack" else []
+    assert main([command, "--affwild2-dir", str(affwild2), *out, "--workers", "100000"]) == 2
+    cores = os.cpu_count()
+    assert capsys.readouterr().err == (
+        f"error: --workers 100000: more than 8 worker processes per core (this machine has "
+        f"{cores}); expected at most {8 * cores}\n"
+    )
 
 
 def test_pack_names_a_damaged_frame_read_by_its_worker(damaged, tmp_path, capsys) -> None:

@@ -5,6 +5,7 @@ is read; never a traceback from Lightning, torch or numpy."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,11 @@ def test_a_nan_in_a_config_file_is_refused_too(tmp_path, monkeypatch, capsys):
         ({"batch_size": 2.5}, "data.batch_size must be an integer >= 1, got 2.5"),
         ({"batch_size": True}, "data.batch_size must be an integer >= 1, got True"),
         ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
+        (
+            {"num_workers": 100_000},  # a typo that would fork until the node stops answering
+            "data.num_workers 100000: more than 8 worker processes per core (this machine has "
+            f"{os.cpu_count()}); expected at most {8 * os.cpu_count()}",
+        ),
         ({"contrast": math.nan}, "data.contrast must be a finite number >= 0, got nan"),
         ({"class_weighting": "inverse"}, "data.class_weighting must be one of inverse_frequency, "),
         ({"expw_min_confidence": math.inf}, "data.expw_min_confidence must be a finite number"),

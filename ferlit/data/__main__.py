@@ -166,8 +166,9 @@ def _check(args: argparse.Namespace) -> int:
             )
         paths += found
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    if workers < 1:
-        raise DataError(f"--workers must be at least 1, got {workers}")
+    from ferlit.cli_values import check_workers
+
+    check_workers("--workers", workers, 1)
     bad: list[tuple[str, str]] = []
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # The bar on stderr: stdout is the list of damaged files, for scripts.

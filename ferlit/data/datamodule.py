@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from ferlit.cli_values import check_number
+from ferlit.cli_values import check_number, check_workers
 from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
@@ -284,10 +284,10 @@ class ExpressionDataModule(pl.LightningDataModule):
         for option, value, low in (
             ("image_size", image_size, 1),
             ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
             ("seed", seed, 0),
         ):
             check_number(f"data.{option}", value, low, integer=True)
+        check_workers("data.num_workers", num_workers)
         if val_batch_size is not None:  # 0 would silently mean batch_size
             check_number("data.val_batch_size", val_batch_size, 1, integer=True)
         check_number("data.hflip", hflip, 0, 1)  # a probability

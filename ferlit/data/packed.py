@@ -49,7 +49,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from ferlit.cli_values import MAX_IMAGE_SIZE, check_number
+from ferlit.cli_values import MAX_IMAGE_SIZE, check_number, check_workers
 from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.expw import read_expw
@@ -343,7 +343,7 @@ def pack(
     # before indexing, not in the workers once packing has started (DataLoader refuses -1 workers
     # with a bare ValueError; a NaN margin would fail every face)
     if workers is not None:
-        check_number("--workers", workers, 0, integer=True)
+        check_workers("--workers", workers)
     check_number("--expw-margin", expw_margin, 0)
     if expw_min_confidence is not None:
         check_number("--expw-min-confidence", expw_min_confidence)
