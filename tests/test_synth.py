@@ -216,6 +216,13 @@ def test_write_refuses_bad_options(tmp_path: Path) -> None:
         write_sample_data(tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"scale must be a positive number, got 0.0"):
         write_sample_data(tmp_path / "new", scale=0.0)
+    with pytest.raises(ConfigError) as error:  # numpy asked for 238 GiB: a raw MemoryError
+        write_sample_data(tmp_path / "new", scale=1e9)
+    assert str(error.value) == (
+        "scale 1e+09 is more than 1000 (about 32,000 videos and 300,000 images, more than the "
+        "real data sets); expected a sample"
+    )
+    assert not (tmp_path / "new").exists()
 
 
 def test_default_sample_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

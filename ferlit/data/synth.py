@@ -689,6 +689,12 @@ def _make_folder(folder: Path, why: str) -> None:
         raise DataError(f"{folder}: cannot be made ({e.strerror or e}; {why})") from None
 
 
+#: The largest ``scale``: 32,000 videos of 120-180 frames (~5 million frames; Aff-Wild2 has 548
+#: videos, ~2.8 million frames) and 300,000 images (ExpW has 91,793). ``synth --scale 1e9`` asked
+#: numpy for 238 GiB (a raw MemoryError).
+MAX_SCALE = 1000
+
+
 def write_sample_data(
     out: str | os.PathLike, seed: int = 0, scale: float = 1.0, progress: bool = True
 ) -> SampleData:
@@ -702,6 +708,11 @@ def write_sample_data(
     out = Path(out)
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"scale must be a positive number, got {scale}")
+    if scale > MAX_SCALE:
+        raise ConfigError(
+            f"scale {scale:g} is more than {MAX_SCALE:g} (about {MAX_SCALE * 32:,.0f} videos and "
+            f"{MAX_SCALE * 300:,.0f} images, more than the real data sets); expected a sample"
+        )
     if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
         raise ConfigError(f"seed must be an integer >= 0 (numpy's seeds), got {seed!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
