@@ -81,6 +81,7 @@ from ferlit.io import (
     check_creatable,
     check_output_folder,
     claim_outputs,
+    file_kind,
     owned_matching,
     remove_outputs,
 )
@@ -167,6 +168,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if os.path.lexists(path) and not path.is_dir():  # a FIFO (it would block), a dangling link
+        raise ConfigError(f"--ckpt {path}: is {file_kind(path)}; expected a checkpoint file")
     if not path.is_dir():
         raise ConfigError(
             f"--ckpt {path}: no such file or folder; expected a checkpoint of python -m ferlit.fit "

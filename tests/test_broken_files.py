@@ -4,6 +4,7 @@ a raw traceback (issue 13, "Raw tracebacks")."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,26 @@ def test_an_empty_or_folder_weights_file_is_named(tmp_path):
     (tmp_path / "folder.pth").mkdir()
     assert weights_error(tmp_path / "folder.pth") == (
         f"{tmp_path / 'folder.pth'}: is a folder; expected a weights file, {WEIGHTS_FORMATS}"
+    )
+
+
+def test_weights_and_checkpoints_that_are_fifos_or_dangling_links_are_named(tmp_path):
+    from ferlit.evaluate import resolve_checkpoint
+
+    os.mkfifo(tmp_path / "w.pth")  # opened, it would block the load forever
+    assert weights_error(tmp_path / "w.pth") == (
+        f"{tmp_path / 'w.pth'}: is a FIFO (named pipe); expected a weights file"
+    )  # was "no such weights file"
+    (tmp_path / "w.pkl").symlink_to(tmp_path / "usb" / "w.pkl")
+    assert weights_error(tmp_path / "w.pkl") == (
+        f"{tmp_path / 'w.pkl'}: is a link to {tmp_path / 'usb' / 'w.pkl'}, which does not exist; "
+        "expected a weights file"
+    )
+    os.mkfifo(tmp_path / "best.ckpt")
+    with pytest.raises(ConfigError) as error:
+        resolve_checkpoint(tmp_path / "best.ckpt")
+    assert str(error.value) == (
+        f"--ckpt {tmp_path / 'best.ckpt'}: is a FIFO (named pipe); expected a checkpoint file"
     )
 
 

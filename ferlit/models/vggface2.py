@@ -50,6 +50,7 @@ from timm.models.senet import SENet
 from torch import Tensor, nn
 
 from ferlit.errors import WeightsError
+from ferlit.io import file_kind
 from ferlit.models.checkpoints import check_tensors, checkpoint_preprocessing, read_torch_file
 from ferlit.models.preprocessing import Preprocessing, preprocessing_from_timm
 
@@ -282,6 +283,8 @@ def read_weights(path: Path) -> Mapping[str, Any]:
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder; expected a weights file, {ACCEPTED_FORMATS}")
     if not path.is_file():
+        if os.path.lexists(path):  # a FIFO (never opened: it would block), a dangling link
+            raise WeightsError(f"{path}: is {file_kind(path)}; expected a weights file")
         raise WeightsError(f"{path}: no such weights file; expected {ACCEPTED_FORMATS}")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file (0 bytes); expected {ACCEPTED_FORMATS}")
