@@ -263,6 +263,12 @@ def test_missing_files_and_folders(tmp_path, expw):
     expw.unlink()
     with pytest.raises(DataError, match=rf"{re.escape(str(expw))}: missing; expected ExpW's face"):
         read_expw(tmp_path)
+    os.mkfifo(expw)  # a FIFO label.lst is never opened: with no writer, reading it would block
+    with pytest.raises(
+        DataError, match=rf"{re.escape(str(expw))}: a FIFO \(named pipe\); expected ExpW's face"
+    ):
+        read_expw(tmp_path)
+    expw.unlink()
     write_label_list(expw, FACES)
     (tmp_path / "image/origin").rename(tmp_path / "images")
     with pytest.raises(DataError, match=r"image/origin: missing; expected ExpW's images in"):

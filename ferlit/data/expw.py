@@ -121,8 +121,10 @@ def read_expw(
     if not os.path.isdir(root):
         raise DataError(f"{root}: ExpW folder does not exist")
     label_path = os.path.join(root, LABEL_FILE)
-    if not os.path.isfile(label_path):
-        raise DataError(f"{label_path}: missing; expected ExpW's face list {LABEL_FILE}")
+    if not os.path.isfile(label_path):  # never opened unless regular: a FIFO would block
+        raise DataError(
+            f"{label_path}: {file_kind(label_path)}; expected ExpW's face list {LABEL_FILE}"
+        )
     images_dir = os.path.join(root, IMAGES_DIR)
     if not os.path.isdir(images_dir):
         raise DataError(f"{images_dir}: missing; expected ExpW's images in {IMAGES_DIR}/")
