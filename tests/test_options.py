@@ -271,3 +271,25 @@ def test_a_callback_value_lightning_refuses_is_an_error_line(tiny_sample, tmp_pa
     err = capsys.readouterr().err
     assert "error: Invalid value for every_n_train_steps=-1. Must be >= 0" in err
     assert "Traceback" not in err
+
+
+def test_a_batch_larger_than_the_training_set_stops_before_the_sanity_validation(
+    tiny_sample, tmp_path, capsys, monkeypatch
+):
+    """Lightning builds the training loader after its sanity validation, which a huge batch makes
+    long; the DataModule's setup refuses first, and no validation batch is run."""
+    from ferlit.module import ExpressionModule
+
+    def no_validation(*args, **kwargs):
+        pytest.fail("a validation batch ran before the refusal")
+
+    monkeypatch.setattr(ExpressionModule, "validation_step", no_validation)
+    with pytest.raises(SystemExit) as stop:
+        main(
+            fit_args(tiny_sample, tmp_path, "--data.batch_size", "100000")
+            + ["--trainer.num_sanity_val_steps", "2"]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "fewer than one optimizer step (data.batch_size 100000 x" in err
+    assert "Traceback" not in err

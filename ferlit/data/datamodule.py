@@ -351,6 +351,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         if stage == "fit":
             self.train_index, self.val_index  # noqa: B018 (the properties build the indexes)
             self._check_split_overlap()
+            self._train_sampler()  # fewer samples than one optimizer step: refused now, not
+            # after the sanity validation has run (Lightning builds the train loader after it)
 
     def _check_split_overlap(self) -> None:
         """Stop (or, with ``allow_split_overlap``, warn) when a video is in both splits."""
@@ -508,12 +510,16 @@ class ExpressionDataModule(pl.LightningDataModule):
             worker_init_fn=exit_with_parent,  # no worker outlives a killed run
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_sampler(self) -> EpochShuffleSampler:
         rank, world_size, accumulate = self._distribution()
         hp = self.hparams
-        sampler = EpochShuffleSampler(
+        return EpochShuffleSampler(
             len(self.train_index), hp.batch_size, accumulate, hp.seed, rank, world_size, keyed=True
         )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        sampler = self._train_sampler()
         transform = build_transform(hp.image_size, self.augmentation)
         if self.pack is not None:
             files = [self.pack.frames_file(part) for part in self._train_parts()]
