@@ -56,7 +56,11 @@ def test_a_video_in_both_splits_stops_setup_naming_it_and_both_files(overlapping
 
 def test_allow_split_overlap_trains_with_a_warning(overlapping):
     dm = ExpressionDataModule(
-        affwild2_dir=str(overlapping), index_cache=False, num_workers=0, allow_split_overlap=True
+        affwild2_dir=str(overlapping),
+        index_cache=False,
+        num_workers=0,
+        batch_size=2,  # setup also refuses a training set smaller than one optimizer step
+        allow_split_overlap=True,
     )
     with pytest.warns(DataWarning, match=r"video is in both .*: shared .*allow_split_overlap is"):
         dm.setup("fit")
@@ -67,7 +71,9 @@ def test_disjoint_splits_give_no_warning(tmp_path):
     root = tmp_path / "affwild2"
     add_video(root, "a", [0, 1])
     add_video(root, "b", [2], split="val")
-    dm = ExpressionDataModule(affwild2_dir=str(root), index_cache=False, num_workers=0)
+    dm = ExpressionDataModule(
+        affwild2_dir=str(root), index_cache=False, num_workers=0, batch_size=2
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         dm.setup("fit")
