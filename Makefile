@@ -25,17 +25,17 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check ferlit tests
-	$(VENV)/bin/ruff format --check ferlit tests
+	$(VENV)/bin/ruff check ferlit tests benchmarks
+	$(VENV)/bin/ruff format --check ferlit tests benchmarks
 
 format: install
-	$(VENV)/bin/ruff format ferlit tests
-	$(VENV)/bin/ruff check --fix ferlit tests
+	$(VENV)/bin/ruff format ferlit tests benchmarks
+	$(VENV)/bin/ruff check --fix ferlit tests benchmarks
 
 ## Loader, index and training-step figures on this machine (a few minutes; see README "Data at scale").
 .PHONY: bench
 bench: install
-	$(PY) -m ferlit.bench
+	$(PY) benchmarks/bench.py
 
 ## Create the W&B sweep of experiments/sweep.yaml and print the command that starts its agents
 ## (needs network and `wandb login`; see README "Weights & Biases and sweeps").

@@ -11,9 +11,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 
-#: The Python API for a trained model (ferlit.inference), imported on first use: ``import ferlit``
+#: The Python API for a trained model (ferlit.evaluation.inference), imported on first use: ``import ferlit``
 #: stays light for the data tools.
-_LAZY = {"load_model": "ferlit.inference", "predict": "ferlit.inference"}
+_LAZY = {"load_model": "ferlit.evaluation.inference", "predict": "ferlit.evaluation.inference"}
 __all__ = ["__version__", "load_model", "predict"]
 
 

@@ -8,7 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from ferlit.data.affwild2 import (
+from ferlit.data.images import load_face
+from ferlit.data.index import FRAME_FOLDER
+from ferlit.data.readers.affwild2 import (
     LAYOUTS,
     NEW_FRAMES_DIR,
     annotation_dir,
@@ -16,8 +18,6 @@ from ferlit.data.affwild2 import (
     read_affwild2,
     write_annotation_file,
 )
-from ferlit.data.images import load_face
-from ferlit.data.index import FRAME_FOLDER
 from ferlit.errors import ConfigError, DataError, DataWarning
 
 SIZE = 16
@@ -496,7 +496,7 @@ def test_a_link_loop_and_an_unreadable_video_folder_are_named(tmp_path, add_vide
             raise PermissionError(13, "Permission denied", locked)
         return scandir(path)
 
-    monkeypatch.setattr("ferlit.data.affwild2.os.scandir", no_permission)
+    monkeypatch.setattr("ferlit.data.readers.affwild2.os.scandir", no_permission)
     with pytest.raises(DataError, match=rf"^{re.escape(locked)}: permission denied; ferlit needs"):
         read_affwild2(tmp_path, "train")
 

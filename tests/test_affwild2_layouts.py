@@ -14,9 +14,14 @@ import pytest
 from PIL import Image
 
 from ferlit.data.__main__ import main
-from ferlit.data.affwild2 import NEW_FRAMES_DIR, annotation_dir, frame_file, write_annotation_file
 from ferlit.data.images import load_face
-from ferlit.data.packed import Pack
+from ferlit.data.pack import Pack
+from ferlit.data.readers.affwild2 import (
+    NEW_FRAMES_DIR,
+    annotation_dir,
+    frame_file,
+    write_annotation_file,
+)
 from ferlit.data.transforms import build_transform
 from ferlit.errors import DataWarning
 
@@ -123,7 +128,7 @@ def test_a_nested_tree_stops_stats_and_pack_before_any_work(
 def test_a_nested_tree_stops_fit_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ferlit.fit import main as fit
+    from ferlit.training.cli import main as fit
 
     root = nested(tmp_path / "Aff-Wild2")
     with pytest.raises(SystemExit) as stop:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ferlit.io import atomic_write, remove_stale_temporaries
-from ferlit.runs import AtomicCheckpointIO
+from ferlit.training.runs import AtomicCheckpointIO
 
 WRITER = """
 import sys, time

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.errors import ConfigError, DataError
-from ferlit.fit import main
+from ferlit.training.cli import main
 from tests.test_fit import fit_args
 
 

@@ -7,14 +7,16 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from bench import report, write_fullscale_layout
 
-from ferlit.bench import report, write_fullscale_layout
-from ferlit.data.affwild2 import read_affwild2
-from ferlit.data.expw import read_expw
+from ferlit.data.readers.affwild2 import read_affwild2
+from ferlit.data.readers.expw import read_expw
 
+BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py")
 NUMBER = r"[\d,]+(\.\d+)?"
 
 
@@ -22,7 +24,7 @@ NUMBER = r"[\d,]+(\.\d+)?"
 def test_quick_bench_prints_every_figure(tmp_path):
     env = os.environ | {"FERLIT_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run(
-        [sys.executable, "-m", "ferlit.bench", "--quick", "--workers", "2"]
+        [sys.executable, BENCH, "--quick", "--workers", "2"]
         + ["--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "bench.json")],
         capture_output=True,
         text=True,

@@ -12,8 +12,8 @@ import pytest
 import ferlit.data.stats as stats
 from ferlit.data.__main__ import main as data_main
 from ferlit.errors import ConfigError
-from ferlit.evaluate import check_destinations
-from ferlit.evaluate import main as evaluate_main
+from ferlit.evaluation.evaluate import check_destinations
+from ferlit.evaluation.evaluate import main as evaluate_main
 
 FORMATS = (
     ".avif, .eps, .gif, .jpeg, .jpg, .pdf, .pgf, .png, .ps, .raw, .rgba, .svg, .svgz, .tif, "
@@ -97,7 +97,7 @@ def test_an_output_folder_that_is_a_dangling_link_is_refused(tmp_path):
 
 
 def test_a_read_only_output_folder_is_refused(tmp_path, monkeypatch):
-    import ferlit.evaluate
+    import ferlit.evaluation.evaluate
 
     parent = tmp_path / "shared"
     parent.mkdir()
@@ -117,7 +117,7 @@ def test_a_read_only_output_folder_is_refused(tmp_path, monkeypatch):
 def test_evaluate_out_below_a_file_stops_before_reading_data(
     tiny_sample, tmp_path, capsys, monkeypatch, train_and_save
 ):
-    import ferlit.evaluate
+    import ferlit.evaluation.evaluate
 
     checkpoint = tmp_path / "model.ckpt"
     train_and_save(checkpoint)
@@ -141,7 +141,7 @@ def test_evaluate_out_below_a_file_stops_before_reading_data(
 
 
 def test_a_sample_data_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
-    from ferlit.data.synth import ensure_sample_data
+    from ferlit.data.sample.synth import ensure_sample_data
     from ferlit.errors import DataError
 
     blocker = tmp_path / "sample"
@@ -164,7 +164,7 @@ def test_a_sample_data_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
 
 
 def test_a_sample_data_folder_not_writable_is_named(tmp_path, monkeypatch):
-    import ferlit.data.synth as synth
+    import ferlit.data.sample.synth as synth
     from ferlit.errors import DataError
 
     def denied(*args, **kwargs):  # tests run as root, for whom chmod 0o555 denies nothing
@@ -190,7 +190,7 @@ def test_synth_out_below_a_file_and_a_damaged_sample_manifest(tmp_path, capsys):
         f"error: {blocker / 'data'}: {blocker} is a file, so the folder cannot be made (sample "
         "data needs a new or empty folder it can write)\n"
     )
-    from ferlit.data.synth import SampleData
+    from ferlit.data.sample.synth import SampleData
     from ferlit.errors import DataError
 
     (tmp_path / "manifest.json").write_text("[1, 2]")
@@ -199,7 +199,7 @@ def test_synth_out_below_a_file_and_a_damaged_sample_manifest(tmp_path, capsys):
 
 
 def test_fit_names_a_sample_data_folder_that_is_a_file(tmp_path, monkeypatch, capsys):
-    from ferlit.fit import main as fit_main
+    from ferlit.training.cli import main as fit_main
 
     blocker = tmp_path / "sample"
     blocker.write_text("")
@@ -303,7 +303,7 @@ def test_an_empty_or_folder_weights_file_is_named(tmp_path):
 
 
 def test_weights_and_checkpoints_that_are_fifos_or_dangling_links_are_named(tmp_path):
-    from ferlit.evaluate import resolve_checkpoint
+    from ferlit.training.runs import resolve_checkpoint
 
     os.mkfifo(tmp_path / "w.pth")  # opened, it would block the load forever
     assert weights_error(tmp_path / "w.pth") == (
@@ -324,7 +324,7 @@ def test_weights_and_checkpoints_that_are_fifos_or_dangling_links_are_named(tmp_
 
 @pytest.fixture
 def no_pack_indexing(monkeypatch):
-    import ferlit.data.packed as packed
+    import ferlit.data.pack as packed
 
     def fail(*args, **kwargs):
         raise AssertionError("the data were indexed before --out was checked")
@@ -356,7 +356,7 @@ def test_pack_out_that_cannot_be_made_is_refused_before_indexing(
 def test_a_full_disk_while_packing_is_named_and_resumable(
     tiny_sample, tmp_path, capsys, monkeypatch
 ):
-    import ferlit.data.packed as packed
+    import ferlit.data.pack as packed
 
     real_pwrite = packed.os.pwrite
 
@@ -412,7 +412,7 @@ def test_an_unforeseen_os_error_in_a_data_command_is_one_line(tmp_path, capsys, 
 def test_bench_options_and_destinations_are_checked_before_measuring(
     args, message, tmp_path, capsys, monkeypatch
 ):
-    import ferlit.bench as bench
+    import bench as bench
 
     def fail(*args, **kwargs):
         raise AssertionError("measuring started before the options were checked")
@@ -425,7 +425,7 @@ def test_bench_options_and_destinations_are_checked_before_measuring(
 
 
 def test_fit_names_a_config_file_that_is_not_text(tmp_path, capsys):
-    from ferlit.fit import main as fit_main
+    from ferlit.training.cli import main as fit_main
 
     config = tmp_path / "run.yaml"
     config.write_bytes(b"\xff\xfe\x00m\x00o\x00d\x00e\x00l\x00:")  # saved as UTF-16 by an editor
@@ -442,7 +442,7 @@ def test_fit_names_a_config_file_that_is_not_text(tmp_path, capsys):
 
 @pytest.mark.parametrize("reader", ["read_test_list", "read_frame_counts"])
 def test_submission_lists_that_are_folders_or_unreadable_are_named(reader, tmp_path, monkeypatch):
-    import ferlit.submission as submission
+    import ferlit.evaluation.submission as submission
     from ferlit.errors import DataError
 
     read = getattr(submission, reader)
@@ -531,7 +531,7 @@ def test_check_names_a_folder_it_cannot_list(tiny_sample, capsys, monkeypatch):
 
 
 def test_an_unforeseen_os_error_in_evaluate_is_one_line(tmp_path, capsys, monkeypatch):
-    import ferlit.evaluate
+    import ferlit.evaluation.evaluate
 
     def full(args):
         raise OSError(28, "No space left on device", str(tmp_path / "eval" / "predictions.csv"))

@@ -12,12 +12,6 @@ import pytest
 from PIL import Image
 
 import ferlit.data.cache as cache
-from ferlit.data.affwild2 import (
-    NEW_FRAMES_DIR,
-    annotation_dir,
-    read_affwild2,
-    write_annotation_file,
-)
 from ferlit.data.cache import (
     cache_file,
     cached_read_affwild2,
@@ -25,8 +19,14 @@ from ferlit.data.cache import (
     default_cache_dir,
 )
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.data.index import FrameIndex
+from ferlit.data.readers.affwild2 import (
+    NEW_FRAMES_DIR,
+    annotation_dir,
+    read_affwild2,
+    write_annotation_file,
+)
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.errors import ConfigError, DataError, DataWarning
 
 

@@ -17,12 +17,17 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from sklearn.metrics import accuracy_score, f1_score
 from torch.utils.data import DataLoader, TensorDataset
 
-from ferlit.callbacks import BestValidationSummary
-from ferlit.data.affwild2 import FRAMES_DIR, annotation_dir, frame_file, write_annotation_file
-from ferlit.evaluate import main as evaluate
-from ferlit.fit import main as fit
-from ferlit.module import ExpressionModule
-from ferlit.smoothing import criterion_by_window, smooth_predictions
+from ferlit.data.readers.affwild2 import (
+    FRAMES_DIR,
+    annotation_dir,
+    frame_file,
+    write_annotation_file,
+)
+from ferlit.evaluation.evaluate import main as evaluate
+from ferlit.evaluation.smoothing import criterion_by_window, smooth_predictions
+from ferlit.training.callbacks.best import BestValidationSummary
+from ferlit.training.cli import main as fit
+from ferlit.training.module import ExpressionModule
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {
@@ -106,7 +111,7 @@ def test_an_eight_class_run_keeps_the_checkpoint_with_the_best_mean_f1(
         default_root_dir=tmp_path,
     )
     said: list[str] = []
-    monkeypatch.setattr("ferlit.module.rank_zero_info", said.append)
+    monkeypatch.setattr("ferlit.training.module.rank_zero_info", said.append)
     trainer.fit(module, loader(np.arange(8), 4), loader(TARGETS, len(TARGETS) // 2 + 1))
 
     assert said == [

@@ -19,15 +19,15 @@ import timm
 import torch
 
 import ferlit
-from ferlit.data.affwild2 import frame_file
+from ferlit.data.readers.affwild2 import frame_file
 from ferlit.errors import DataError, WeightsError
-from ferlit.evaluate import main as evaluate
+from ferlit.evaluation.evaluate import main as evaluate
+from ferlit.evaluation.inference import load_model
 from ferlit.expressions import EXPRESSIONS_7
-from ferlit.fit import main as fit
-from ferlit.inference import load_model
 from ferlit.models import IMAGENET, VGGFACE2, Normalize, create_model
 from ferlit.models.checkpoints import load_checkpoint
-from ferlit.module import ExpressionModule
+from ferlit.training.cli import main as fit
+from ferlit.training.module import ExpressionModule
 
 TINY = {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}
 

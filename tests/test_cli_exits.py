@@ -7,6 +7,7 @@ import errno
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_fit import fit_args
@@ -19,7 +20,7 @@ def _closed_stdout_run(*args: str, cwd) -> subprocess.CompletedProcess:
     writes (``... | head -0``): every write it makes fails with EPIPE."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", *args],
+        [sys.executable, *args] if args[0].endswith(".py") else [sys.executable, "-m", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
@@ -54,7 +55,10 @@ def test_synth_report_into_a_closed_pipe_ends_quietly(tmp_path):
     assert result.returncode == 1
 
 
-@pytest.mark.parametrize("module", ["ferlit.bench", "ferlit.evaluate", "ferlit.data"])
+BENCH = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py")
+
+
+@pytest.mark.parametrize("module", [BENCH, "ferlit.evaluate", "ferlit.data"])
 def test_help_into_a_closed_pipe_ends_quietly(module, tmp_path):
     result = _closed_stdout_run(module, "--help", cwd=tmp_path)
     assert result.stderr == ""
@@ -64,7 +68,7 @@ def test_help_into_a_closed_pipe_ends_quietly(module, tmp_path):
 def test_an_unforeseen_os_error_in_fit_is_one_line_naming_the_file(
     tiny_sample, tmp_path, monkeypatch, capsys
 ):
-    from ferlit.fit import main
+    from ferlit.training.cli import main
 
     frame = tiny_sample.affwild2_dir / "cropped_aligned" / "v" / "00001.jpg"
 
@@ -89,7 +93,7 @@ def test_an_unforeseen_os_error_in_fit_is_one_line_naming_the_file(
 
 
 def test_an_os_error_naming_no_file_in_fit_is_not_hidden(tiny_sample, tmp_path, monkeypatch):
-    from ferlit.fit import main
+    from ferlit.training.cli import main
 
     def bug(self, stage):
         raise OSError("a bug of ferlit's, not the user's input")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferlit.evaluate import build_parser
-from ferlit.fit import main
+from ferlit.evaluation.evaluate import build_parser
+from ferlit.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = str(REPO / "experiments/cafarelli2020.yaml")

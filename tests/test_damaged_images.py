@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.datamodule import (
     MAX_CONSECUTIVE_BAD_IMAGES,
     DamagedImageWarning,
@@ -20,11 +19,12 @@ from ferlit.data.datamodule import (
     ExpressionDataModule,
     FaceDataset,
 )
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 from ferlit.data.images import ImageError
+from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 from ferlit.data.transforms import build_transform
 from ferlit.errors import DataError
-from ferlit.fit import main
+from ferlit.training.cli import main
 
 
 def cut_in_half(path: Path) -> None:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from ferlit.data.__main__ import main
-from ferlit.data.affwild2 import annotation_dir, frame_file, write_annotation_file
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
+from ferlit.data.readers.affwild2 import annotation_dir, frame_file, write_annotation_file
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 
 REASONS = (
     "unannotated",

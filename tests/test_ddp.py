@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.module import ExpressionModule
+from ferlit.training.module import ExpressionModule
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROBE = """
 import json, os, sys
 import lightning.pytorch as pl
-from ferlit.fit import main
+from ferlit.training.cli import main
 
 class Probe(pl.Callback):
     def __init__(self):

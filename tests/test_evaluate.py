@@ -18,23 +18,24 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ferlit.data.affwild2 import (
+from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
+from ferlit.data.pack import pack
+from ferlit.data.readers.affwild2 import (
     FRAMES_DIR,
     annotation_dir,
     frame_file,
     read_affwild2,
     write_annotation_file,
 )
-from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
-from ferlit.data.packed import pack
 from ferlit.data.transforms import build_transform
 from ferlit.errors import ConfigError, DataError
-from ferlit.evaluate import affwild2_index, main, resolve_checkpoint
+from ferlit.evaluation.evaluate import affwild2_index, main
+from ferlit.evaluation.smoothing import smooth_predictions
+from ferlit.evaluation.submission import fill_frames
 from ferlit.expressions import EXPRESSIONS_7
-from ferlit.fit import main as fit
-from ferlit.module import ExpressionModule
-from ferlit.smoothing import smooth_predictions
-from ferlit.submission import fill_frames
+from ferlit.training.cli import main as fit
+from ferlit.training.module import ExpressionModule
+from ferlit.training.runs import resolve_checkpoint
 
 HEADER = ",".join(EXPRESSIONS_7)
 PROBS = [f"prob_{name.lower()}" for name in EXPRESSIONS_7]

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from ferlit.data.expw import ExpWFace, read_expw, write_label_list
 from ferlit.data.images import load_face
 from ferlit.data.index import BOXED_IMAGE
+from ferlit.data.readers.expw import ExpWFace, read_expw, write_label_list
 from ferlit.errors import ConfigError, DataError
 
 GREY = (128, 128, 128)

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from ferlit.errors import TrainingDiverged
-from ferlit.fit import main
-from ferlit.module import ExpressionModule
+from ferlit.training.cli import main
+from ferlit.training.module import ExpressionModule
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_BACKBONE = [

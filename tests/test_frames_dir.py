@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from ferlit.data.affwild2 import frame_file
+from ferlit.data.readers.affwild2 import frame_file
 from ferlit.errors import ConfigError, DataError
-from ferlit.evaluate import build_parser, frames_dir_index
+from ferlit.evaluation.evaluate import build_parser, frames_dir_index
 
 
 def faces(folder, video, frames):

@@ -20,8 +20,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ferlit.data.affwild2 import FRAMES_DIR, annotation_dir, read_affwild2, write_annotation_file
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
+from ferlit.data.readers.affwild2 import (
+    FRAMES_DIR,
+    annotation_dir,
+    read_affwild2,
+    write_annotation_file,
+)
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.errors import DataError
 from ferlit.expressions import AFFWILD2_HEADERS, EXPW_TO_ABAW
 
@@ -194,7 +199,7 @@ json_values = st.recursive(
 def one_face_pack(tmp_path_factory) -> tuple[Path, dict]:
     """A complete pack of one ExpW face at 8x8 pixels, and its manifest as written (its own
     ExpW tree: the label.lst test rewrites ``expw_tree``'s)."""
-    from ferlit.data.packed import pack
+    from ferlit.data.pack import pack
 
     expw = tmp_path_factory.mktemp("expw-packed")
     (expw / IMAGES_DIR).mkdir(parents=True)
@@ -229,7 +234,7 @@ def mutated(manifest: dict, data) -> object:
 @FUZZ
 @given(data=st.data())
 def test_any_pack_manifest_opens_or_raises_data_error_naming_it(one_face_pack, data):
-    from ferlit.data.packed import Pack
+    from ferlit.data.pack import Pack
 
     root, written = one_face_pack
     kind = data.draw(st.sampled_from(["mutated", "json", "bytes"]), label="kind")

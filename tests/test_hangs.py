@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from ferlit.data.__main__ import main as data_main
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.datamodule import DamagedImageWarning, EpochSeededDataset, FaceDataset
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, check_image, declared_size, read_image
+from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.data.transforms import build_transform
 from ferlit.errors import DataError
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
-from ferlit.data.expw import ExpWFace, read_expw, write_label_list
 from ferlit.data.images import ImageError, check_image, load_face
+from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.readers.expw import ExpWFace, read_expw, write_label_list
 from ferlit.errors import ConfigError, DataError
 
 GREY, GREEN = (128, 128, 128), (30, 200, 60)

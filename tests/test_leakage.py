@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from ferlit.data.affwild2 import annotation_dir, write_annotation_file
 from ferlit.data.cache import cached_read_affwild2
 from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.readers.affwild2 import annotation_dir, write_annotation_file
 from ferlit.data.stats import dataset_stats
 from ferlit.errors import ConfigError, DataError, DataWarning
 
@@ -113,7 +113,7 @@ def small_data(tmp_path):
     """Aff-Wild2 (two train videos, one val) and ExpW (two images) with 16x16 and 32x32 faces."""
     import cv2
 
-    from ferlit.data.expw import ExpWFace, write_label_list
+    from ferlit.data.readers.expw import ExpWFace, write_label_list
 
     affwild2 = tmp_path / "affwild2"
     add_video(affwild2, "a", [0, 1, 2])
@@ -131,7 +131,7 @@ def small_data(tmp_path):
 
 
 def pack_it(out, affwild2, expw):
-    from ferlit.data.packed import pack
+    from ferlit.data.pack import pack
 
     return pack(
         out, affwild2, expw, size=16, workers=0, progress=False, index_cache=False, chunk_size=2
@@ -210,7 +210,7 @@ def test_a_datamodule_warns_on_a_pack_whose_data_changed(tmp_path, small_data):
 
 
 def test_resuming_a_pack_whose_images_changed_is_refused(tmp_path, small_data, monkeypatch):
-    import ferlit.data.packed as packed
+    import ferlit.data.pack as packed
 
     affwild2, expw = small_data
 
@@ -262,7 +262,7 @@ def test_the_stats_command_warns_of_videos_in_both_splits(overlapping):
 
 
 def test_a_video_in_both_splits_of_a_pack_stops_setup_too(tmp_path, overlapping):
-    from ferlit.data.packed import pack
+    from ferlit.data.pack import pack
 
     out = pack(
         tmp_path / "pack", overlapping, size=16, workers=0, progress=False, index_cache=False
@@ -300,7 +300,7 @@ def test_fit_stops_on_a_video_in_both_splits_before_training(tmp_path, overlappi
 
     from test_fit import fit_args
 
-    from ferlit.fit import main
+    from ferlit.training.cli import main
 
     dirs = SimpleNamespace(affwild2_dir=overlapping, expw_dir=None)
     args = fit_args(dirs, tmp_path, "--trainer.max_steps", "1")[4:]  # without the data dirs

@@ -16,11 +16,11 @@ from matplotlib.figure import Figure
 from sklearn.metrics import f1_score
 
 import ferlit
-from ferlit.data.affwild2 import FRAMES_DIR, read_affwild2
+from ferlit.data.readers.affwild2 import FRAMES_DIR, read_affwild2
 from ferlit.errors import DataError
+from ferlit.evaluation.predictions import predictions_frame, sample_predictions_path
+from ferlit.evaluation.smoothing import smooth_predictions
 from ferlit.expressions import EXPRESSIONS_7
-from ferlit.predictions import predictions_frame, sample_predictions_path
-from ferlit.smoothing import smooth_predictions
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "per_class_f1.ipynb"
 

@@ -12,8 +12,8 @@ import pytest
 
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import ConfigError
-from ferlit.fit import main
-from ferlit.module import ExpressionModule
+from ferlit.training.cli import main
+from ferlit.training.module import ExpressionModule
 from tests.test_evaluate import checkpoint, evaluate_args  # noqa: F401 (a fixture)
 from tests.test_fit import fit_args
 
@@ -214,8 +214,8 @@ def test_evaluate_refuses_bad_values_before_reading_the_data(
     extra,
     message,
 ):
-    import ferlit.evaluate
-    from ferlit.evaluate import main as evaluate_main
+    import ferlit.evaluation.evaluate
+    from ferlit.evaluation.evaluate import main as evaluate_main
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the data was read before the options were checked")
@@ -278,7 +278,7 @@ def test_a_batch_larger_than_the_training_set_stops_before_the_sanity_validation
 ):
     """Lightning builds the training loader after its sanity validation, which a huge batch makes
     long; the DataModule's setup refuses first, and no validation batch is run."""
-    from ferlit.module import ExpressionModule
+    from ferlit.training.module import ExpressionModule
 
     def no_validation(*args, **kwargs):
         pytest.fail("a validation batch ran before the refusal")

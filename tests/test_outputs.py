@@ -15,18 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ferlit.data.packed as packed
+import ferlit.data.pack as packed
 from ferlit.data.__main__ import main as data_main
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.packed import Pack, pack
+from ferlit.data.pack import Pack, pack
+from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.sample.synth import write_sample_data
 from ferlit.data.stats import plot_stats
-from ferlit.data.synth import write_sample_data
 from ferlit.errors import ConfigError, DataError, DataWarning
-from ferlit.evaluate import check_destinations, write_outputs
-from ferlit.evaluate import main as evaluate_main
+from ferlit.evaluation.evaluate import check_destinations, write_outputs
+from ferlit.evaluation.evaluate import main as evaluate_main
+from ferlit.evaluation.submission import write_single_file, write_submission
 from ferlit.io import OUTPUTS_MANIFEST, atomic_write, outputs_written
-from ferlit.submission import write_single_file, write_submission
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -315,7 +315,7 @@ def test_pack_over_a_users_folder_is_refused_and_leaves_it(tiny_sample, tmp_path
 def test_a_second_run_without_logger_into_the_same_folder_is_refused(tiny_sample, tmp_path, capsys):
     """No version folders without a logger: Lightning's own refusal to replace config.yaml was a
     raw RuntimeError once the data was set up; now ferlit's error before training starts."""
-    from ferlit.fit import main as fit_main
+    from ferlit.training.cli import main as fit_main
 
     root = tmp_path / "run"
     root.mkdir()

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import ferlit.data.packed as packed
-from ferlit.data.affwild2 import read_affwild2
+import ferlit.data.pack as packed
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.data.images import load_face
-from ferlit.data.packed import Pack, PackedFaceDataset, pack
+from ferlit.data.pack import Pack, PackedFaceDataset, pack
+from ferlit.data.readers.affwild2 import read_affwild2
 from ferlit.data.transforms import build_transform
 from ferlit.errors import ConfigError, DataError
 
@@ -360,7 +360,7 @@ def test_fit_from_a_pack_alone_does_not_announce_the_sample_data(
     """A fit given only --data.packed_dir reads the pack; it must not say it uses the sample data."""
     from test_fit import fit_args
 
-    from ferlit.fit import main
+    from ferlit.training.cli import main
 
     out, cache_dir = packed_sample
     args = fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "2")

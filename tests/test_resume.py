@@ -28,7 +28,7 @@ from ferlit.data.datamodule import EpochSeededDataset, FaceDataset
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader
 from ferlit.data.transforms import Augmentation, build_transform
 from ferlit.errors import ConfigError
-from ferlit.fit import main
+from ferlit.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_STEPS = 12
@@ -168,7 +168,7 @@ def test_a_position_in_another_order_is_refused(changed, message):
 
 
 def test_augmentation_depends_on_seed_epoch_and_sample_only(tiny_sample):
-    from ferlit.data.affwild2 import read_affwild2
+    from ferlit.data.readers.affwild2 import read_affwild2
 
     index = read_affwild2(tiny_sample.affwild2_dir, "train", 7)
     transform = build_transform(32, Augmentation())
@@ -266,7 +266,7 @@ def test_same_seed_same_run_whatever_the_number_of_workers(tiny_sample, tmp_path
 
 def test_ckpt_path_last_without_a_checkpoint_starts_a_new_run(tiny_sample, tmp_path, capsys):
     cli = main(run_args(tiny_sample, tmp_path, "--ckpt_path", "last"), run=False)
-    from ferlit.fit import resume_checkpoint
+    from ferlit.training.cli import resume_checkpoint
 
     assert resume_checkpoint(cli.trainer, "last") is None
     assert "no last.ckpt" in capsys.readouterr().err

@@ -22,12 +22,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferlit.callbacks import Preemption
 from ferlit.errors import ConfigError
-from ferlit.evaluate import resolve_checkpoint
-from ferlit.fit import main, read_checkpoint_file
 from ferlit.io import atomic_write
-from ferlit.runs import AtomicCheckpointIO, config_differences
+from ferlit.training.callbacks.best import Preemption
+from ferlit.training.cli import main
+from ferlit.training.runs import (
+    AtomicCheckpointIO,
+    config_differences,
+    read_checkpoint_file,
+    resolve_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_YAML = REPO / "experiments/sample.yaml"
@@ -443,7 +447,7 @@ def test_sbatch_keeps_the_allocations_layout_and_run_folder_whatever_config_is_g
 def test_git_commit_is_ferlits_own_not_an_enclosing_projects(tmp_path):
     """ferlit installed into a .venv inside another repository: that repository's commit is
     not ferlit's, and run_info.json records none."""
-    from ferlit.runs import git_commit
+    from ferlit.training.runs import git_commit
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True)
@@ -470,7 +474,7 @@ def test_log_folder_reads_the_best_from_ferlits_own_checkpoint_callback_state(tm
     """A run's last.ckpt holds the state under FerlitCheckpoint's key (not "ModelCheckpoint..."):
     its best_model_path is the record, before an older best_validation.json (here from a stop
     before the run found a better checkpoint, both kept with save_top_k 2)."""
-    from ferlit.runs import FerlitCheckpoint
+    from ferlit.training.runs import FerlitCheckpoint
 
     folder = tmp_path / "version_0/checkpoints"
     folder.mkdir(parents=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_fit import TINY_BACKBONE, fit_args, logged_rows
 
-from ferlit.fit import main
-from ferlit.module import schedule_factor
+from ferlit.training.cli import main
+from ferlit.training.module import schedule_factor
 
 REPO = Path(__file__).resolve().parent.parent
 

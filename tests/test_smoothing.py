@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from ferlit.errors import ConfigError
-from ferlit.predictions import smoothing_sweep
-from ferlit.smoothing import (
+from ferlit.evaluation.predictions import smoothing_sweep
+from ferlit.evaluation.smoothing import (
     choose_smoothing,
     choose_window,
     criterion_by_window,

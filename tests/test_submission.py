@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ferlit.errors import DataError
-from ferlit.submission import (
+from ferlit.evaluation.submission import (
     SINGLE_FILE_HEADER,
     frame_counts_from_videos,
     read_frame_counts,

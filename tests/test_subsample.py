@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ferlit.data.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
+from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
 from ferlit.data.subsample import cap_class_share, every_kth_frame, subsample
 from ferlit.errors import ConfigError
 

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from ferlit.data.datamodule import class_weights_from_counts
-from ferlit.fit import main
+from ferlit.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = yaml.safe_load((REPO / "experiments/sweep.yaml").read_text())

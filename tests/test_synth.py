@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferlit.data import synth
-from ferlit.data.affwild2 import annotation_dir, frame_file, read_affwild2
 from ferlit.data.datamodule import class_weights_from_counts
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, read_expw
-from ferlit.data.synth import (
+from ferlit.data.readers.affwild2 import annotation_dir, frame_file, read_affwild2
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, read_expw
+from ferlit.data.sample import synth
+from ferlit.data.sample.synth import (
     CLASS_FREQUENCIES,
     PAPER_CLASS_WEIGHTS,
     SampleData,

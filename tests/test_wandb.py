@@ -17,9 +17,9 @@ import torch
 import yaml
 from lightning.pytorch.loggers import WandbLogger
 
-from ferlit.callbacks import BestValidationSummary
-from ferlit.fit import main
-from ferlit.wandb_logging import WandbValidation, per_class_rows
+from ferlit.training.callbacks.best import BestValidationSummary
+from ferlit.training.callbacks.wandb_logging import WandbValidation, per_class_rows
+from ferlit.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 WANDB = str(Path(sys.executable).parent / "wandb")

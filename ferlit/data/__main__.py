@@ -15,8 +15,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ferlit.data.affwild2 import LAYOUTS
-from ferlit.data.synth import write_sample_data
+from ferlit.data.readers.affwild2 import LAYOUTS
+from ferlit.data.sample.synth import write_sample_data
 from ferlit.errors import (
     ConfigError,
     DataError,
@@ -83,7 +83,7 @@ def _stats(args: argparse.Namespace) -> None:
 
 def _pack(args: argparse.Namespace) -> None:
     _refuse_expw_options_without_expw(args)
-    from ferlit.data.packed import pack  # imports torch: slow
+    from ferlit.data.pack import pack  # imports torch: slow
 
     result = pack(
         args.out,

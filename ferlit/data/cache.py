@@ -34,10 +34,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ferlit.data import affwild2, expw, index
-from ferlit.data.affwild2 import FRAMES_DIRS, LAYOUTS, annotation_dir, detect_layout, read_affwild2
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, read_expw
+from ferlit.data import index
 from ferlit.data.index import FrameIndex
+from ferlit.data.readers import affwild2, expw
+from ferlit.data.readers.affwild2 import (
+    FRAMES_DIRS,
+    LAYOUTS,
+    annotation_dir,
+    detect_layout,
+    read_affwild2,
+)
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, read_expw
 from ferlit.errors import ConfigError, DataWarning
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import check_number, check_workers
-from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
-from ferlit.data.expw import read_expw
 from ferlit.data.images import BoxOverflow, ImageError, check_box_overflow, load_face
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
-from ferlit.data.packed import Pack, PackedFaceDataset, check_pack_sources
+from ferlit.data.pack import Pack, PackedFaceDataset, check_pack_sources
+from ferlit.data.readers.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
+from ferlit.data.readers.expw import read_expw
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
 from ferlit.data.subsample import subsample
 from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
@@ -129,7 +129,7 @@ class EpochSeededDataset(Dataset):
     row (timm's ``ImageDataset`` rule). Items are (image, label, sample number, skipped): the
     number of damaged samples skipped before the one returned, i.e. samples ``sample - 1``, ...,
     ``sample - skipped`` (mod n), so the main process can count and name them (workers are
-    separate processes); see ``ferlit.callbacks.BestValidationSummary``.
+    separate processes); see ``ferlit.training.callbacks.best.BestValidationSummary``.
     """
 
     def __init__(
@@ -333,7 +333,7 @@ class ExpressionDataModule(pl.LightningDataModule):
     def _dirs(self) -> tuple[Path, Path | None]:
         """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set."""
         if self.uses_sample_data:
-            from ferlit.data.synth import ensure_sample_data
+            from ferlit.data.sample.synth import ensure_sample_data
 
             sample = ensure_sample_data()
             return Path(sample.affwild2_dir), Path(sample.expw_dir)

@@ -260,7 +260,7 @@ def load_face(
     rounded to whole pixels, then clips it to the image: some context around a tight detector box, as
     face models are often trained with.
 
-    A box that runs past the right or bottom edge (real ExpW has such boxes: ``ferlit.data.expw``)
+    A box that runs past the right or bottom edge (real ExpW has such boxes: ``ferlit.data.readers.expw``)
     is clipped to the image with ``box_overflow="clip"`` (the face kept, a little narrower), or
     padded with black pixels to its full size with ``"pad"``, as a crop with PIL's
     ``Image.crop`` does. The reader has already dropped boxes with no pixel in their image. A

@@ -20,11 +20,11 @@ from matplotlib.ticker import NullFormatter
 from rich.console import Console
 from rich.table import Table
 
-from ferlit.data.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
 from ferlit.data.datamodule import class_weights_from_counts
-from ferlit.data.expw import read_expw
 from ferlit.data.images import check_box_overflow
 from ferlit.data.index import SKIP_REASONS, FrameIndex
+from ferlit.data.readers.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
+from ferlit.data.readers.expw import read_expw
 from ferlit.errors import ConfigError, DataWarning
 from ferlit.expressions import class_names
 from ferlit.io import OUTPUTS_MANIFEST, atomic_write, claim_outputs, outputs_written

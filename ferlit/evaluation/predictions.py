@@ -20,9 +20,9 @@ import torch
 
 from ferlit.data.index import FrameIndex
 from ferlit.errors import DataError
+from ferlit.evaluation.smoothing import AUTO_WINDOWS, smooth_predictions
 from ferlit.expressions import class_names, metric_key
 from ferlit.metrics import CRITERIA, ExpressionCriterion, challenge_of, scores_from_confusion
-from ferlit.smoothing import AUTO_WINDOWS, smooth_predictions
 
 #: Where ``make evaluate`` writes the sample run's evaluation, under the repository root.
 SAMPLE_EVALUATION = Path("runs/sample-eval")

@@ -1,4 +1,4 @@
-"""``python -m ferlit.bench``: how fast the input pipeline and a training step are on this machine.
+"""``python benchmarks/bench.py`` (``make bench``): how fast the input pipeline and a training step are on this machine.
 
 One H100 trains SE-ResNet-50 at 112x112 on thousands of images per second, so the input
 pipeline, not the GPU, decides how long an epoch over the 1,004,523 training faces of Cafarelli
@@ -41,13 +41,18 @@ from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
-from ferlit.data.affwild2 import FRAMES_DIR, annotation_dir, frame_file, write_annotation_file
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 from ferlit.data.index import FrameIndex
-from ferlit.data.packed import PackedFaceDataset, pack
+from ferlit.data.pack import PackedFaceDataset, pack
+from ferlit.data.readers.affwild2 import (
+    FRAMES_DIR,
+    annotation_dir,
+    frame_file,
+    write_annotation_file,
+)
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
+from ferlit.data.sample.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.samplers import EpochShuffleSampler
-from ferlit.data.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.transforms import Augmentation
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, FerlitError, quiet_closed_stdout, user_message
@@ -323,7 +328,8 @@ def start_datamodule(options: dict[str, Any], workers: int, walk: bool) -> dict[
 
 
 _CHILD = (
-    "import json, sys; from ferlit.bench import start_datamodule; "
+    f"import json, sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+    "from bench import start_datamodule; "
     "print(json.dumps(start_datamodule(*json.loads(sys.argv[1]))))"
 )
 
@@ -405,7 +411,7 @@ def bf16_support(device: torch.device) -> str | None:
 def training_rate(device: torch.device, batch_size: int, steps: int, bf16: bool) -> float:
     """Images/s of SGD steps of the paper's module (class-weighted loss, two learning rates), from
     the median step time."""
-    from ferlit.module import ExpressionModule
+    from ferlit.training.module import ExpressionModule
 
     module = ExpressionModule(backbone=BACKBONE, input_size=IMAGE_SIZE, channels_last=bf16)
     module = module.to(device).train()

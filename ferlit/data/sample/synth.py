@@ -31,9 +31,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from rich.progress import Progress
 
-from ferlit.data.affwild2 import FRAMES_DIR, annotation_dir, frame_file, write_annotation_file
-from ferlit.data.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 from ferlit.data.index import SKIP_REASONS
+from ferlit.data.readers.affwild2 import (
+    FRAMES_DIR,
+    annotation_dir,
+    frame_file,
+    write_annotation_file,
+)
+from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
 from ferlit.errors import ConfigError, DataError
 from ferlit.expressions import EXPRESSIONS_7, EXPW_TO_ABAW
 from ferlit.io import atomic_write

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 
-from ferlit.data.affwild2 import _read_annotation_file, write_annotation_file
 from ferlit.data.index import FrameIndex
+from ferlit.data.readers.affwild2 import _read_annotation_file, write_annotation_file
 from ferlit.errors import DataError
 from ferlit.expressions import EXPRESSIONS_8
 from ferlit.io import atomic_write, claim_outputs, read_text

@@ -23,7 +23,7 @@ import torch
 
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.errors import DataError, WeightsError
-from ferlit.module import ExpressionModule
+from ferlit.training.module import ExpressionModule
 
 
 def load_model(
@@ -38,7 +38,7 @@ def load_model(
     """
     path = Path(checkpoint)
     if path.is_dir():
-        from ferlit.evaluate import resolve_checkpoint
+        from ferlit.training.runs import resolve_checkpoint
 
         path = resolve_checkpoint(path)
     elif not path.is_file():

@@ -50,11 +50,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import MAX_IMAGE_SIZE, check_number, check_workers
-from ferlit.data.affwild2 import detect_layout, read_affwild2
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
-from ferlit.data.expw import read_expw
 from ferlit.data.images import BOX_OVERFLOW, check_box_overflow, load_face
 from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
+from ferlit.data.readers.affwild2 import detect_layout, read_affwild2
+from ferlit.data.readers.expw import read_expw
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ferlit.io import atomic_write
-from ferlit.runs import is_debug_run
+from ferlit.training.runs import is_debug_run
 
 
 class BestValidationSummary(pl.Callback):

@@ -1,0 +1,1 @@
+"""The predict stage: predictions, scores, smoothing, plots and ABAW submission files."""

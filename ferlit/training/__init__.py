@@ -1,0 +1,1 @@
+"""The training stage: the LightningModule, its command line, callbacks and run bookkeeping."""
