@@ -10,7 +10,7 @@ import pytest
 from test_fit import TINY_BACKBONE, fit_args, logged_rows
 
 from ferlit.training.cli import main
-from ferlit.training.module import schedule_factor
+from ferlit.training.schedule import schedule_factor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -214,3 +214,51 @@ def test_a_resumed_run_continues_the_schedule_over_its_new_length(tiny_sample, t
     expected = [schedule_factor(s, "warmup_cosine", 1, 4) for s in range(4)]
     expected += [schedule_factor(s, "warmup_cosine", 1, 6) for s in (4, 5)]
     assert [rows[s] for s in range(6)] == pytest.approx([0.1 * f for f in expected], rel=1e-6)
+
+
+def test_a_run_resumed_while_frozen_thaws_at_the_same_step(tiny_sample, tmp_path):
+    # Constant rates (no scheduler): the BackboneFreeze callback alone holds the backbone at 0.
+    freeze = [
+        "--trainer.log_every_n_steps",
+        "1",
+        "--val_every_n_steps",
+        "2",
+        "--early_stopping.patience",
+        "100",
+        "--model.lr_backbone",
+        "0.01",
+        "--model.freeze_backbone_steps",
+        "3",
+    ]
+    main(fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "2", *freeze))
+    cli = main(
+        fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "5", *freeze, "--ckpt_path", "last")
+    )
+    assert cli.trainer.global_step == 5 and cli.trainer.lr_scheduler_configs == []
+    rows = {
+        int(r["step"]): float(r["train/lr_backbone"])
+        for r in logged_rows(cli)
+        if r.get("train/lr_backbone")
+    }
+    # steps 0-2 frozen (the resumed run starts at step 2, still frozen), then the built rate
+    assert [rows[s] for s in range(5)] == pytest.approx([0.0, 0.0, 0.0, 0.01, 0.01])
+
+
+def test_help_has_a_line_for_every_model_option(capsys):
+    import inspect
+
+    from ferlit.training.module import ExpressionModule
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    names = list(inspect.signature(ExpressionModule).parameters)
+    # linked from the DataModule (data.num_classes, the training counts), so not options
+    linked = {"num_classes", "class_weights"}
+    assert {n for n in names if f"--model.{n} " not in text} == linked
+    for name in (n for n in names if n not in linked):
+        # jsonargparse prints the option, then (on the same or the next lines) its Args text,
+        # then "(type: ...)"; an option without an Args entry shows only its type.
+        block = text.split(f"--model.{name} ", 1)[1].split("(type:", 1)[0]
+        words = block.split()
+        assert len(words) > 2, f"--model.{name} has no help text: {block!r}"

@@ -71,7 +71,7 @@ from ferlit.training.callbacks.wandb_logging import (
     flat_config,
     sweep_checkpoint_dir,
 )
-from ferlit.training.module import ExpressionModule, check_model_options, check_schedule
+from ferlit.training.module import ExpressionModule
 from ferlit.training.runs import (
     FerlitCheckpoint,
     RunRecord,
@@ -79,6 +79,7 @@ from ferlit.training.runs import (
     resume_checkpoint,
     use_atomic_checkpoints,
 )
+from ferlit.training.schedule import check_model_options, check_schedule
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
 # Below this, model.lr_backbone is a fine-tuning rate (the paper's 1e-6 on VGGFace2 weights):

@@ -6,14 +6,14 @@ and model selection by the ABAW expression criterion (0.67 x macro-F1 + 0.33 x a
 8-class run (with Other, ABAW 2022 and later) is selected by those challenges' score instead, the
 mean F1 over the 8 classes (:mod:`ferlit.metrics`).
 
-Where to look: :class:`ExpressionModule` (``training_step``, ``validation_step``,
-``configure_optimizers``); above it, the option checks that ``python -m ferlit.fit`` also runs
-before reading data, and the learning-rate schedule (:func:`schedule_factor`).
+Read :class:`ExpressionModule` top to bottom: build (``__init__``), ``forward``, ``loss``, the
+training, validation and predict steps, ``configure_optimizers``, then checkpoint loading. The option
+checks and the learning-rate schedule are in :mod:`ferlit.training.schedule`; freezing the backbone
+is the :class:`~ferlit.training.callbacks.finetuning.BackboneFreeze` callback.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from contextvars import ContextVar
 from typing import IO, Any, Literal
@@ -22,10 +22,8 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 from torchmetrics import MeanMetric
 
-from ferlit.cli_values import MAX_IMAGE_SIZE, check_number
 from ferlit.errors import ConfigError, TrainingDiverged, WeightsError
 from ferlit.expressions import class_names, metric_key
 from ferlit.metrics import ExpressionCriterion
@@ -36,109 +34,17 @@ from ferlit.models.checkpoints import (
     load_checkpoint,
     preprocessing_record,
 )
+from ferlit.training.callbacks.finetuning import BackboneFreeze
+from ferlit.training.schedule import (
+    StepSchedule,
+    check_model_options,
+    check_schedule,
+    schedule_factor,
+)
 
 #: True while ``load_from_checkpoint`` builds a module: the checkpoint holds every weight and the
 #: preprocessing, so the weights file named by ``pretrained`` is not read (it may be long gone).
 _FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ferlit_from_checkpoint", default=False)
-
-
-def check_schedule(
-    lr_schedule: str, warmup_steps: int, min_lr_ratio: float, freeze_backbone_steps: int
-) -> None:
-    """Refuse schedule options that cannot be drawn or would be ignored (``python -m
-    ferlit.fit`` calls this before reading any data, the module again when built)."""
-    for option, value in (
-        ("warmup_steps", warmup_steps),
-        ("freeze_backbone_steps", freeze_backbone_steps),
-    ):
-        if value < 0:
-            raise ConfigError(f"model.{option} must be >= 0 optimizer steps, got {value}")
-    if not 0 <= min_lr_ratio <= 1:
-        raise ConfigError(f"model.min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
-    if min_lr_ratio and lr_schedule != "warmup_cosine":
-        raise ConfigError(
-            f"model.min_lr_ratio {min_lr_ratio} applies to model.lr_schedule warmup_cosine "
-            f"only; the {lr_schedule} schedule does not decay"
-        )
-
-
-def check_model_options(
-    num_classes: int,
-    input_size: int,
-    class_weights: list[float] | None,
-    lr_head: float,
-    lr_backbone: float,
-    momentum: float,
-    weight_decay: float,
-) -> None:
-    """Refuse model options torch would take but train nonsense with, or refuse mid-run: NaN or
-    infinite rates and weights (a NaN class weight makes every loss NaN, which
-    ``TrainingDiverged`` would blame on the learning rate), negative rates, momentum outside
-    [0, 1), a negative weight decay (torch's SGD raises a bare ValueError only when the
-    optimizer is built). ``python -m ferlit.fit`` calls this before reading any data."""
-    check_number("model.input_size", input_size, 1, MAX_IMAGE_SIZE, integer=True)
-    if class_weights is not None:
-        if len(class_weights) != num_classes:
-            raise ConfigError(
-                f"model.class_weights has {len(class_weights)} weights, expected {num_classes}"
-            )
-        for k, (weight, name) in enumerate(
-            zip(class_weights, class_names(num_classes), strict=True)
-        ):
-            check_number(f"model.class_weights[{k}] ({name})", weight, 0, above=True)
-    for option, value in (
-        ("lr_head", lr_head),
-        ("lr_backbone", lr_backbone),
-        ("weight_decay", weight_decay),
-    ):
-        check_number(f"model.{option}", value, 0)
-    check_number("model.momentum", momentum, 0)
-    if momentum >= 1:
-        raise ConfigError(
-            f"model.momentum must be a finite number in [0, 1), got {momentum!r} (SGD with "
-            "momentum >= 1 never forgets a gradient and diverges)"
-        )
-
-
-class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
-    """``LambdaLR`` whose restored state sets the rates of the step it resumes at.
-
-    Lightning restores the optimizer (with the rates its last step left) and then the
-    scheduler, which would only recompute the rates at its next step: a resumed run whose
-    schedule spans more steps (a larger ``trainer.max_steps``) would take one step at the old
-    curve's rate. Here the rates follow the resumed run's curve from its first step.
-    """
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        factors = [fn(self.last_epoch) for fn in self.lr_lambdas]
-        self._last_lr = [base * f for base, f in zip(self.base_lrs, factors, strict=True)]
-        for group, lr in zip(self.optimizer.param_groups, self._last_lr, strict=True):
-            group["lr"] = lr
-
-
-def schedule_factor(
-    step: int,
-    schedule: str,
-    warmup_steps: int = 0,
-    total_steps: int = 0,
-    min_lr_ratio: float = 0.0,
-) -> float:
-    """The factor of each learning rate at optimizer step ``step`` (0 = the first step).
-
-    Linear warmup reaches the full rate at the last warmup step: ``(step + 1) / warmup_steps``
-    (no step is wasted at rate 0). "constant" then keeps the full rate (the paper's recipe).
-    "warmup_cosine" decays by half a cosine from 1 after the warmup to ``min_lr_ratio`` at
-    ``total_steps`` (Loshchilov & Hutter, SGDR, ICLR 2017, without restarts; timm's and
-    transformers' ``cosine`` schedules): ``r + (1 - r) x (1 + cos(pi x p)) / 2`` with ``p``
-    the fraction of the post-warmup steps done.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class ExpressionModule(pl.LightningModule):
@@ -152,13 +58,18 @@ class ExpressionModule(pl.LightningModule):
         pretrained: VGGFace2 weights file (``.pkl``, ``.pth``, ``.safetensors``); None = random.
         preprocessing: "auto" takes the normalisation the weights were trained with.
         class_weights: cross-entropy weights; linked from the DataModule's training counts.
-        lr_head, lr_backbone: the two learning rates (new classifier / everything else).
+        lr_head: learning rate of the new classifier (the paper's 1e-3).
+        lr_backbone: learning rate of the pre-trained rest of the network (the paper's 1e-6).
+        momentum: SGD momentum, in [0, 1) (the paper's 0.9).
+        weight_decay: SGD weight decay (L2) of both parameter groups (the paper's 0.005).
         lr_schedule: how both rates change, per optimizer step: "constant" (the paper) or
             "warmup_cosine" (cosine decay over the run's optimizer steps, ``trainer.max_steps``
-            or the steps of ``trainer.max_epochs``). See :func:`schedule_factor`.
+            or the steps of ``trainer.max_epochs``). See
+            :func:`ferlit.training.schedule.schedule_factor`.
         warmup_steps: linear warmup of both rates over the first N optimizer steps (any schedule).
         min_lr_ratio: "warmup_cosine" decays each rate to this fraction of itself.
-        freeze_backbone_steps: train the classifier alone for this many optimizer steps.
+        freeze_backbone_steps: train the classifier alone for this many optimizer steps (the
+            backbone's learning rate is 0 during them).
         freeze_bn: keep the backbone's BatchNorm statistics fixed (fine-tuning at a tiny lr).
         channels_last: NHWC memory format, faster with tensor cores (GPU, bf16).
     """
@@ -204,67 +115,6 @@ class ExpressionModule(pl.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
-    # -- checkpoints ---------------------------------------------------------------------------
-
-    @classmethod
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: str | os.PathLike[str] | IO[bytes],
-        map_location: Any = None,
-        hparams_file: str | os.PathLike[str] | None = None,
-        strict: bool | None = None,
-        weights_only: bool | None = None,
-        **kwargs: Any,
-    ) -> ExpressionModule:
-        """Lightning's loader, made safe and self-contained.
-
-        The file is first read by :func:`ferlit.models.checkpoints.load_checkpoint` (no code runs;
-        a refusal is a ``WeightsError`` naming the file), then by Lightning with
-        ``weights_only=True``. The weights file the run started from (``pretrained``) is not
-        read: the checkpoint has every weight, and :meth:`on_load_checkpoint` restores the input
-        preprocessing the model was trained with.
-        """
-        if weights_only is False:
-            raise WeightsError(
-                f"{checkpoint_path}: ferlit reads checkpoints only with weights_only=True"
-            )
-        if isinstance(checkpoint_path, str | os.PathLike):
-            state = load_checkpoint(checkpoint_path, mmap=True)
-            needed = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
-            missing = [k for k in needed if not isinstance(state, dict) or k not in state]
-            if missing:  # Lightning's loader would end in a KeyError
-                raise WeightsError(
-                    f"{checkpoint_path}: not a checkpoint of python -m ferlit.fit (no "
-                    f"{', '.join(missing)}); expected a .ckpt of a ferlit run"
-                )
-        token = _FROM_CHECKPOINT.set(True)
-        try:
-            return super().load_from_checkpoint(
-                checkpoint_path,
-                map_location=map_location,
-                hparams_file=hparams_file,
-                strict=strict,
-                weights_only=True,
-                **kwargs,
-            )
-        finally:
-            _FROM_CHECKPOINT.reset(token)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The resolved input preprocessing goes into every checkpoint (``ferlit.preprocessing``):
-        a trained model carries its normalisation, whatever options or files built it."""
-        checkpoint.setdefault(FERLIT_KEY, {})["preprocessing"] = preprocessing_record(
-            self.net.preprocessing
-        )
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The checkpoint's preprocessing replaces whatever ``__init__`` chose from the options
-        (e.g. ``pretrained=None`` would pick ImageNet's for a VGGFace2-trained model)."""
-        preprocessing = checkpoint_preprocessing(checkpoint)
-        if preprocessing is not None and preprocessing != self.net.preprocessing:
-            self.net.set_preprocessing(preprocessing)
-        rank_zero_info(f"input preprocessing (from the checkpoint): {self.net.preprocessing}")
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of uint8 RGB faces (the network normalises them itself)."""
         if self.hparams.channels_last:
@@ -292,76 +142,6 @@ class ExpressionModule(pl.LightningModule):
         for group in self.optimizers().optimizer.param_groups:
             self.log(f"train/lr_{group['name']}", group["lr"], on_step=True, on_epoch=False)
         return loss
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """``freeze_bn``: put the backbone's BatchNorm layers back in eval mode (fixed
-        statistics) before each step, since Lightning switches modules to train mode after
-        every validation. (``freeze_backbone_steps`` is part of the schedule:
-        :meth:`configure_optimizers`.)
-        """
-        if self.hparams.freeze_bn:
-            for module in self.net.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-
-    def total_steps(self) -> int:
-        """The run's optimizer steps, which a decaying schedule spans (``max_steps``, else
-        ``max_epochs`` x the steps of an epoch: Lightning's ``estimated_stepping_batches``)."""
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ConfigError(
-                f"model.lr_schedule {self.hparams.lr_schedule} needs a run of known length: set "
-                "trainer.max_steps (or trainer.max_epochs)"
-            )
-        return int(total)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        """SGD with the paper's two parameter groups, ``head`` and ``backbone``, and, unless
-        both rates stay constant, a per-optimizer-step schedule of both.
-
-        The schedule multiplies each group's rate by :func:`schedule_factor` at every optimizer
-        step (Lightning's ``interval: "step"`` steps it once per optimizer step, after the
-        accumulated micro-batches). ``freeze_backbone_steps`` multiplies the backbone's factor
-        by 0 for its first N optimizer steps: a zero rate rather than ``requires_grad=False``
-        keeps every parameter in the graph, which DDP requires, and needs no optimizer rebuild
-        when the backbone thaws. The scheduler's position is saved in the checkpoint, so a
-        resumed run continues the same curve.
-        """
-        hp = self.hparams
-        optimizer = torch.optim.SGD(
-            [
-                {"name": "head", "params": self.net.head_parameters(), "lr": hp.lr_head},
-                {
-                    "name": "backbone",
-                    "params": self.net.backbone_parameters(),
-                    "lr": hp.lr_backbone,
-                },
-            ],
-            lr=hp.lr_head,
-            momentum=hp.momentum,
-            weight_decay=hp.weight_decay,
-        )
-        frozen = hp.freeze_backbone_steps
-        if hp.lr_schedule == "constant" and hp.warmup_steps == 0 and frozen == 0:
-            return optimizer
-        total = self.total_steps() if hp.lr_schedule == "warmup_cosine" else 0
-        if hp.lr_schedule == "warmup_cosine" and hp.warmup_steps >= total:
-            raise ConfigError(
-                f"model.warmup_steps {hp.warmup_steps} leaves no step to decay in a run of "
-                f"{total} optimizer steps (trainer.max_steps / trainer.max_epochs)"
-            )
-
-        def head(step: int) -> float:
-            return schedule_factor(step, hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio)
-
-        def backbone(step: int) -> float:
-            return 0.0 if step < frozen else head(step)
-
-        scheduler = StepSchedule(optimizer, [head, backbone])
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -427,3 +207,127 @@ class ExpressionModule(pl.LightningModule):
         split's FrameIndex (``python -m ferlit.evaluate`` reorders and gathers them by these)."""
         images, _, samples = batch
         return {"sample": samples, "probs": torch.softmax(self(images).float(), dim=1)}
+
+    # -- optimizer ----------------------------------------------------------------------------
+
+    def total_steps(self) -> int:
+        """The run's optimizer steps, which a decaying schedule spans (``max_steps``, else
+        ``max_epochs`` x the steps of an epoch: Lightning's ``estimated_stepping_batches``)."""
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ConfigError(
+                f"model.lr_schedule {self.hparams.lr_schedule} needs a run of known length: set "
+                "trainer.max_steps (or trainer.max_epochs)"
+            )
+        return int(total)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """SGD with the paper's two parameter groups, ``head`` and ``backbone``, and, unless
+        both rates stay constant, a per-optimizer-step schedule of both.
+
+        The schedule multiplies each group's rate by :func:`schedule_factor` at every optimizer
+        step (Lightning's ``interval: "step"`` steps it once per optimizer step, after the
+        accumulated micro-batches). Its position is saved in the checkpoint, so a resumed run
+        continues the same curve. ``freeze_backbone_steps`` is not part of it: the
+        :class:`BackboneFreeze` callback (:meth:`configure_callbacks`) holds the backbone's rate
+        at 0 for those steps.
+        """
+        hp = self.hparams
+        optimizer = torch.optim.SGD(
+            [
+                {"name": "head", "params": self.net.head_parameters(), "lr": hp.lr_head},
+                {
+                    "name": "backbone",
+                    "params": self.net.backbone_parameters(),
+                    "lr": hp.lr_backbone,
+                },
+            ],
+            lr=hp.lr_head,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+        )
+        if hp.lr_schedule == "constant" and hp.warmup_steps == 0:
+            return optimizer
+        total = self.total_steps() if hp.lr_schedule == "warmup_cosine" else 0
+        if hp.lr_schedule == "warmup_cosine" and hp.warmup_steps >= total:
+            raise ConfigError(
+                f"model.warmup_steps {hp.warmup_steps} leaves no step to decay in a run of "
+                f"{total} optimizer steps (trainer.max_steps / trainer.max_epochs)"
+            )
+
+        def factor(step: int) -> float:
+            return schedule_factor(step, hp.lr_schedule, hp.warmup_steps, total, hp.min_lr_ratio)
+
+        scheduler = StepSchedule(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Freezing as Lightning's fine-tuning examples do it, in a callback
+        (:class:`~ferlit.training.callbacks.finetuning.BackboneFreeze`); returned here so that
+        every entry point training this module applies ``freeze_backbone_steps`` and
+        ``freeze_bn``."""
+        return [BackboneFreeze(self.hparams.freeze_backbone_steps, self.hparams.freeze_bn)]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike[str] | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | os.PathLike[str] | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> ExpressionModule:
+        """Lightning's loader, made safe and self-contained.
+
+        The file is first read by :func:`ferlit.models.checkpoints.load_checkpoint` (no code runs;
+        a refusal is a ``WeightsError`` naming the file), then by Lightning with
+        ``weights_only=True``. The weights file the run started from (``pretrained``) is not
+        read: the checkpoint has every weight, and :meth:`on_load_checkpoint` restores the input
+        preprocessing the model was trained with.
+        """
+        if weights_only is False:
+            raise WeightsError(
+                f"{checkpoint_path}: ferlit reads checkpoints only with weights_only=True"
+            )
+        if isinstance(checkpoint_path, str | os.PathLike):
+            state = load_checkpoint(checkpoint_path, mmap=True)
+            needed = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
+            missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+            if missing:  # Lightning's loader would end in a KeyError
+                raise WeightsError(
+                    f"{checkpoint_path}: not a checkpoint of python -m ferlit.fit (no "
+                    f"{', '.join(missing)}); expected a .ckpt of a ferlit run"
+                )
+        token = _FROM_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True,
+                **kwargs,
+            )
+        finally:
+            _FROM_CHECKPOINT.reset(token)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The resolved input preprocessing goes into every checkpoint (``ferlit.preprocessing``):
+        a trained model carries its normalisation, whatever options or files built it."""
+        checkpoint.setdefault(FERLIT_KEY, {})["preprocessing"] = preprocessing_record(
+            self.net.preprocessing
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's preprocessing replaces whatever ``__init__`` chose from the options
+        (e.g. ``pretrained=None`` would pick ImageNet's for a VGGFace2-trained model)."""
+        preprocessing = checkpoint_preprocessing(checkpoint)
+        if preprocessing is not None and preprocessing != self.net.preprocessing:
+            self.net.set_preprocessing(preprocessing)
+        rank_zero_info(f"input preprocessing (from the checkpoint): {self.net.preprocessing}")
