@@ -11,17 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ferlit.data.cache as cache
+import ferlit.data.readers.affwild2 as affwild2_reader
+import ferlit.data.readers.expw as expw_reader
 from ferlit.data.cache import (
     cache_file,
     cached_read_affwild2,
     cached_read_expw,
     default_cache_dir,
+    entry_key,
 )
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.data.index import FrameIndex
 from ferlit.data.readers.affwild2 import (
     NEW_FRAMES_DIR,
+    AffWild2Reader,
     annotation_dir,
     read_affwild2,
     write_annotation_file,
@@ -79,8 +82,8 @@ def no_rebuild(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the index was rebuilt instead of loaded from the cache")
 
-    monkeypatch.setattr(cache, "read_affwild2", fail)
-    monkeypatch.setattr(cache, "read_expw", fail)
+    monkeypatch.setattr(affwild2_reader, "read_affwild2", fail)
+    monkeypatch.setattr(expw_reader, "read_expw", fail)
 
 
 def later(path, seconds=5):
@@ -206,12 +209,10 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 
 def test_entry_name_is_stable_for_the_same_state(affwild2):
-    key = cache.affwild2_cache_key(affwild2, "train", 7, None)
+    key = entry_key(AffWild2Reader(affwild2), "train")
     assert key["options"] == {"split": "train", "num_classes": 7, "layout": "abaw2020"}
     assert [f[0] for f in key["annotations"]] == ["a.txt", "b.txt"]
-    assert cache_file("/c", key) == cache_file(
-        "/c", cache.affwild2_cache_key(affwild2, "train", 7, None)
-    )
+    assert cache_file("/c", key) == cache_file("/c", entry_key(AffWild2Reader(affwild2), "train"))
 
 
 def test_datamodule_uses_the_cache(affwild2, expw, tmp_path, monkeypatch):
@@ -393,9 +394,9 @@ def test_a_cache_folder_that_is_a_file_warns_once_through_pack(tiny_sample, tmp_
 
     blocker = tmp_path / "cache"
     blocker.write_text("")
-    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--expw-dir"]
-    argv += [str(tiny_sample.expw_dir), "--out", str(tmp_path / "pack"), "--size", "16"]
-    argv += ["--workers", "0", "--index-cache-dir", str(blocker)]
+    argv = ["pack", "--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--data.expw_dir"]
+    argv += [str(tiny_sample.expw_dir), "--out", str(tmp_path / "pack"), "--data.image_size", "16"]
+    argv += ["--workers", "0", "--data.index_cache_dir", str(blocker)]
     with warnings.catch_warnings(), data_warnings_as_lines():
         warnings.simplefilter("always")  # the once-only is ferlit's, not Python's registry
         assert main(argv) == 0

@@ -5,20 +5,21 @@ Indexing Aff-Wild2 lists ~550 ``cropped_aligned`` folders (about a million frame
 first index of each (data set, split, options) is saved as a ``.npz`` (``FrameIndex.save``) in a
 cache folder that holds nothing the user owns, and loaded with ``np.load`` afterwards.
 
-An entry is valid while nothing the index was built from has changed. Its key holds:
+An entry is valid while nothing the index was built from has changed. Its key is the reader's
+(``Reader.cache_key``: ``ferlit.data.readers``), which holds:
 
 * the annotation files' names, sizes and modification and change times (``mtime_ns``,
   ``ctime_ns``: an edit, or a copy over it that keeps the old mtime, changes one of them);
-* for Aff-Wild2, each ``cropped_aligned/<video>`` and ``cropped_aligned_new_50_vids/<video>``
-  folder's mtime (None where it is missing), which changes whenever a frame is added or removed:
-  which frames have an image decides the index, and a video may be in either folder (ABAW 2023+);
-  for ExpW, the mtime of ``image/origin``, whose listing the reader checks;
-* the reader options (split, num_classes, layout, min_confidence), the absolute data folder, and
-  a hash of the reader's source code and ``CACHE_VERSION``, so a ferlit update never serves an
-  index its new reader would build differently.
+* what else decides the index: for Aff-Wild2, each video's frame folder mtime, which changes
+  whenever a frame is added or removed; for ExpW, the mtime of ``image/origin``;
+* the reader options (split, num_classes, layout, min_confidence);
 
-Checking the key costs one ``stat`` per annotation file and two per video (~1,700 at full
-scale), not one per frame.
+to which :func:`cached_index` adds the reader's name, the absolute data folder, and a hash of the
+reader's source code and ``CACHE_VERSION``, so a ferlit update never serves an index its new
+reader would build differently. Any ``Reader`` is cached so, a reader of one's own included.
+
+Checking the Aff-Wild2 key costs one ``stat`` per annotation file and two per video (~1,700 at
+full scale), not one per frame.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -36,15 +38,9 @@ from typing import Any
 
 from ferlit.data import index
 from ferlit.data.index import FrameIndex
-from ferlit.data.readers import affwild2, expw
-from ferlit.data.readers.affwild2 import (
-    FRAMES_DIRS,
-    LAYOUTS,
-    annotation_dir,
-    detect_layout,
-    read_affwild2,
-)
-from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, read_expw
+from ferlit.data.readers.affwild2 import AffWild2Reader
+from ferlit.data.readers.base import Reader
+from ferlit.data.readers.expw import ExpWReader
 from ferlit.errors import ConfigError, DataWarning
 
 log = logging.getLogger(__name__)
@@ -62,6 +58,48 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ferlit" / "index"
 
 
+def cached_index(
+    reader: Reader,
+    split: str,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> FrameIndex:
+    """``reader.index(split)`` through the cache: the same index, rebuilt only when the data
+    changed (``reader.cache_key(split)``; a reader that gives None is read every time).
+
+    The entry's key is the reader's, with the reader's name, its absolute root, and a hash of
+    its module's source, the FrameIndex's and ``CACHE_VERSION`` added. On a hit the reader may
+    repeat what it warned about when it built the entry (``Reader.on_cache_hit``).
+    """
+    key = entry_key(reader, split)
+    if key is None:
+        return reader.index(split, progress)  # the reader names what is missing
+    built = []
+
+    def build() -> FrameIndex:
+        built.append(True)
+        return reader.index(split, progress)
+
+    index = _cached(key, reader.root, build, cache_dir)
+    if not built:
+        reader.on_cache_hit(index, split)
+    return index
+
+
+def entry_key(reader: Reader, split: str) -> dict[str, Any] | None:
+    """The cache key of ``reader``'s ``split``: the reader's own (None: not cached) with the
+    reader's name, its absolute root and the hash of its code added."""
+    key = reader.cache_key(split)
+    if key is None:
+        return None
+    return {
+        "reader": reader.name or type(reader).__name__,
+        "root": os.path.abspath(reader.root),
+        **key,
+        "code": _code_hash(sys.modules[type(reader).__module__]),
+    }
+
+
 def cached_read_affwild2(
     affwild2_dir: str | os.PathLike,
     split: str,
@@ -70,29 +108,9 @@ def cached_read_affwild2(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> FrameIndex:
-    """``read_affwild2`` through the cache: the same index, rebuilt only when the data changed."""
-    root = os.fspath(affwild2_dir)
-
-    built = []
-
-    def build() -> FrameIndex:
-        built.append(True)
-        return read_affwild2(root, split, num_classes, layout, progress)
-
-    key = affwild2_cache_key(root, split, num_classes, layout)
-    if key is None:
-        return build()  # the reader names what is missing
-    index = _cached(key, root, build, cache_dir)
-    without_images = index.skipped.get("no_image_videos", 0)
-    if without_images and not built:  # the reader warned when it built the entry; say it again
-        warnings.warn(
-            f"{root}: {without_images} video(s) of the Aff-Wild2 {split} split have annotated "
-            "frames but no image of any of them (index from the cache; python -m ferlit.data "
-            f"stats --affwild2-dir {root} names them)",
-            DataWarning,
-            stacklevel=2,
-        )
-    return index
+    """``read_affwild2`` through the cache (:func:`cached_index` of an ``AffWild2Reader``)."""
+    reader = AffWild2Reader(affwild2_dir, num_classes, layout)
+    return cached_index(reader, split, cache_dir, progress)
 
 
 def cached_read_expw(
@@ -102,80 +120,9 @@ def cached_read_expw(
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> FrameIndex:
-    """``read_expw`` through the cache: the same index, rebuilt only when the data changed."""
-    root = os.fspath(expw_dir)
-
-    def build() -> FrameIndex:
-        return read_expw(root, num_classes, min_confidence, progress)
-
-    key = expw_cache_key(root, num_classes, min_confidence)
-    if key is None:
-        return build()
-    return _cached(key, root, build, cache_dir)
-
-
-def affwild2_cache_key(
-    affwild2_dir: str | os.PathLike, split: str, num_classes: int, layout: str | None
-) -> dict[str, Any] | None:
-    """What an Aff-Wild2 index depends on; None when the folders are not there to fingerprint."""
-    root = os.fspath(affwild2_dir)
-    if layout is None:
-        layout = detect_layout(root)
-    if layout not in LAYOUTS or split not in affwild2.SPLITS:
-        return None
-    folder = annotation_dir(root, layout, split)
-    if not folder.is_dir():
-        return None
-    files = []
-    try:
-        with os.scandir(folder) as entries:
-            for e in entries:
-                if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file():
-                    st = e.stat()
-                    files.append([e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
-    except OSError:  # unreadable: the reader names the folder and why
-        return None
-    files.sort()
-    videos = []
-    for name, *_ in files:
-        video = name[: -len(".txt")]
-        mtimes = []
-        for frames_dir in FRAMES_DIRS:
-            try:
-                mtimes.append(os.stat(os.path.join(root, frames_dir, video)).st_mtime_ns)
-            except (FileNotFoundError, NotADirectoryError):
-                mtimes.append(None)
-            except OSError:  # unreadable or a link loop: the reader names it
-                return None
-        videos.append([video, *mtimes])
-    return {
-        "reader": "affwild2",
-        "root": os.path.abspath(root),
-        "options": {"split": split, "num_classes": num_classes, "layout": layout},
-        "annotations": files,
-        "frame_folders": videos,
-        "code": _code_hash(affwild2),
-    }
-
-
-def expw_cache_key(
-    expw_dir: str | os.PathLike, num_classes: int, min_confidence: float | None
-) -> dict[str, Any] | None:
-    """What an ExpW index depends on; None when the files are not there to fingerprint."""
-    root = os.fspath(expw_dir)
-    try:
-        label = os.stat(os.path.join(root, LABEL_FILE))
-        images = os.stat(os.path.join(root, IMAGES_DIR))
-    except OSError:  # missing or unreadable: the reader names it
-        return None
-    return {
-        "reader": "expw",
-        "root": os.path.abspath(root),
-        "options": {"num_classes": num_classes, "min_confidence": min_confidence},
-        "annotations": [[LABEL_FILE, label.st_size, label.st_mtime_ns, label.st_ctime_ns]],
-        "image_folder": images.st_mtime_ns,
-        "code": _code_hash(expw),
-    }
+    """``read_expw`` through the cache (:func:`cached_index` of an ``ExpWReader``)."""
+    reader = ExpWReader(expw_dir, num_classes, min_confidence)
+    return cached_index(reader, "train", cache_dir, progress)
 
 
 def cache_file(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Path:
@@ -249,7 +196,7 @@ def _check_outside(cache_dir: Path, data_root: str) -> None:
 
 
 def _code_hash(reader_module) -> str:
-    """The readers' source with the FrameIndex's, so a changed reader never reads a stale entry."""
+    """The reader's source with the FrameIndex's, so a changed reader never reads a stale entry."""
     h = hashlib.sha256(str(CACHE_VERSION).encode())
     for module in (reader_module, index):
         h.update(Path(module.__file__).read_bytes())

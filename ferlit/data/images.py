@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import os
 import stat
 import warnings
@@ -266,19 +267,26 @@ def load_face(
     ``Image.crop`` does. The reader has already dropped boxes with no pixel in their image. A
     damaged image file raises ``ImageError``.
     """
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ConfigError(f"margin must be a finite number >= 0, got {margin!r}")
+    check_margin(margin)
     check_box_overflow(box_overflow)
     path = index.image_path(i)
     image = read_image(path, index.source(i))
     if index.group_kinds[index.groups[i]] == BOXED_IMAGE:
-        image = _crop(image, index, i, margin, box_overflow)
+        image = crop_box(image, index, i, margin, box_overflow)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _crop(
+def check_margin(margin: object, option: str = "margin") -> None:
+    """``ConfigError`` naming ``option`` unless ``margin`` is a finite number >= 0."""
+    if not (isinstance(margin, numbers.Real) and math.isfinite(margin) and margin >= 0):
+        raise ConfigError(f"{option} must be a finite number >= 0, got {margin!r}")
+
+
+def crop_box(
     image: np.ndarray, index: FrameIndex, i: int, margin: float, box_overflow: BoxOverflow
 ) -> np.ndarray:
+    """The face of boxed sample ``i`` (``BOXED_IMAGE``) cut from its decoded ``image``, as
+    :func:`load_face` describes; a ``DataError`` when the file no longer matches the index."""
     height, width = image.shape[:2]
     indexed = index.image_size(i)
     if indexed is not None and indexed != (width, height):

@@ -30,11 +30,13 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.progress import track
 
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
+from ferlit.data.readers.base import Reader
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, DataWarning, quote
 from ferlit.expressions import AFFWILD2_HEADERS, OTHER, class_names
 from ferlit.io import atomic_write, file_kind, read_text
@@ -546,3 +548,139 @@ def _scan_frames(video_dir: str, num_frames: int) -> tuple[np.ndarray, np.ndarra
 
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+#: Highest frame number looked for among a video's face images: 5-digit names as shipped, plus
+#: room for a sixth digit (a video of more than 99,999 frames, 55 minutes at 30 fps).
+MAX_FRAME = 999_999
+
+
+class AffWild2Reader(Reader):
+    """Aff-Wild2's expression set under ``root``: its ``train`` and ``val`` splits
+    (:func:`read_affwild2`), whole ``cropped_aligned`` frames as faces.
+
+    Options: ``layout``, the annotation layout (a key of :data:`LAYOUTS`; None detects it).
+    """
+
+    name = "affwild2"
+    title = "Aff-Wild2"
+    splits = SPLITS
+
+    def __init__(
+        self, root: str | os.PathLike, num_classes: int = 7, layout: str | None = None
+    ) -> None:
+        super().__init__(root, num_classes)
+        if layout is not None and layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {tuple(LAYOUTS)} or None, got {layout!r}")
+        self.layout = layout
+
+    def index(self, split: str = "train", progress: bool = True) -> FrameIndex:
+        return read_affwild2(self.root, split, self.num_classes, self.layout, progress)
+
+    def cache_key(self, split: str) -> dict[str, Any] | None:
+        """The annotation files' names, sizes and times, and each video's frame folder mtime in
+        ``cropped_aligned/`` and ``cropped_aligned_new_50_vids/`` (None where missing), which
+        changes whenever a frame is added or removed: which frames have an image decides the
+        index. One ``stat`` per annotation file and two per video (~1,700 at full scale)."""
+        layout = self.layout
+        if layout is None:
+            layout = detect_layout(self.root)
+        if split not in SPLITS:
+            return None
+        folder = annotation_dir(self.root, layout, split)
+        if not folder.is_dir():
+            return None
+        files = []
+        try:
+            with os.scandir(folder) as entries:
+                for e in entries:
+                    if e.name.endswith(".txt") and not e.name.startswith(".") and e.is_file():
+                        st = e.stat()
+                        files.append([e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+        except OSError:  # unreadable: the reader names the folder and why
+            return None
+        files.sort()
+        videos = []
+        for name, *_ in files:
+            video = name[: -len(".txt")]
+            mtimes = []
+            for frames_dir in FRAMES_DIRS:
+                try:
+                    mtimes.append(os.stat(os.path.join(self.root, frames_dir, video)).st_mtime_ns)
+                except (FileNotFoundError, NotADirectoryError):
+                    mtimes.append(None)
+                except OSError:  # unreadable or a link loop: the reader names it
+                    return None
+            videos.append([video, *mtimes])
+        return {
+            "options": {"split": split, "num_classes": self.num_classes, "layout": layout},
+            "annotations": files,
+            "frame_folders": videos,
+        }
+
+    def on_cache_hit(self, index: FrameIndex, split: str) -> None:
+        """Repeat, in one line, the warning about videos with no image (named when indexed)."""
+        without_images = index.skipped.get("no_image_videos", 0)
+        if without_images:
+            warnings.warn(
+                f"{self.root}: {without_images} video(s) of the Aff-Wild2 {split} split have "
+                "annotated frames but no image of any of them (index from the cache; python -m "
+                f"ferlit.data stats --affwild2-dir {self.root} names them)",
+                DataWarning,
+                stacklevel=3,
+            )
+
+    @staticmethod
+    def face_frames_index(index: FrameIndex) -> FrameIndex | None:
+        """Every face frame of an Aff-Wild2 split's videos, annotated or not, with its target.
+
+        The smoothing window of an annotated frame should see its neighbours whether or not
+        they are annotated: a frame labelled -1, or past the annotation file's last line, still
+        has a face and a prediction. Here each video of ``index`` (the reader's annotated
+        frames) gets a row for every frame image in its folder, in frame order, with the target
+        the training metric uses: the label where it scores (the reader kept the frame), -1
+        elsewhere (unannotated, Other in a 7-class run, or past the last line). None when a
+        video's folder or annotation file cannot be read (a pack moved away from its source):
+        then only the annotated frames exist.
+        """
+        frames_parts, labels_parts, groups_parts = [], [], []
+        for g in range(len(index.group_names)):
+            root = index.roots[index.group_roots[g]]
+            folder = os.path.join(root, str(index.group_names[g]))
+            source = os.path.join(root, str(index.group_sources[g]))
+            if index.group_kinds[g] != FRAME_FOLDER or not (
+                os.path.isdir(folder) and os.path.isfile(source)
+            ):
+                return None
+            faces = np.flatnonzero(_frames_on_disk(folder, MAX_FRAME)) + 1
+            annotated = index.frames[index.groups == g]
+            targets = np.full(len(faces), -1, np.int64)
+            at = np.searchsorted(faces, annotated)
+            if np.any(at >= len(faces)) or np.any(
+                faces[np.minimum(at, len(faces) - 1)] != annotated
+            ):
+                raise DataError(
+                    f"{folder}: frames of the index have no image any more; was the folder "
+                    "changed while evaluating?"
+                )
+            targets[at] = index.labels[index.groups == g]
+            frames_parts.append(faces)
+            labels_parts.append(targets)
+            groups_parts.append(np.full(len(faces), g))
+        if not frames_parts:
+            return None
+        frames = np.concatenate(frames_parts)
+        return FrameIndex(
+            roots=index.roots,
+            num_classes=index.num_classes,
+            labels=np.concatenate(labels_parts).astype(np.int8),
+            groups=np.concatenate(groups_parts).astype(np.int32),
+            frames=frames.astype(np.int32),
+            boxes=np.full((len(frames), 4), -1, np.int32),
+            lines=(frames + 1).astype(np.int32),  # frame k is line k + 1 (after the header)
+            group_names=index.group_names,
+            group_roots=index.group_roots,
+            group_kinds=index.group_kinds,
+            group_sources=index.group_sources,
+            skipped=dict(index.skipped),
+        )

@@ -33,14 +33,26 @@ import re
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
-from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, declared_size, size_problem
+from ferlit.data.images import (
+    MAX_IMAGE_PIXELS,
+    BoxOverflow,
+    ImageError,
+    check_box_overflow,
+    check_margin,
+    crop_box,
+    declared_size,
+    read_image,
+    size_problem,
+)
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
+from ferlit.data.readers.base import Reader
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, quote
 from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
 from ferlit.io import atomic_write, file_kind, read_text
@@ -442,3 +454,65 @@ def _repeats(rows: np.ndarray) -> np.ndarray:
     repeats = np.zeros(len(rows), bool)
     repeats[order[1:]] = (ordered[1:] == ordered[:-1]).all(axis=1)
     return repeats
+
+
+class ExpWReader(Reader):
+    """ExpW under ``root`` (:func:`read_expw`): one split, ``train`` (ExpW has no validation
+    split; Cafarelli et al. train on it with Aff-Wild2 train), faces cut from their images.
+
+    Options: ``min_confidence`` (drop faces whose detector confidence is below it), ``margin``
+    (the crop enlarged by this fraction of the box on each side) and ``box_overflow`` (a box past
+    its image's edge clipped, "clip", or padded with black, "pad": ``images.load_face``).
+    """
+
+    name = "expw"
+    title = "ExpW"
+    splits = ("train",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        num_classes: int = 7,
+        min_confidence: float | None = None,
+        margin: float = 0.0,
+        box_overflow: BoxOverflow = "clip",
+    ) -> None:
+        super().__init__(root, num_classes)
+        if min_confidence is not None and not (
+            isinstance(min_confidence, numbers.Real) and math.isfinite(min_confidence)
+        ):
+            raise ConfigError(
+                f"min_confidence must be a finite number or None, got {min_confidence!r}"
+            )
+        check_margin(margin)
+        check_box_overflow(box_overflow, "box_overflow")
+        self.min_confidence = min_confidence
+        self.margin = margin
+        self.box_overflow = box_overflow
+
+    def index(self, split: str = "train", progress: bool = True) -> FrameIndex:
+        self.check_split(split)
+        return read_expw(self.root, self.num_classes, self.min_confidence, progress)
+
+    def cache_key(self, split: str) -> dict[str, Any] | None:
+        """``label.lst``'s size and times and the mtime of ``image/origin``, whose listing the
+        reader checks; the margin and box_overflow only change how faces load, not the index."""
+        if split not in self.splits:
+            return None
+        try:
+            label = os.stat(os.path.join(self.root, LABEL_FILE))
+            images = os.stat(os.path.join(self.root, IMAGES_DIR))
+        except OSError:  # missing or unreadable: the reader names it
+            return None
+        return {
+            "options": {"num_classes": self.num_classes, "min_confidence": self.min_confidence},
+            "annotations": [[LABEL_FILE, label.st_size, label.st_mtime_ns, label.st_ctime_ns]],
+            "image_folder": images.st_mtime_ns,
+        }
+
+    def load_face(self, index: FrameIndex, i: int) -> np.ndarray:
+        """The box crop of sample ``i`` (rows top:bottom, columns left:right, enlarged by
+        ``margin``, clipped or padded per ``box_overflow``), RGB uint8 ``H x W x 3``."""
+        image = read_image(index.image_path(i), index.source(i))
+        face = crop_box(image, index, i, self.margin, self.box_overflow)
+        return cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
