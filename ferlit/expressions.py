@@ -32,15 +32,21 @@ EXPW_TO_ABAW: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 0)
 EXPW_NAMES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
+def check_num_classes(option: str, value: object) -> int:
+    """``value`` if it is a class count ferlit trains: 7 (ABAW 2020's expressions) or 8 (with
+    Other, ABAW 2022 and later); else a ``ConfigError`` naming ``option`` (e.g.
+    ``data.num_classes``). The one place this rule is written."""
+    if isinstance(value, bool) or value not in (7, 8):
+        raise ConfigError(
+            f"{option} must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {value!r}"
+        )
+    return int(value)
+
+
 def class_names(num_classes: int) -> tuple[str, ...]:
-    """The class names of a 7-class (ABAW 2020) or 8-class (ABAW 2022+) run."""
-    if num_classes == 7:
-        return EXPRESSIONS_7
-    if num_classes == 8:
-        return EXPRESSIONS_8
-    raise ConfigError(
-        f"num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes}"
-    )
+    """The class names of a 7-class (ABAW 2020) or 8-class (ABAW 2022+) run; a ``ConfigError``
+    for any other count (:func:`check_num_classes`)."""
+    return EXPRESSIONS_7 if check_num_classes("num_classes", num_classes) == 7 else EXPRESSIONS_8
 
 
 def metric_key(name: str) -> str:

@@ -170,3 +170,16 @@ def test_set_preprocessing_replaces_the_normalisation_on_the_same_device_and_dty
     assert net.preprocessing == VGGFACE2
     assert net.normalize.mean.dtype == torch.float64
     assert net.normalize.mean.view(-1).tolist() == pytest.approx(VGGFACE2.mean)
+
+
+def test_check_num_classes_names_the_option() -> None:
+    from ferlit.expressions import EXPRESSIONS_8, check_num_classes, class_names
+
+    assert check_num_classes("data.num_classes", 7) == 7 and check_num_classes("x", 8) == 8
+    assert class_names(8) == EXPRESSIONS_8
+    for bad in (6, 9, True, "7", None):
+        with pytest.raises(ConfigError) as error:
+            check_num_classes("data.num_classes", bad)
+        assert str(error.value) == (
+            f"data.num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {bad!r}"
+        )

@@ -24,7 +24,7 @@ import torch
 
 from ferlit.errors import ConfigError
 from ferlit.io import atomic_write
-from ferlit.training.callbacks.best import Preemption
+from ferlit.training.callbacks.preemption import Preemption
 from ferlit.training.cli import main
 from ferlit.training.runs import (
     AtomicCheckpointIO,
@@ -474,7 +474,7 @@ def test_log_folder_reads_the_best_from_ferlits_own_checkpoint_callback_state(tm
     """A run's last.ckpt holds the state under FerlitCheckpoint's key (not "ModelCheckpoint..."):
     its best_model_path is the record, before an older best_validation.json (here from a stop
     before the run found a better checkpoint, both kept with save_top_k 2)."""
-    from ferlit.training.runs import FerlitCheckpoint
+    from ferlit.training.callbacks.checkpoint import FerlitCheckpoint
 
     folder = tmp_path / "version_0/checkpoints"
     folder.mkdir(parents=True)

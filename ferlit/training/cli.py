@@ -25,7 +25,7 @@ Beyond Lightning's own options, this adds:
   (another experiment) is refused, listing them.
 * SIGTERM (or SLURM's requeue signal) and Ctrl-C: stop after the current optimizer step with a
   resumable ``last.ckpt``, print the command that resumes, and exit with status 143 (130 for
-  Ctrl-C; ``ferlit.training.callbacks.best.Preemption``).
+  Ctrl-C; ``ferlit.training.callbacks.preemption.Preemption``).
 * ``run_info.json`` in the run folder: versions, git commit, data folders, command line.
 
 and changes three of Lightning's behaviours: a value ``None`` is null for every option that
@@ -64,7 +64,9 @@ from ferlit.errors import (
     quiet_closed_stdout,
     user_message,
 )
-from ferlit.training.callbacks.best import BestValidationSummary, Preemption
+from ferlit.training.callbacks.best import BestValidationSummary
+from ferlit.training.callbacks.checkpoint import FerlitCheckpoint
+from ferlit.training.callbacks.preemption import Preemption
 from ferlit.training.callbacks.wandb_logging import (
     WandbSaveConfig,
     WandbValidation,
@@ -73,7 +75,6 @@ from ferlit.training.callbacks.wandb_logging import (
 )
 from ferlit.training.module import ExpressionModule
 from ferlit.training.runs import (
-    FerlitCheckpoint,
     RunRecord,
     is_debug_run,
     resume_checkpoint,

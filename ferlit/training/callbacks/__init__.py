@@ -1,1 +1,1 @@
-"""Callbacks of a training run: best validation, preemption, W&B."""
+"""Callbacks of a training run: best validation, checkpoints, preemption, freezing, W&B."""

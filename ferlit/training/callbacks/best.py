@@ -1,26 +1,64 @@
-"""Callbacks Lightning lacks: the end-of-run summary of the best validation, and a stop on
-SIGTERM or Ctrl-C that a resumed run continues exactly."""
+"""The best validation of a run: remembered at each validation, written and printed at its end."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import sys
-import threading
 from pathlib import Path
-from types import FrameType
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.table import Table
 
+from ferlit.expressions import metric_key
 from ferlit.io import atomic_write
 from ferlit.training.runs import is_debug_run
+
+
+class BestValidation:
+    """The validation with the best ``monitor`` value so far, and the history of that value.
+
+    The one definition of "the best validation" in ferlit: the end-of-run summary
+    (:class:`BestValidationSummary`, ``best_validation.json``) and the W&B run summary
+    (:class:`~ferlit.training.callbacks.wandb_logging.WandbValidation`) each keep one, so both
+    report the same validation as the checkpoint callback selects (the first of equal bests, as
+    ``ModelCheckpoint`` keeps the first). Its state goes into the checkpoint of the callback
+    holding it, so a resumed run keeps the best of the validations before the stop.
+
+    Args:
+        monitor: the score that picks the best validation (the paper's: ``val/criterion``).
+        mode: whether higher (``max``) or lower (``min``) is better.
+    """
+
+    def __init__(self, monitor: str = "val/criterion", mode: Literal["max", "min"] = "max") -> None:
+        self.monitor = monitor
+        self.mode = mode
+        self.best: dict[str, float] | None = None
+        self.best_step: int | None = None
+        self.history: list[tuple[int, float]] = []
+
+    def update(self, step: int, scores: dict[str, float]) -> bool:
+        """Record the validation at optimizer step ``step`` (``scores``: every ``val/*`` scalar);
+        True when it is the new best."""
+        value = scores[self.monitor]
+        self.history.append((step, value))
+        if self.best is not None:
+            best = self.best[self.monitor]
+            if not (value > best if self.mode == "max" else value < best):
+                return False
+        self.best, self.best_step = dict(scores), step
+        return True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict["best"]
+        self.best_step = state_dict["best_step"]
+        self.history = [tuple(h) for h in state_dict.get("history", [])]
 
 
 class BestValidationSummary(pl.Callback):
@@ -35,9 +73,7 @@ class BestValidationSummary(pl.Callback):
 
     def __init__(self, monitor: str = "val/criterion") -> None:
         self.monitor = monitor
-        self.best: dict[str, float] | None = None
-        self.best_step: int | None = None
-        self.history: list[tuple[int, float]] = []
+        self.tracker = BestValidation(monitor)
         self.damaged: dict[str, None] = {}  # damaged training image files skipped, in order
 
     #: How many damaged image paths the summary names (the count covers them all).
@@ -70,23 +106,18 @@ class BestValidationSummary(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not getattr(pl_module, "last_val_scores", None):
             return
-        scores = dict(pl_module.last_val_scores)
-        self.history.append((trainer.global_step, scores[self.monitor]))
-        if self.best is None or scores[self.monitor] > self.best[self.monitor]:
-            self.best, self.best_step = scores, trainer.global_step
+        self.tracker.update(trainer.global_step, pl_module.last_val_scores)
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """(optimizer step, ``monitor`` value) of every validation of the run."""
+        return self.tracker.history
 
     def state_dict(self) -> dict:
-        return {
-            "best": self.best,
-            "best_step": self.best_step,
-            "history": self.history,
-            "damaged_images": list(self.damaged),
-        }
+        return {**self.tracker.state_dict(), "damaged_images": list(self.damaged)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.best = state_dict["best"]
-        self.best_step = state_dict["best_step"]
-        self.history = [tuple(h) for h in state_dict["history"]]
+        self.tracker.load_state_dict(state_dict)
         self.damaged = dict.fromkeys(state_dict.get("damaged_images", []))
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
@@ -103,32 +134,33 @@ class BestValidationSummary(pl.Callback):
         if checkpoint is not None and checkpoint.dirpath:
             log_dir = Path(checkpoint.dirpath)
         damaged = self._damaged_report()
-        if self.best is None or not trainer.is_global_zero or is_debug_run(trainer):
+        best, best_step = self.tracker.best, self.tracker.best_step
+        if best is None or not trainer.is_global_zero or is_debug_run(trainer):
             return
         log_dir.mkdir(parents=True, exist_ok=True)
         criterion = getattr(pl_module, "criterion_description", None)
-        report = {"step": self.best_step, "monitor": self.monitor}
+        report = {"step": best_step, "monitor": self.monitor}
         if criterion is not None:
             report["criterion"] = criterion
-        report.update({**self.best, "history": self.history, "damaged_images": damaged})
+        report.update({**best, "history": self.history, "damaged_images": damaged})
         if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
             report["checkpoint"] = os.path.abspath(checkpoint.best_model_path)
         with atomic_write(log_dir / "best_validation.json", "w", encoding="utf-8") as file:
             file.write(json.dumps(report, indent=2) + "\n")
         table = Table(
-            title=f"Best validation: {self.monitor} {self.best[self.monitor]:.4f} at step {self.best_step}"
+            title=f"Best validation: {self.monitor} {best[self.monitor]:.4f} at step {best_step}"
         )
         table.add_column("class")
         table.add_column("F1", justify="right")
         for name in pl_module.class_names:
-            table.add_row(name, f"{self.best[f'val/f1_{name.lower()}']:.4f}")
+            table.add_row(name, f"{best[f'val/f1_{metric_key(name)}']:.4f}")
         table.add_section()
         rows = [("f1", "macro-F1"), ("acc", "acc"), ("criterion", "criterion")]
         if criterion is not None and not criterion.startswith("abaw2020"):
             rows.insert(2, ("abaw2020", "0.67 F1 + 0.33 acc"))  # the 2020 formula, to compare
         for key, label in rows:
-            if f"val/{key}" in self.best:
-                table.add_row(label, f"{self.best[f'val/{key}']:.4f}")
+            if f"val/{key}" in best:
+                table.add_row(label, f"{best[f'val/{key}']:.4f}")
         console = Console()
         console.print(table)
         if criterion is not None:
@@ -140,113 +172,3 @@ class BestValidationSummary(pl.Callback):
                 soft_wrap=True,
                 highlight=False,
             )
-
-
-class Preemption(pl.Callback):
-    """On SIGTERM (or SLURM's requeue signal), stop at the next optimizer step and save ``last.ckpt``.
-
-    Lightning's own handling stops after whichever micro-batch or validation batch comes next.
-    With gradient accumulation the gradients summed so far are not in a checkpoint, and a
-    validation cut short restarts without its metric states: either changes what the resumed
-    run computes. This callback holds the signal until the optimizer step, and that step's
-    validation if one is due, are complete, then hands it to Lightning, which stops the loop
-    (``SIGTERMException``) at that boundary; the callback then writes ``last.ckpt`` beside the
-    run's checkpoints, where ``--ckpt_path last`` finds it. With ``SLURMEnvironment(auto_requeue=
-    True)`` the requeue signal is held the same way, and Lightning's requeue handler (which saves
-    its ``hpc_ckpt_N.ckpt`` and runs ``scontrol requeue``) runs once the run has stopped there.
-    A first Ctrl-C (SIGINT) is held the same way (Lightning alone ends with exit 1 and no
-    resumable checkpoint); a second one aborts at once. Debug runs write no ``last.ckpt``.
-    """
-
-    def __init__(self) -> None:
-        self.held: list[int] = []
-        self.saved: str | None = None
-        self._handlers: dict[int, object] = {}
-        self._release_after_validation = False
-        self._interrupts = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning has installed its handlers by now (Trainer._run, before the loops run).
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signums = [signal.SIGTERM]
-        environment = getattr(trainer.strategy, "cluster_environment", None)
-        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
-            signums.append(environment.requeue_signal)
-        for signum in signums:
-            self._handlers[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._hold)
-        self._handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._interrupt)
-        self._pid = os.getpid()
-
-    def _hold(self, signum: int, frame: FrameType | None) -> None:
-        if signum not in self.held:
-            self.held.append(signum)
-
-    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
-        """Ctrl-C: the first stops like SIGTERM; a second aborts at once (KeyboardInterrupt).
-
-        DataLoader workers, forked after this handler was installed, inherit it and get the
-        terminal's Ctrl-C too: they ignore it (the training process stops them), instead of
-        dying on a KeyboardInterrupt that would end the run with a worker error.
-        """
-        if os.getpid() != getattr(self, "_pid", os.getpid()):
-            return
-        self._interrupts += 1
-        if self._interrupts > 1:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        self._hold(signum, frame)
-        print(
-            "\nCtrl-C: stopping after this optimizer step with a resumable last.ckpt "
-            "(Ctrl-C again to abort at once, losing the work since the last checkpoint)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_interrupt()
-
-    def _restore_interrupt(self) -> None:
-        handler = self._handlers.pop(signal.SIGINT, None)
-        if handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.held or (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return
-        loop = trainer.fit_loop.epoch_loop
-        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
-            self._release_after_validation = True  # validation runs right after this hook
-        else:
-            self._release()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._release_after_validation and not trainer.sanity_checking:
-            self._release()
-
-    def _release(self) -> None:
-        """Give SIGTERM to Lightning: it raises ``SIGTERMException`` at the end of this step."""
-        self._release_after_validation = False
-        handler = self._handlers.get(signal.SIGTERM)
-        if callable(handler):
-            handler(signal.SIGTERM, None)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        self._restore_interrupt()
-        if not isinstance(exception, SIGTERMException):
-            return
-        checkpoint = trainer.checkpoint_callback
-        if (
-            isinstance(checkpoint, ModelCheckpoint)
-            and checkpoint.dirpath is not None
-            and not is_debug_run(trainer)
-        ):
-            name = checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION
-            self.saved = os.path.join(checkpoint.dirpath, name)
-            trainer.save_checkpoint(self.saved, weights_only=False)  # the whole state
-        for signum in self.held:
-            handler = self._handlers.get(signum)
-            if signum != signal.SIGTERM and callable(handler):
-                handler(signum, None)

@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ferlit.io import atomic_write
 from ferlit.metrics import scores_from_confusion
+from ferlit.training.callbacks.best import BestValidation
 
 if TYPE_CHECKING:
     import wandb
@@ -126,7 +127,8 @@ class WandbValidation(pl.Callback):
     best validation as the run summary. Without one it does nothing, so ``ferlit.fit`` always
     adds it.
 
-    The summary gets every ``val/*`` scalar of the validation with the best ``monitor`` (so F1,
+    The summary gets every ``val/*`` scalar of the validation with the best ``monitor``
+    (:class:`~ferlit.training.callbacks.best.BestValidation`, as ``best_validation.json``; so F1,
     accuracy and the per-class F1 shown next to ``val/criterion`` are the selected model's),
     ``val/best_step``, the optimizer step it came from, and ``criterion``, which score
     ``val/criterion`` is (the run's challenge's, e.g. ``abaw2022: mean F1 over 8 classes``;
@@ -138,16 +140,7 @@ class WandbValidation(pl.Callback):
     """
 
     def __init__(self, monitor: str = "val/criterion", mode: Literal["max", "min"] = "max") -> None:
-        self.monitor = monitor
-        self.mode = mode
-        self.best: dict[str, float] | None = None
-        self.best_step: int | None = None
-
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        best = self.best[self.monitor]
-        return value > best if self.mode == "max" else value < best
+        self.tracker = BestValidation(monitor, mode)
 
     @rank_zero_only
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -167,21 +160,19 @@ class WandbValidation(pl.Callback):
             },
             step=step,
         )
-        if self._better(scores[self.monitor]):
-            self.best, self.best_step = dict(scores), step
+        self.tracker.update(step, scores)
         # Lightning has just logged this validation, which made it the summary; put the best back.
-        summary = {**self.best, "val/best_step": self.best_step}
+        summary = {**self.tracker.best, "val/best_step": self.tracker.best_step}
         criterion = getattr(pl_module, "criterion_description", None)
         if criterion is not None:
             summary["criterion"] = criterion
         logger.experiment.summary.update(summary)
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step}
+        return self.tracker.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.best = state_dict["best"]
-        self.best_step = state_dict["best_step"]
+        self.tracker.load_state_dict(state_dict)
 
 
 def _table(columns: list[str], rows: list[list]) -> wandb.Table:
