@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferlit.data.datamodule import (
+from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.datasets import (
     MAX_CONSECUTIVE_BAD_IMAGES,
     DamagedImageWarning,
     EpochSeededDataset,
-    ExpressionDataModule,
     FaceDataset,
 )
 from ferlit.data.images import ImageError

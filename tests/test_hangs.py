@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ferlit.data.__main__ import main as data_main
-from ferlit.data.datamodule import DamagedImageWarning, EpochSeededDataset, FaceDataset
+from ferlit.data.datasets import DamagedImageWarning, EpochSeededDataset, FaceDataset
 from ferlit.data.images import MAX_IMAGE_PIXELS, ImageError, check_image, declared_size, read_image
 from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
 from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
@@ -109,7 +109,7 @@ def test_a_fifo_in_place_of_a_training_frame_is_skipped_and_check_lists_it(video
     with fails_after(10):
         with pytest.warns(DamagedImageWarning, match="not a regular file but a FIFO"):
             assert data[(0, 1)][2:] == (2, 1)  # frame 3 in its place
-        assert data_main(["check", "--affwild2-dir", str(tmp_path), "--workers", "2"]) == 1
+        assert data_main(["check", "--data.affwild2_dir", str(tmp_path), "--workers", "2"]) == 1
     out = capsys.readouterr().out
     assert f"{frame}: cannot read image: not a regular file but a FIFO (named pipe)" in out
     assert "Checked 4 images" in out
@@ -250,8 +250,8 @@ def kill_and_watch_workers(
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 def test_a_killed_pack_leaves_no_worker_behind(tiny_sample, tmp_path):
-    command = ["-m", "ferlit.data", "pack", "--affwild2-dir", str(tiny_sample.affwild2_dir)]
-    command += ["--out", str(tmp_path / "pack"), "--workers", "2", "--no-index-cache"]
+    command = ["-m", "ferlit.data", "pack", "--data.affwild2_dir", str(tiny_sample.affwild2_dir)]
+    command += ["--out", str(tmp_path / "pack"), "--workers", "2", "--data.index_cache", "false"]
     assert kill_and_watch_workers(command, 2) == []
 
 
@@ -274,5 +274,5 @@ def test_a_killed_run_leaves_no_loader_worker_behind(tiny_sample):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 def test_a_killed_check_leaves_no_worker_behind(tiny_sample):
-    command = ["-m", "ferlit.data", "check", "--expw-dir", str(tiny_sample.expw_dir)]
+    command = ["-m", "ferlit.data", "check", "--data.expw_dir", str(tiny_sample.expw_dir)]
     assert kill_and_watch_workers([*command, "--workers", "2"], 2) == []

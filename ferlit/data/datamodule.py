@@ -1,12 +1,19 @@
-"""The DataModule: Aff-Wild2 train (+ ExpW) for training, Aff-Wild2 validation for validation.
+"""The DataModule: Aff-Wild2 train (+ ExpW, + any reader of one's own) for training, Aff-Wild2
+val for validation, and the faces to predict.
 
 Cafarelli et al. train on Aff-Wild2 train merged with ExpW and validate on Aff-Wild2 val, with
 a class-weighted cross entropy whose weights are count(most common class) / count(c).
+
+This is the one place that decides where faces come from: it builds the readers
+(``ferlit.data.readers.base.create_reader``), reads their indexes through the cache
+(``ferlit.data.cache``) or a pack (``ferlit.data.pack``), and hands each stage its loaders.
+Everything else (stats, pack, the prediction writer) asks it: ``part_names``/``part`` for the
+parts of a stage, ``predict_index`` and ``predict_dataloader`` for prediction.
 """
 
 from __future__ import annotations
 
-import random
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,15 +26,21 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import check_number, check_workers
-from ferlit.data.cache import cached_read_affwild2, cached_read_expw
-from ferlit.data.images import BoxOverflow, ImageError, check_box_overflow, load_face
-from ferlit.data.index import BOXED_IMAGE, FrameIndex
-from ferlit.data.pack import Pack, PackedFaceDataset, check_pack_sources
-from ferlit.data.readers.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
-from ferlit.data.readers.expw import read_expw
+from ferlit.data.cache import cached_index
+from ferlit.data.datasets import EpochSeededDataset, FaceDataset, PackedFaceDataset
+from ferlit.data.images import BoxOverflow, check_box_overflow
+from ferlit.data.index import FrameIndex
+from ferlit.data.pack import Pack, check_pack_sources
+from ferlit.data.readers.affwild2 import (
+    AffWild2Reader,
+    split_overlap_message,
+    videos_in_both_splits,
+)
+from ferlit.data.readers.base import Reader, create_reader
+from ferlit.data.readers.frames_dir import FramesDirReader
 from ferlit.data.samplers import EpochShuffleSampler, ResumableLoader, ShardSampler
 from ferlit.data.subsample import subsample
-from ferlit.data.transforms import Augmentation, build_transform, to_chw_uint8
+from ferlit.data.transforms import Augmentation, build_transform
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.expressions import class_names
@@ -62,15 +75,6 @@ def class_weights_from_counts(
     return weights.tolist()
 
 
-#: Consecutive damaged images a training sample may skip before the run stops: timm's
-#: ``ImageDataset`` likewise moves to the next sample on a read error and gives up after 50.
-MAX_CONSECUTIVE_BAD_IMAGES = 50
-
-
-class DamagedImageWarning(UserWarning):
-    """A training image could not be read and another sample was taken in its place."""
-
-
 def expw_summary(index: FrameIndex, box_overflow: BoxOverflow) -> str:
     """One line on what became of ExpW's faces: kept, boxes past the edge, skipped by reason."""
     past = index.boxes_past_edge()
@@ -83,105 +87,16 @@ def expw_summary(index: FrameIndex, box_overflow: BoxOverflow) -> str:
     )
 
 
-class FaceDataset(Dataset):
-    """Faces of a FrameIndex as (uint8 3xHxW image, label, sample number) triples.
-
-    A damaged image raises ``ImageError`` naming the file (validation and evaluation stop on it,
-    so their scores are over the whole split); training wraps this in ``EpochSeededDataset``,
-    which replaces it.
-    """
-
-    def __init__(
-        self, index: FrameIndex, transform, margin: float = 0.0, box_overflow: BoxOverflow = "clip"
-    ) -> None:
-        self.index = index
-        self.transform = transform
-        self.margin = margin
-        self.box_overflow = box_overflow
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def image_path(self, i: int) -> str:
-        return self.index.image_path(i)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        face = load_face(self.index, i, self.margin, self.box_overflow)
-        image = self.transform(image=face)["image"]
-        return torch.from_numpy(to_chw_uint8(image)), int(self.index.labels[i]), i
-
-
-class EpochSeededDataset(Dataset):
-    """Training samples keyed by (epoch, sample), each augmented from its own random state.
-
-    albumentations 2 transforms draw from generators they own, seeded from OS entropy unless
-    given a seed, and every DataLoader worker gets a copy of the same generators: augmentation
-    neither repeats with the run's seed nor differs between workers (two workers flip and
-    jitter in lockstep). Seeding the transform from (seed, epoch, sample) before each sample
-    makes a sample's augmentation the same whatever the number of workers, the batch it falls
-    in, or whether the run was resumed. Keys come from ``EpochShuffleSampler(keyed=True)``;
-    a plain sample number reads the wrapped dataset unseeded, and the wrapped dataset's
-    attributes read through (``loader.dataset.transform`` etc.).
-
-    A damaged image (``ImageError``) must not end a multi-hour run: unless ``strict``, it is
-    reported by name (``DamagedImageWarning``) and the next sample, ``(i + 1) % n``, is taken in
-    its place, deterministically, failing only after ``MAX_CONSECUTIVE_BAD_IMAGES`` bad ones in a
-    row (timm's ``ImageDataset`` rule). Items are (image, label, sample number, skipped): the
-    number of damaged samples skipped before the one returned, i.e. samples ``sample - 1``, ...,
-    ``sample - skipped`` (mod n), so the main process can count and name them (workers are
-    separate processes); see ``ferlit.training.callbacks.best.BestValidationSummary``.
-    """
-
-    def __init__(
-        self, dataset: FaceDataset | PackedFaceDataset, seed: int, strict: bool = False
-    ) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self.strict = strict
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str):
-        if name == "dataset":  # not set yet (unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int, int]:
-        epoch, i = (None, int(key)) if isinstance(key, int | np.integer) else key
-        n = len(self.dataset)
-        first: ImageError | None = None
-        for skipped in range(min(MAX_CONSECUTIVE_BAD_IMAGES, n)):
-            j = (i + skipped) % n
-            try:
-                image, label, sample = self._read(epoch, j)
-            except ImageError as error:
-                if self.strict:
-                    raise
-                first = first or error
-                warnings.warn(
-                    f"{error}: damaged training image skipped, sample {(j + 1) % n} taken "
-                    "in its place (data.strict_images: true stops on it instead)",
-                    DamagedImageWarning,
-                    stacklevel=2,
-                )
-                continue
-            return image, label, sample, skipped
-        raise DataError(
-            f"{min(MAX_CONSECUTIVE_BAD_IMAGES, n)} training images in a row are damaged, from "
-            f"{first}; check the data with python -m ferlit.data check"
-        )
-
-    def _read(self, epoch: int | None, i: int) -> tuple[torch.Tensor, int, int]:
-        transform = self.dataset.transform
-        if transform is not None and epoch is not None:
-            rng = np.random.default_rng([self.seed, epoch, i])
-            transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        return self.dataset[i]
+#: The keys of a ``data.train_sources`` entry.
+SOURCE_KEYS = ("reader", "root", "options")
+#: What a ``data.train_sources`` entry looks like, for messages.
+SOURCE_FORM = "{reader: a built-in reader or 'pkg.module:Class', root: its folder, options: {...}}"
+PredictWhich = Literal["target", "val"]
 
 
 class ExpressionDataModule(pl.LightningDataModule):
-    """Aff-Wild2 (+ ExpW) expression frames for training and validation.
+    """Aff-Wild2 (+ ExpW, + readers of one's own) expression frames for training, validation
+    and prediction.
 
     Args:
         affwild2_dir: Aff-Wild2 root (holding ``cropped_aligned/``, from ABAW 2023 on also
@@ -197,6 +112,12 @@ class ExpressionDataModule(pl.LightningDataModule):
             ("clip", the default: the face kept, a little narrower) or padded with black to its
             full size ("pad", as a PIL crop does). Boxes with no pixel in their image are
             skipped while indexing; the counts are printed when the training set is first read.
+        train_sources: more training data, each read by a reader: a list of
+            ``{reader: name, root: folder, options: {...}}``, the reader a built-in name
+            ("affwild2", "expw") or a ``Reader`` subclass of one's own as "pkg.module:Class"
+            (``ferlit.data.readers.base``), its options the reader's keyword arguments. Their
+            faces are added to the training set after Aff-Wild2 train and ExpW (not with
+            ``packed_dir``: a pack holds only what it packed).
         strict_images: stop training on the first damaged image (missing, empty, truncated or
             undecodable). By default a damaged training image is reported by name, counted in
             the run's summary and replaced by the next sample. Validation always stops on one.
@@ -204,9 +125,21 @@ class ExpressionDataModule(pl.LightningDataModule):
         class_weighting: a scheme computed from the training counts, or an explicit list.
         image_size: side of the square model input (linked from ``model.input_size`` in the CLI).
         augment: apply the training augmentation (flip, colour jitter) below.
+        hflip: probability of a horizontal flip of a training face (the paper's augmentation).
+        brightness: colour jitter: brightness factor drawn from [1 - b, 1 + b].
+        contrast: colour jitter: contrast factor drawn from [1 - c, 1 + c].
+        saturation: colour jitter: saturation factor drawn from [1 - s, 1 + s].
+        hue: colour jitter: hue shift drawn from [-h, h], in [0, 0.5] (ColorJitter's range).
         augment_strength: multiplies the four colour-jitter strengths (one knob for sweeps;
             1 = the values given, 0 = flips only); hue stops at 0.5, ColorJitter's largest.
         batch_size: micro-batch size per process (the paper: 64, with 4 accumulated).
+        val_batch_size: batch size of validation and prediction; None = ``batch_size``.
+        num_workers: DataLoader worker processes per training process (0 = load in the main
+            process); at most 8 per CPU core.
+        pin_memory: page-locked host memory for batches (faster copies to a GPU; ignored
+            without one).
+        persistent_workers: keep the loader workers between epochs (with ``num_workers`` > 0).
+        seed: seed of the training order and of each sample's augmentation (with the epoch).
         index_cache: keep each data set's index in ``index_cache_dir`` and load it from there
             while its annotation files are unchanged (``ferlit.data.cache``).
         index_cache_dir: the index cache folder; None = ``$FERLIT_CACHE_DIR`` or
@@ -223,6 +156,12 @@ class ExpressionDataModule(pl.LightningDataModule):
             By default such a video stops ``setup`` with an error naming it and its two
             annotation files (``affwild2.videos_in_both_splits``): its validation frames would
             be near-duplicates of training frames.
+        frames_dir: unlabelled faces to predict, in the ``cropped_aligned`` layout
+            (``<folder>/<video>/00001.jpg ...``), one folder or a list (a folder holding
+            ``cropped_aligned/`` and ``cropped_aligned_new_50_vids/`` reads both). Predict
+            only: fit and validate refuse it.
+        predict_split: the Aff-Wild2 split predicted when ``frames_dir`` is not given: every
+            face frame of its videos, annotated or not.
     """
 
     def __init__(
@@ -235,6 +174,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         expw_margin: float = 0.0,
         expw_min_confidence: float | None = None,
         expw_box_overflow: Literal["clip", "pad"] = "clip",
+        train_sources: list[dict] | None = None,
         strict_images: bool = False,
         class_weighting: ClassWeighting | list[float] = "inverse_frequency",
         image_size: int = 112,
@@ -257,6 +197,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         frame_step: int = 1,
         max_class_share: float | None = None,
         allow_split_overlap: bool = False,
+        frames_dir: str | list[str] | None = None,
+        predict_split: Literal["val", "train"] = "val",
     ) -> None:
         super().__init__()
         if num_classes not in (7, 8):
@@ -311,6 +253,17 @@ class ExpressionDataModule(pl.LightningDataModule):
             raise ConfigError(
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
             )
+        if predict_split not in ("val", "train"):
+            raise ConfigError(f"data.predict_split must be 'val' or 'train', got {predict_split!r}")
+        if frames_dir is not None:  # the folders themselves are read when predicting
+            FramesDirReader(frames_dir, num_classes)
+        self._sources = self._source_readers(train_sources, num_classes)
+        if self._sources and packed_dir is not None:
+            raise ConfigError(
+                "data.train_sources cannot be read with data.packed_dir: a pack holds only the "
+                "Aff-Wild2 and ExpW faces it packed; train from the data folders, or leave "
+                "data.train_sources unset"
+            )
         self.save_hyperparameters()
         s = augment_strength
         self.augmentation = (
@@ -318,10 +271,62 @@ class ExpressionDataModule(pl.LightningDataModule):
             if augment
             else None
         )
+        #: What ``predict_dataloader`` returns a loader for, in order ("val" too for smoothing
+        #: chosen on the val split while predicting another target).
+        self.predict_targets: list[PredictWhich] = ["target"]
+        self._parts: dict[str, tuple[Reader | None, FrameIndex]] = {}
+        self._predict: dict[str, tuple[Reader | None, FrameIndex, str | None, str]] = {}
         self._train_index: FrameIndex | None = None
         self._val_index: FrameIndex | None = None
         self._train_rows: np.ndarray | None = None  # rows of the full training set kept
         self._pack: Pack | None = None
+
+    @staticmethod
+    def _source_readers(sources: object, num_classes: int) -> list[tuple[str, Reader]]:
+        """``data.train_sources`` checked and made into (part name, reader) pairs, before any
+        data is read: a bad entry is a ``ConfigError`` naming ``data.train_sources[k]``."""
+        if sources is None:
+            return []
+        if not isinstance(sources, list | tuple):
+            raise ConfigError(
+                f"data.train_sources: expected a list of {SOURCE_FORM}, got {sources!r}"
+            )
+        readers = []
+        for k, entry in enumerate(sources):
+            where = f"data.train_sources[{k}]"
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where}: expected {SOURCE_FORM}, got {entry!r}")
+            unknown = [key for key in entry if key not in SOURCE_KEYS]
+            if unknown:
+                raise ConfigError(
+                    f"{where}: unknown key {', '.join(map(repr, unknown))}; expected "
+                    f"{', '.join(SOURCE_KEYS)}"
+                )
+            for key in ("reader", "root"):
+                if not isinstance(entry.get(key), str | os.PathLike) or not str(entry[key]):
+                    raise ConfigError(
+                        f"{where}.{key}: expected {'a folder' if key == 'root' else 'a name'}"
+                        f", got {entry.get(key)!r}"
+                    )
+            options = entry.get("options") or {}
+            if not isinstance(options, dict) or not all(isinstance(o, str) for o in options):
+                raise ConfigError(
+                    f"{where}.options: expected a mapping of option names, got {options!r}"
+                )
+            if "num_classes" in options:
+                raise ConfigError(
+                    f"{where}.options: num_classes is data.num_classes for every reader"
+                )
+            reader = create_reader(
+                entry["reader"], entry["root"], option=where, num_classes=num_classes, **options
+            )
+            readers.append(reader)
+        names = [reader.name or type(reader).__name__ for reader in readers]
+        taken = {"affwild2_train", "affwild2_val", "expw"}
+        return [
+            (name if names.count(name) == 1 and name not in taken else f"{name}_{k}", reader)
+            for k, (name, reader) in enumerate(zip(names, readers, strict=True))
+        ]
 
     # -- data locations ------------------------------------------------------------------------
 
@@ -340,6 +345,27 @@ class ExpressionDataModule(pl.LightningDataModule):
         expw = Path(self.hparams.expw_dir) if self.hparams.expw_dir else None
         return Path(self.hparams.affwild2_dir), expw
 
+    def data_folders(self) -> list[tuple[str, str]]:
+        """The (option, folder) pairs the data is read from, which outputs must stay out of:
+        the data folders, the pack, the frames to predict, the train sources' roots, and the
+        sample data's folder when it is used."""
+        hp = self.hparams
+        reads = [
+            (f"data.{option}", str(getattr(hp, option)))
+            for option in ("affwild2_dir", "expw_dir", "packed_dir")
+            if getattr(hp, option) is not None
+        ]
+        if hp.frames_dir is not None:
+            given = hp.frames_dir if isinstance(hp.frames_dir, list) else [hp.frames_dir]
+            reads += [("data.frames_dir", str(folder)) for folder in given]
+        for k, (_, reader) in enumerate(self._sources):
+            reads += [(f"data.train_sources[{k}].root", folder) for folder in reader.folders()]
+        if self.uses_sample_data:
+            from ferlit.data.sample.synth import default_sample_dir
+
+            reads.append(("the sample data", str(default_sample_dir())))
+        return reads
+
     def prepare_data(self) -> None:
         if self.hparams.packed_dir is None:
             self._dirs()
@@ -348,6 +374,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         """Index validation with training before the first step (every rank does, as each uses
         both): a validation layout that yields nothing stops the run here, not after an epoch
         (``read_affwild2``), even with ``trainer.num_sanity_val_steps`` 0."""
+        if stage in ("fit", "validate") and self.hparams.frames_dir is not None:
+            raise ConfigError(
+                f"data.frames_dir is set: its unlabelled faces are for predict only; {stage} "
+                "reads the Aff-Wild2 splits (leave data.frames_dir unset)"
+            )
         if stage == "fit":
             self.train_index, self.val_index  # noqa: B018 (the properties build the indexes)
             self._check_split_overlap()
@@ -409,10 +440,88 @@ class ExpressionDataModule(pl.LightningDataModule):
             self._pack = pack
         return self._pack
 
-    def _train_parts(self) -> list[str]:
-        """The pack's parts that make the training set, in the order of ``train_index``."""
+    # -- parts: one reader's index each ---------------------------------------------------------
+
+    def part_names(self, stage: Literal["train", "val"]) -> list[str]:
+        """The parts that make a stage, in the order of ``train_index`` / ``val_index``:
+        "affwild2_train", "expw" (as packs name them), then one per ``train_sources`` entry
+        (its reader's name, with "_<k>" when two entries share it or a built-in part has it);
+        "affwild2_val" for val."""
+        if stage == "val":
+            return ["affwild2_val"]
+        if stage != "train":
+            raise ConfigError(f"stage must be 'train' or 'val', got {stage!r}")
         parts = ["affwild2_train"] if self.hparams.use_affwild2_train else []
-        return parts + (["expw"] if "expw" in self.pack.parts else [])
+        if self.hparams.packed_dir is not None:
+            return parts + (["expw"] if "expw" in self.pack.parts else [])
+        parts += ["expw"] if self._dirs()[1] is not None else []
+        return parts + [name for name, _ in self._sources]
+
+    def _readers(self) -> dict[str, tuple[Reader, str]]:
+        """Every part read from folders, as (its reader, the split the reader reads)."""
+        hp = self.hparams
+        affwild2_dir, expw_dir = self._dirs()
+        affwild2 = AffWild2Reader(affwild2_dir, hp.num_classes, hp.affwild2_layout)
+        readers = {"affwild2_train": (affwild2, "train"), "affwild2_val": (affwild2, "val")}
+        if expw_dir is not None:
+            expw = create_reader(
+                "expw",
+                expw_dir,
+                num_classes=hp.num_classes,
+                min_confidence=hp.expw_min_confidence,
+                margin=hp.expw_margin,
+                box_overflow=hp.expw_box_overflow,
+            )
+            readers["expw"] = (expw, "train")
+        for name, reader in self._sources:
+            readers[name] = (reader, "train")
+        return readers
+
+    def part(self, name: str) -> tuple[Reader | None, FrameIndex]:
+        """The reader of part ``name`` and its full index (through the index cache with
+        ``index_cache``; before ``frame_step`` and ``max_class_share``). From a pack
+        (``packed_dir``) the reader is None: the faces are in ``pack.frames_file(name)``."""
+        if name not in self._parts:
+            hp = self.hparams
+            if self.pack is not None:
+                if name not in self.pack.parts:
+                    raise ConfigError(
+                        f"{hp.packed_dir} has no part {name!r}; its parts: "
+                        f"{', '.join(self.pack.parts)}"
+                    )
+                self._parts[name] = (None, self.pack.index(name))
+                return self._parts[name]
+            readers = self._readers()
+            if name not in readers:
+                raise ConfigError(f"no data part {name!r}; the parts: {', '.join(readers)}")
+            reader, split = readers[name]
+            if hp.index_cache:
+                index = cached_index(reader, split, hp.index_cache_dir)
+            else:
+                index = reader.index(split)
+            self._check_part(name, reader, index, training=name != "affwild2_val")
+            self._parts[name] = (reader, index)
+        return self._parts[name]
+
+    def _check_part(self, name: str, reader: Reader, index: FrameIndex, training: bool) -> None:
+        """A reader's index must fit the run: faces in it, the run's classes, and (to train on)
+        a class index on every face. Checked here, so a reader of one's own cannot slip an
+        empty part or a label the loss would index out of range."""
+        n = self.hparams.num_classes
+        what = f"{reader.root}: part {name} (reader {reader.name or type(reader).__name__})"
+        if len(index) == 0:
+            raise DataError(f"{what} holds no face")
+        if index.num_classes != n:
+            raise DataError(
+                f"{what} is indexed for {index.num_classes} classes, data.num_classes is {n}"
+            )
+        bad = np.flatnonzero((index.labels < 0) | (index.labels >= n)) if training else []
+        if len(bad):
+            raise DataError(
+                f"{what}: {len(bad):,} face(s) with no class index 0..{n - 1}, e.g. label "
+                f"{int(index.labels[bad[0]])} from {index.source(int(bad[0]))}; a training face "
+                "needs one"
+            )
 
     # -- indexes -------------------------------------------------------------------------------
 
@@ -420,22 +529,15 @@ class ExpressionDataModule(pl.LightningDataModule):
     def train_index(self) -> FrameIndex:
         if self._train_index is None:
             hp = self.hparams
-            parts = []
-            if self.pack is not None:
-                parts = [self.pack.index(part) for part in self._train_parts()]
-            else:
-                affwild2_dir, expw_dir = self._dirs()
-                if hp.use_affwild2_train:
-                    parts.append(self._read_affwild2(affwild2_dir, "train"))
-                if expw_dir is not None:
-                    parts.append(self._read_expw(expw_dir))
-            if not parts:
+            names = self.part_names("train")
+            if not names:
                 raise ConfigError(
                     "no training data: data.use_affwild2_train is false and data.expw_dir is not set"
                 )
-            for part in parts:
-                if len(part.group_kinds) and (part.group_kinds == BOXED_IMAGE).all():
-                    rank_zero_info(expw_summary(part, hp.expw_box_overflow))
+            parts = [self.part(name)[1] for name in names]
+            if "expw" in names:
+                expw = parts[names.index("expw")]
+                rank_zero_info(expw_summary(expw, hp.expw_box_overflow))
             full = FrameIndex.concat(parts)
             if hp.frame_step == 1 and hp.max_class_share is None:
                 self._train_index = full
@@ -447,31 +549,8 @@ class ExpressionDataModule(pl.LightningDataModule):
     @property
     def val_index(self) -> FrameIndex:
         if self._val_index is None:
-            if self.pack is not None:
-                self._val_index = self.pack.index("affwild2_val")
-            else:
-                self._val_index = self._read_affwild2(self._dirs()[0], "val")
+            self._val_index = self.part("affwild2_val")[1]
         return self._val_index
-
-    def _read_affwild2(self, affwild2_dir: Path, split: str) -> FrameIndex:
-        hp = self.hparams
-        if hp.index_cache:
-            return cached_read_affwild2(
-                affwild2_dir,
-                split,
-                hp.num_classes,
-                hp.affwild2_layout,
-                cache_dir=hp.index_cache_dir,
-            )
-        return read_affwild2(affwild2_dir, split, hp.num_classes, hp.affwild2_layout)
-
-    def _read_expw(self, expw_dir: Path) -> FrameIndex:
-        hp = self.hparams
-        if hp.index_cache:
-            return cached_read_expw(
-                expw_dir, hp.num_classes, hp.expw_min_confidence, cache_dir=hp.index_cache_dir
-            )
-        return read_expw(expw_dir, hp.num_classes, hp.expw_min_confidence)
 
     @property
     def class_counts(self) -> list[int]:
@@ -485,6 +564,82 @@ class ExpressionDataModule(pl.LightningDataModule):
         if isinstance(weighting, list):
             return [float(w) for w in weighting]
         return class_weights_from_counts(self.class_counts, weighting)
+
+    # -- prediction ----------------------------------------------------------------------------
+
+    def _predicted(self, which: PredictWhich) -> tuple[Reader | None, FrameIndex, str | None, str]:
+        """(reader, index, pack part or None, note on which frames) of what ``which`` predicts."""
+        if which not in ("target", "val"):
+            raise ConfigError(f"predict: which must be 'target' or 'val', got {which!r}")
+        if which not in self._predict:
+            hp = self.hparams
+            split = "val" if which == "val" else hp.predict_split
+            if which == "target" and hp.frames_dir is not None:
+                reader = FramesDirReader(hp.frames_dir, hp.num_classes)
+                found = (reader, reader.index("all"), None, "every frame given (data.frames_dir)")
+            elif self.pack is not None:
+                part = f"affwild2_{split}"
+                note = "annotated frames only: a pack holds no unannotated frame"
+                found = (None, self.part(part)[1], part, note)
+            else:
+                reader, index = self.part(f"affwild2_{split}")
+                every = AffWild2Reader.face_frames_index(index)
+                if every is None:
+                    note = "annotated frames only: the frame folders could not be read"
+                    found = (reader, index, None, note)
+                else:
+                    note = "every face frame of the split's videos, annotated or not"
+                    found = (reader, every, None, note)
+            self._predict[which] = found
+        return self._predict[which]
+
+    def predict_index(self, which: PredictWhich = "target") -> FrameIndex:
+        """The faces ``which`` predicts, in the order of its loader's ``sample`` numbers.
+
+        "target": the ``frames_dir`` faces (labels -1), else every face frame of the
+        ``predict_split``'s videos, annotated or not (target -1 where not scored:
+        ``AffWild2Reader.face_frames_index``), or from a pack its annotated frames only. "val":
+        the same for the Aff-Wild2 val split (smoothing chosen on val while predicting another
+        target).
+        """
+        return self._predicted(which)[1]
+
+    def predict_context(self, which: PredictWhich = "target") -> str:
+        """Which frames ``predict_index(which)`` holds, in words, for reports."""
+        return self._predicted(which)[3]
+
+    def predict_description(self, which: PredictWhich = "target") -> str:
+        """The data ``which`` predicts, as reports name it."""
+        hp = self.hparams
+        if which == "target" and hp.frames_dir is not None:
+            given = hp.frames_dir if isinstance(hp.frames_dir, list) else [hp.frames_dir]
+            return f"{', '.join(map(str, given))} (unlabelled)"
+        split = "val" if which == "val" else hp.predict_split
+        if hp.packed_dir is not None:
+            return f"Aff-Wild2 {split} from the pack {hp.packed_dir}"
+        if self.uses_sample_data:
+            return f"ferlit sample data (drawn faces, not Aff-Wild2), {split} split"
+        return f"Aff-Wild2 {split}, {self.predict_index(which).roots[0]}"
+
+    def predict_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader per entry of ``predict_targets`` (a list when more than one), each sharded
+        over the processes as validation is (``ShardSampler``, no padding) and yielding
+        ``(images, labels, sample)`` batches, ``sample`` a row of ``predict_index(which)``."""
+        loaders = [self._predict_loader(which) for which in self.predict_targets]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    def _predict_loader(self, which: PredictWhich) -> DataLoader:
+        hp = self.hparams
+        rank, world_size, _ = self._distribution()
+        reader, index, pack_part, _ = self._predicted(which)
+        transform = build_transform(hp.image_size, None)
+        if pack_part is not None:
+            files = [self.pack.frames_file(pack_part)]
+            dataset: Dataset = PackedFaceDataset(files, index.labels, None, transform)
+        else:
+            dataset = FaceDataset([(reader, index)], transform)
+        sampler = ShardSampler(len(dataset), rank, world_size)
+        return self._loader(dataset, sampler, hp.val_batch_size or hp.batch_size)
 
     # -- loaders -------------------------------------------------------------------------------
 
@@ -517,16 +672,20 @@ class ExpressionDataModule(pl.LightningDataModule):
             len(self.train_index), hp.batch_size, accumulate, hp.seed, rank, world_size, keyed=True
         )
 
+    def _dataset(self, stage: Literal["train", "val"], transform) -> Dataset:
+        """The faces of a stage: from the pack's files, or each part's through its reader."""
+        names = self.part_names(stage)
+        rows = self._train_rows if stage == "train" else None
+        labels = (self.train_index if stage == "train" else self.val_index).labels
+        if self.pack is not None:
+            files = [self.pack.frames_file(name) for name in names]
+            return PackedFaceDataset(files, labels, rows, transform)
+        return FaceDataset([self.part(name) for name in names], transform, rows)
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         sampler = self._train_sampler()
-        transform = build_transform(hp.image_size, self.augmentation)
-        if self.pack is not None:
-            files = [self.pack.frames_file(part) for part in self._train_parts()]
-            labels = self.train_index.labels
-            dataset = PackedFaceDataset(files, labels, self._train_rows, transform)
-        else:
-            dataset = FaceDataset(self.train_index, transform, hp.expw_margin, hp.expw_box_overflow)
+        dataset = self._dataset("train", build_transform(hp.image_size, self.augmentation))
         seeded = EpochSeededDataset(dataset, hp.seed, strict=hp.strict_images)
         return self._loader(seeded, sampler, hp.batch_size, ResumableLoader)
 
@@ -543,11 +702,6 @@ class ExpressionDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world_size, _ = self._distribution()
         hp = self.hparams
-        transform = build_transform(hp.image_size, None)
-        if self.pack is not None:
-            files = [self.pack.frames_file("affwild2_val")]
-            dataset = PackedFaceDataset(files, self.val_index.labels, None, transform)
-        else:
-            dataset = FaceDataset(self.val_index, transform, hp.expw_margin, hp.expw_box_overflow)
+        dataset = self._dataset("val", build_transform(hp.image_size, None))
         sampler = ShardSampler(len(dataset), rank, world_size)
         return self._loader(dataset, sampler, hp.val_batch_size or hp.batch_size)

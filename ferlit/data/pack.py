@@ -39,23 +39,22 @@ import os
 import shutil
 import warnings
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import MAX_IMAGE_SIZE, check_number, check_workers
 from ferlit.data.cache import cached_read_affwild2, cached_read_expw
+from ferlit.data.datasets import PackedFaceDataset  # noqa: F401 (moved there; imported from here)
 from ferlit.data.images import BOX_OVERFLOW, check_box_overflow, load_face
 from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
 from ferlit.data.readers.affwild2 import detect_layout, read_affwild2
 from ferlit.data.readers.expw import read_expw
-from ferlit.data.transforms import build_transform, to_chw_uint8
+from ferlit.data.transforms import build_transform
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.io import atomic_write, check_apart, check_creatable
@@ -265,50 +264,6 @@ def _check_index_file(path: Path, samples: int) -> None:
         )
 
 
-class PackedFaceDataset(Dataset):
-    """Packed faces as (uint8 3xHxW image, label, sample number) triples, as ``FaceDataset``.
-
-    ``frame_files`` are the ``frames.npy`` of the parts, taken as one array in that order; sample
-    ``i`` is row ``rows[i]`` of it (all rows in order when ``rows`` is None) with label
-    ``labels[i]``. The files are memory-mapped in each process on first use, never pickled into
-    workers, and a worker holds no per-sample Python object.
-    """
-
-    def __init__(
-        self,
-        frame_files: Sequence[str | os.PathLike],
-        labels: np.ndarray,
-        rows: np.ndarray | None = None,
-        transform=None,
-    ) -> None:
-        self.frame_files = [os.fspath(f) for f in frame_files]
-        lengths = [len(np.load(f, mmap_mode="r")) for f in self.frame_files]
-        self.offsets = np.cumsum([0, *lengths])
-        self.labels = np.asarray(labels)
-        self.rows = None if rows is None else np.asarray(rows, np.int64)
-        expected = self.offsets[-1] if rows is None else len(self.rows)
-        if len(self.labels) != expected:
-            raise ValueError(f"{len(self.labels)} labels for {expected} packed samples")
-        self.transform = transform
-        self._frames: list[np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_frames": None}  # each worker maps the files itself
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        if self._frames is None:
-            self._frames = [np.load(f, mmap_mode="r") for f in self.frame_files]
-        row = i if self.rows is None else int(self.rows[i])
-        part = int(np.searchsorted(self.offsets, row, side="right")) - 1
-        face = np.array(self._frames[part][row - self.offsets[part]])
-        if self.transform is not None:
-            face = self.transform(image=face)["image"]
-        return torch.from_numpy(to_chw_uint8(face)), int(self.labels[i]), i
-
-
 def pack(
     out: str | os.PathLike,
     affwild2_dir: str | os.PathLike | None = None,
@@ -335,21 +290,25 @@ def pack(
     (``box_clipped`` / ``box_padded``, as ``python -m ferlit.data stats`` shows them).
     """
     if affwild2_dir is None and expw_dir is None:
-        raise ConfigError("pack needs --affwild2-dir and/or --expw-dir: there is nothing to pack")
+        raise ConfigError(
+            "pack needs --data.affwild2_dir and/or --data.expw_dir: there is nothing to pack"
+        )
     check_box_overflow(expw_box_overflow)
-    check_number("--size", size, 1, MAX_IMAGE_SIZE, integer=True)  # data.image_size
+    check_number("--data.image_size", size, 1, MAX_IMAGE_SIZE, integer=True)
     if chunk_size <= 0:
         raise ConfigError(f"chunk size must be positive, got {chunk_size}")
     # before indexing, not in the workers once packing has started (DataLoader refuses -1 workers
     # with a bare ValueError; a NaN margin would fail every face)
     if workers is not None:
         check_workers("--workers", workers)
-    check_number("--expw-margin", expw_margin, 0)
+    check_number("--data.expw_margin", expw_margin, 0)
     if expw_min_confidence is not None:
-        check_number("--expw-min-confidence", expw_min_confidence)
+        check_number("--data.expw_min_confidence", expw_min_confidence)
     out = Path(out)
     # A pack inside the data it packs would travel with every copy of the data set.
-    check_apart(out, "--out", [("--affwild2-dir", affwild2_dir), ("--expw-dir", expw_dir)])
+    check_apart(
+        out, "--out", [("--data.affwild2_dir", affwild2_dir), ("--data.expw_dir", expw_dir)]
+    )
     if not (out / MANIFEST).is_file():  # checked before indexing, which takes minutes
         if out.exists():
             raise DataError(f"{out}: exists and is not a ferlit pack; choose another --out")
