@@ -102,6 +102,26 @@ def scores_from_confusion(
     }
 
 
+#: The per-class scores of :func:`per_class_scores`, in the order tables show them.
+PER_CLASS_SCORES = ("f1", "precision", "recall", "support")
+
+
+def per_class_scores(
+    scores: dict[str, Any], class_names: tuple[str, ...]
+) -> dict[str, dict[str, float | int]]:
+    """``{class name: {"f1", "precision", "recall", "support"}}`` from :func:`scores_from_confusion`'s
+    scores: the one per-class table that reports (W&B's ``val/per_class``) are drawn from;
+    rates as floats, support (frames of that target class) as an int."""
+    columns = [scores[k] for k in ("f1_per_class", "precision", "recall", "support")]
+    return {
+        name: {
+            key: int(value) if key == "support" else float(value)
+            for key, value in zip(PER_CLASS_SCORES, values, strict=True)
+        }
+        for name, *values in zip(class_names, *columns, strict=True)
+    }
+
+
 def _divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     defined = denominator > 0
     return torch.where(defined, numerator / torch.where(defined, denominator, 1.0), 0.0)

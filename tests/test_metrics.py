@@ -227,3 +227,20 @@ def test_a_part_of_a_run_keeps_the_runs_challenge() -> None:
     assert scores_from_confusion(confusion)["criterion"].item() == part["abaw2020"].item()
     with pytest.raises(ValueError, match="challenge must be one of abaw2020, abaw2022, got 'x'"):
         scores_from_confusion(confusion, "x")
+
+
+def test_per_class_scores_table():
+    from ferlit.metrics import per_class_scores
+
+    # 2 classes: class a 3 frames (2 right), class b 1 frame (predicted as b, plus 1 a -> b)
+    confusion = np.array([[2, 1], [0, 1]])
+    table = per_class_scores(scores_from_confusion(confusion), ("a", "b"))
+    assert list(table) == ["a", "b"]
+    assert table["a"] == {
+        "f1": pytest.approx(0.8),
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "support": 3,
+    }
+    assert table["b"] == {"f1": pytest.approx(2 / 3), "precision": 0.5, "recall": 1.0, "support": 1}
+    assert isinstance(table["a"]["support"], int) and isinstance(table["b"]["f1"], float)

@@ -32,7 +32,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ferlit.io import atomic_write
-from ferlit.metrics import scores_from_confusion
+from ferlit.metrics import PER_CLASS_SCORES, per_class_scores, scores_from_confusion
 from ferlit.training.callbacks.best import BestValidation
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 #: holds the counts, so it fills the chart's table directly instead of re-expanding them into one
 #: prediction per frame (Aff-Wild2 val has ~400k).
 CONFUSION_CHART = "wandb/confusion_matrix/v1"
-PER_CLASS_COLUMNS = ["class", "f1", "precision", "recall", "support"]
+PER_CLASS_COLUMNS = ["class", *PER_CLASS_SCORES]
 
 
 def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
@@ -90,19 +90,10 @@ def sweep_checkpoint_dir(dirpath: str | None) -> str | None:
 
 
 def per_class_rows(confusion: np.ndarray, class_names: tuple[str, ...]) -> list[list]:
-    """One row per class: name, F1, precision, recall and support of one validation."""
-    scores = scores_from_confusion(confusion)
-    return [
-        [name, float(f1), float(precision), float(recall), int(support)]
-        for name, f1, precision, recall, support in zip(
-            class_names,
-            scores["f1_per_class"],
-            scores["precision"],
-            scores["recall"],
-            scores["support"],
-            strict=True,
-        )
-    ]
+    """One row per class: name, F1, precision, recall and support of one validation
+    (:func:`ferlit.metrics.per_class_scores`)."""
+    table = per_class_scores(scores_from_confusion(confusion), class_names)
+    return [[name, *row.values()] for name, row in table.items()]
 
 
 def confusion_chart(
