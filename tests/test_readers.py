@@ -129,3 +129,108 @@ def test_frames_dir_reader_reads_unlabelled_faces(tmp_path, write_jpeg):
         FramesDirReader([tmp_path / "faces", tmp_path / "nothing"]).index("all")
     with pytest.raises(ConfigError, match=r"^data.frames_dir: an empty list"):
         FramesDirReader([])
+
+
+TOY_READER = '''
+"""A reader of one's own: labels.csv lines "image.jpg,label" of whole-image faces."""
+
+import numpy as np
+
+from ferlit.data.index import BOXED_IMAGE, FrameIndex
+from ferlit.data.readers.base import Reader
+
+
+class ToyFaces(Reader):
+    name = "toy_faces"
+    title = "toy faces"
+
+    def index(self, split="train", progress=True):
+        self.check_split(split)
+        with open(f"{self.root}/labels.csv") as f:
+            rows = [line.strip().split(",") for line in f if line.strip()]
+        return FrameIndex.build(
+            root=self.root,
+            num_classes=self.num_classes,
+            group_names=[name for name, _ in rows],
+            group_kinds=[BOXED_IMAGE] * len(rows),
+            group_sources=["labels.csv"] * len(rows),
+            labels=np.array([int(label) for _, label in rows]),
+            groups=np.arange(len(rows)),
+            frames=np.zeros(len(rows)),
+            lines=np.arange(1, len(rows) + 1),
+        )
+'''
+
+#: The toy faces' labels: 3 Anger, 2 Fear, 1 Surprise (ABAW 2020 order: Neutral, Anger, Disgust,
+#: Fear, Happiness, Sadness, Surprise).
+TOY_LABELS = [1, 1, 1, 3, 3, 6]
+
+
+@pytest.fixture
+def toy_faces(tmp_path, write_jpeg, monkeypatch):
+    """The toy reader's module on sys.path and a folder of its faces."""
+    (tmp_path / "toy_faces.py").write_text(TOY_READER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    root = tmp_path / "toy"
+    lines = []
+    for k, label in enumerate(TOY_LABELS):
+        write_jpeg(root / f"face{k}.jpg", np.full((24, 20, 3), 40 * label, np.uint8))
+        lines.append(f"face{k}.jpg,{label}\n")
+    (root / "labels.csv").write_text("".join(lines))
+    return root
+
+
+def test_a_reader_in_one_new_file_trains_with_no_ferlit_file_touched(
+    tiny_sample, tmp_path, toy_faces
+):
+    from ferlit.training.cli import main
+
+    args = [
+        "--data.affwild2_dir",
+        str(tiny_sample.affwild2_dir),
+        "--data.expw_dir",
+        str(tiny_sample.expw_dir),
+        "--model.backbone",
+        "seresnet18",
+        "--model.backbone_kwargs",
+        '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}',
+        "--model.input_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.index_cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path),
+        "--trainer.logger.name",
+        "run",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.max_steps",
+        "2",
+    ]
+    without = main(args, run=False).datamodule.class_counts
+    source = f'[{{"reader": "toy_faces:ToyFaces", "root": "{toy_faces}"}}]'
+    cli = main([*args, "--data.train_sources", source])
+    dm = cli.datamodule
+    assert dm.part_names("train") == ["affwild2_train", "expw", "toy_faces"]
+    added = np.bincount(TOY_LABELS, minlength=7)
+    assert dm.class_counts == (np.asarray(without) + added).tolist()
+    reader, index = dm.part("toy_faces")
+    assert type(reader).__name__ == "ToyFaces" and len(index) == len(TOY_LABELS)
+    assert reader.load_face(index, 3).shape == (24, 20, 3)
+    (last,) = tmp_path.rglob("last.ckpt")
+    assert cli.trainer.global_step == 2 and last.stat().st_size > 0
+    assert ("data.train_sources[0].root", str(toy_faces)) in dm.data_folders()
