@@ -57,7 +57,7 @@ def abaw2024(tmp_path: Path) -> Path:
 def test_stats_counts_both_frame_folders_and_the_video_without_images(
     abaw2024: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = ["stats", "--affwild2-dir", str(abaw2024), "--num-classes", "8"]
+    args = ["stats", "--data.affwild2_dir", str(abaw2024), "--data.num_classes", "8"]
     with pytest.warns(DataWarning, match=r"Train_Set/faceless.txt: video faceless has annotated"):
         assert main([*args, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
@@ -79,9 +79,9 @@ def test_stats_counts_both_frame_folders_and_the_video_without_images(
 def test_pack_holds_the_new_folders_frames(abaw2024: Path, tmp_path: Path) -> None:
     out = tmp_path / "pack"
     with pytest.warns(DataWarning, match="video faceless"):
-        assert main(["pack", "--affwild2-dir", str(abaw2024), "--out", str(out), "--size",
-                     str(SIZE), "--num-classes", "8", "--workers", "1",
-                     "--index-cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+        assert main(["pack", "--data.affwild2_dir", str(abaw2024), "--out", str(out), "--data.image_size",
+                     str(SIZE), "--data.num_classes", "8", "--workers", "1",
+                     "--data.index_cache_dir", str(tmp_path / "cache")]) == 0  # fmt: skip
     packed = Pack.open(out)
     index = packed.index("affwild2_train")
     new = [i for i in range(len(index)) if index.group_name(i) == "new_video"]
@@ -110,9 +110,9 @@ def test_a_nested_tree_stops_stats_and_pack_before_any_work(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = nested(tmp_path / "Aff-Wild2")
-    args = [command, "--affwild2-dir", str(root)]
+    args = [command, "--data.affwild2_dir", str(root)]
     if command == "pack":
-        args += ["--out", str(tmp_path / "pack"), "--index-cache-dir", str(tmp_path / "cache")]
+        args += ["--out", str(tmp_path / "pack"), "--data.index_cache_dir", str(tmp_path / "cache")]
     assert main(args) == 2
     assert capsys.readouterr().err == (
         f"error: {root}/annotations/EXPR_Set/Training_Set: the train split keeps no frame: none "
@@ -149,7 +149,7 @@ def test_a_nested_tree_stops_fit_before_training(
 
 def test_the_command_prints_the_warning_as_one_line(abaw2024: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "ferlit.data", "stats", "--affwild2-dir", str(abaw2024)],
+        [sys.executable, "-m", "ferlit.data", "stats", "--data.affwild2_dir", str(abaw2024)],
         capture_output=True,
         text=True,
         check=False,

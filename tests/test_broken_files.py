@@ -52,7 +52,7 @@ def test_stats_plot_path_is_checked_before_indexing(
     (tmp_path / "folder.png").mkdir()
     argv = [
         "stats",
-        "--affwild2-dir",
+        "--data.affwild2_dir",
         str(tiny_sample.affwild2_dir),
         "--plot",
         str(tmp_path / plot),
@@ -101,12 +101,12 @@ def test_a_read_only_output_folder_is_refused(tmp_path, monkeypatch):
 
     parent = tmp_path / "shared"
     parent.mkdir()
-    real_access = ferlit.evaluate.os.access
+    real_access = ferlit.evaluation.evaluate.os.access
 
     def access(path, mode):  # tests run as root, for whom chmod 0o555 denies nothing
         return False if Path(path) == parent else real_access(path, mode)
 
-    monkeypatch.setattr(ferlit.evaluate.os, "access", access)
+    monkeypatch.setattr(ferlit.evaluation.evaluate.os, "access", access)
     with pytest.raises(ConfigError) as caught:
         check_destinations(parent / "a" / "b", None, overwrite=False)
     assert str(caught.value) == (
@@ -117,7 +117,7 @@ def test_a_read_only_output_folder_is_refused(tmp_path, monkeypatch):
 def test_evaluate_out_below_a_file_stops_before_reading_data(
     tiny_sample, tmp_path, capsys, monkeypatch, train_and_save
 ):
-    import ferlit.evaluation.evaluate
+    from ferlit.data.datamodule import ExpressionDataModule
 
     checkpoint = tmp_path / "model.ckpt"
     train_and_save(checkpoint)
@@ -125,7 +125,7 @@ def test_evaluate_out_below_a_file_stops_before_reading_data(
     def fail(*args, **kwargs):
         raise AssertionError("the split was read before --out was checked")
 
-    monkeypatch.setattr(ferlit.evaluate, "frames_to_evaluate", fail)
+    monkeypatch.setattr(ExpressionDataModule, "predict_index", fail)
     blocker = tmp_path / "file"
     blocker.write_text("")
     argv = ["--ckpt", str(checkpoint), "--out", str(blocker / "eval")]
@@ -318,7 +318,7 @@ def test_weights_and_checkpoints_that_are_fifos_or_dangling_links_are_named(tmp_
     with pytest.raises(ConfigError) as error:
         resolve_checkpoint(tmp_path / "best.ckpt")
     assert str(error.value) == (
-        f"--ckpt {tmp_path / 'best.ckpt'}: is a FIFO (named pipe); expected a checkpoint file"
+        f"--ckpt_path {tmp_path / 'best.ckpt'}: is a FIFO (named pipe); expected a checkpoint file"
     )
 
 
@@ -339,7 +339,7 @@ def test_pack_out_that_cannot_be_made_is_refused_before_indexing(
     blocker.write_text("")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "mine.txt").write_text("")
-    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--out"]
+    argv = ["pack", "--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--out"]
     assert data_main([*argv, str(blocker / "pack")]) == 2
     assert capsys.readouterr().err == (
         f"error: --out {blocker / 'pack'}: {blocker} is a file, so the folder cannot be made "
@@ -365,8 +365,16 @@ def test_a_full_disk_while_packing_is_named_and_resumable(
 
     monkeypatch.setattr(packed.os, "pwrite", pwrite)
     out = tmp_path / "pack"
-    argv = ["pack", "--expw-dir", str(tiny_sample.expw_dir), "--out", str(out), "--size", "8"]
-    argv += ["--workers", "0", "--no-index-cache"]
+    argv = [
+        "pack",
+        "--data.expw_dir",
+        str(tiny_sample.expw_dir),
+        "--out",
+        str(out),
+        "--data.image_size",
+        "8",
+    ]
+    argv += ["--workers", "0", "--data.index_cache", "false"]
     assert data_main(argv) == 2
     frames = tmp_path / "pack.partial" / "expw" / "frames.npy"
     assert capsys.readouterr().err == (
@@ -482,7 +490,7 @@ def test_unreadable_annotation_folder_and_files_are_named_by_stats(
     import os
 
     train = tiny_sample.affwild2_dir / "annotations" / "EXPR_Set" / "Training_Set"
-    argv = ["stats", "--affwild2-dir", str(tiny_sample.affwild2_dir)]
+    argv = ["stats", "--data.affwild2_dir", str(tiny_sample.affwild2_dir)]
     with monkeypatch.context() as m:
         permission_denied_for(m, os, "scandir", lambda p: p == str(train))
         assert data_main(argv) == 2
@@ -513,7 +521,7 @@ def test_unreadable_annotation_folder_through_the_index_cache(tiny_sample, tmp_p
 def test_unreadable_expw_label_list_is_named(tiny_sample, tmp_path, capsys, monkeypatch):
     label = tiny_sample.expw_dir / "label" / "label.lst"
     permission_denied_for(monkeypatch, Path, "read_bytes", lambda p: p == str(label))
-    assert data_main(["stats", "--expw-dir", str(tiny_sample.expw_dir)]) == 2
+    assert data_main(["stats", "--data.expw_dir", str(tiny_sample.expw_dir)]) == 2
     assert capsys.readouterr().err == f"error: {label}: cannot be read (Permission denied)\n"
 
 
@@ -522,7 +530,7 @@ def test_check_names_a_folder_it_cannot_list(tiny_sample, capsys, monkeypatch):
 
     video = sorted((tiny_sample.affwild2_dir / "cropped_aligned").iterdir())[0]
     permission_denied_for(monkeypatch, os, "scandir", lambda p: p == str(video))
-    argv = ["check", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--workers", "1"]
+    argv = ["check", "--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--workers", "1"]
     assert data_main(argv) == 2  # not "none damaged" over the frames it could list
     assert capsys.readouterr().err == (
         f"error: {video}: cannot be listed (Permission denied); check needs to read every "
@@ -531,12 +539,12 @@ def test_check_names_a_folder_it_cannot_list(tiny_sample, capsys, monkeypatch):
 
 
 def test_an_unforeseen_os_error_in_evaluate_is_one_line(tmp_path, capsys, monkeypatch):
-    import ferlit.evaluation.evaluate
+    import ferlit.cli
 
     def full(args):
         raise OSError(28, "No space left on device", str(tmp_path / "eval" / "predictions.csv"))
 
-    monkeypatch.setattr(ferlit.evaluate, "evaluate", full)
+    monkeypatch.setattr(ferlit.cli, "predict", full)
     with pytest.raises(SystemExit) as stop:
         evaluate_main([])
     assert stop.value.code == 2

@@ -40,7 +40,7 @@ def _closed_stdout_run(*args: str, cwd) -> subprocess.CompletedProcess:
 
 def test_stats_json_into_a_closed_pipe_ends_quietly(tiny_sample, tmp_path):
     result = _closed_stdout_run(
-        "ferlit.data", "stats", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--json",
+        "ferlit.data", "stats", "--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--json",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.stderr == ""  # no BrokenPipeError traceback, no "error: Broken pipe"

@@ -71,7 +71,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     affwild2, expw = tiny
-    stats = run_json(capsys, "--affwild2-dir", str(affwild2), "--expw-dir", str(expw))
+    stats = run_json(capsys, "--data.affwild2_dir", str(affwild2), "--data.expw_dir", str(expw))
     aw_train = {
         "samples": 9,
         "class_counts": counts(3, 0, 1, 1, 2, 1, 1),
@@ -113,7 +113,7 @@ def test_stats_json(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str])
 
 def test_stats_json_options(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     affwild2, expw = tiny
-    confident = run_json(capsys, "--expw-dir", str(expw), "--expw-min-confidence", "50")
+    confident = run_json(capsys, "--data.expw_dir", str(expw), "--data.expw_min_confidence", "50")
     assert list(confident["splits"]) == ["train"]
     assert confident["splits"]["train"]["sources"]["expw"] == {
         "samples": 2,
@@ -123,7 +123,7 @@ def test_stats_json_options(tiny: tuple[Path, Path], capsys: pytest.CaptureFixtu
         "box_padded": 0,
     }
     assert confident["class_weights"] is None  # no Neutral, Disgust, ... to weight
-    eight = run_json(capsys, "--affwild2-dir", str(affwild2), "--num-classes", "8")
+    eight = run_json(capsys, "--data.affwild2_dir", str(affwild2), "--data.num_classes", "8")
     assert eight["classes"][-1] == "Other" and eight["class_weights"] is None
     assert eight["splits"]["val"]["class_counts"] == counts(
         1, 0, 0, 0, 0, 0, 1, 0, classes=(*CLASSES, "Other")
@@ -144,7 +144,7 @@ def test_stats_table(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "120")
     affwild2, expw = tiny
-    assert main(["stats", "--affwild2-dir", str(affwild2), "--expw-dir", str(expw)]) == 0
+    assert main(["stats", "--data.affwild2_dir", str(affwild2), "--data.expw_dir", str(expw)]) == 0
     out = capsys.readouterr().out
     assert "train (Aff-Wild2 train + ExpW)" in out and "val (Aff-Wild2 val)" in out
     assert table_row(out, "") == ["", "Aff-Wild2", "ExpW", "total", "share", "class weight"]
@@ -165,7 +165,7 @@ def test_stats_table_without_weights(
     tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     affwild2, _ = tiny
-    assert main(["stats", "--affwild2-dir", str(affwild2), "--num-classes", "8"]) == 0
+    assert main(["stats", "--data.affwild2_dir", str(affwild2), "--data.num_classes", "8"]) == 0
     out = capsys.readouterr().out
     assert "class weights: undefined, no training sample of Anger, Other" in out
 
@@ -176,8 +176,8 @@ def test_stats_plot(
 ) -> None:
     affwild2, expw = tiny
     plot = affwild2.parent / "classes.png"
-    args = ["--expw-dir", str(expw), "--plot", str(plot)]
-    args += ["--log"] if log else ["--affwild2-dir", str(affwild2)]
+    args = ["--data.expw_dir", str(expw), "--plot", str(plot)]
+    args += ["--log"] if log else ["--data.affwild2_dir", str(affwild2)]
     assert main(["stats", *args]) == 0
     assert f"Class distribution plotted to {plot}" in capsys.readouterr().out
     with Image.open(plot) as image:
@@ -187,8 +187,10 @@ def test_stats_plot(
 
 def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nowhere"
-    assert main(["stats", "--affwild2-dir", str(missing)]) == 2
-    assert capsys.readouterr().err == f"error: --affwild2-dir {missing}: folder does not exist\n"
+    assert main(["stats", "--data.affwild2_dir", str(missing)]) == 2
+    assert (
+        capsys.readouterr().err == f"error: --data.affwild2_dir {missing}: folder does not exist\n"
+    )
     assert main(["stats"]) == 2
     assert capsys.readouterr().err == (
         "error: no data: give an Aff-Wild2 folder, an ExpW folder, or both\n"
@@ -198,20 +200,20 @@ def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_missing_folder_from_the_shell(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     done = subprocess.run(
-        [sys.executable, "-m", "ferlit.data", "stats", "--expw-dir", str(missing)],
+        [sys.executable, "-m", "ferlit.data", "stats", "--data.expw_dir", str(missing)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == f"error: --expw-dir {missing}: folder does not exist\n"
+    assert done.stderr == f"error: --data.expw_dir {missing}: folder does not exist\n"
 
 
 def test_bad_annotation_line(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     affwild2, _ = tiny
     path = annotation_dir(affwild2, "abaw2020", "train") / "b.txt"
     path.write_text(path.read_text().replace("\n3\n", "\nthree\n"))
-    assert main(["stats", "--affwild2-dir", str(affwild2)]) == 2
+    assert main(["stats", "--data.affwild2_dir", str(affwild2)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}:3: 'three' is not an integer")
     assert "Traceback" not in err
@@ -219,7 +221,7 @@ def test_bad_annotation_line(tiny: tuple[Path, Path], capsys: pytest.CaptureFixt
 
 def test_usage_errors() -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["stats", "--num-classes", "9"])
+        main(["stats", "--data.num_classes", "9"])
     assert exit_info.value.code == 2
 
 
@@ -234,7 +236,7 @@ def test_synth_then_stats_agree_with_manifest(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 3
     stats = run_json(
-        capsys, "--affwild2-dir", str(out / "affwild2"), "--expw-dir", str(out / "expw")
+        capsys, "--data.affwild2_dir", str(out / "affwild2"), "--data.expw_dir", str(out / "expw")
     )
     keys = ("samples", "class_counts", "skipped")
     for split, source, entry in (
@@ -276,7 +278,7 @@ def damaged(tiny: tuple[Path, Path]) -> tuple[Path, Path, list[str]]:
 
 def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
     affwild2, expw, lines = damaged
-    assert main(["check", "--affwild2-dir", str(affwild2), "--expw-dir", str(expw)]) == 1
+    assert main(["check", "--data.affwild2_dir", str(affwild2), "--data.expw_dir", str(expw)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[:-1] == lines
     # 15 frames (a: 5, b: 7, c: 3) and 3 files in ExpW
@@ -287,9 +289,22 @@ def test_check_lists_damaged_images_and_exits_1(damaged, capsys) -> None:
 def test_pack_refuses_a_face_size_out_of_range_before_indexing(tiny, tmp_path, capsys, size):
     affwild2, _ = tiny
     out = tmp_path / "pack"
-    assert main(["pack", "--affwild2-dir", str(affwild2), "--out", str(out), "--size", size]) == 2
+    assert (
+        main(
+            [
+                "pack",
+                "--data.affwild2_dir",
+                str(affwild2),
+                "--out",
+                str(out),
+                "--data.image_size",
+                size,
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err == (
-        f"error: --size must be an integer in [1, 1024], got {size}\n"
+        f"error: --data.image_size must be an integer in [1, 1024], got {size}\n"
     )  # 100000 made a memory map of 30 GB per face ("error: Cannot allocate memory")
     assert not out.exists() and not (tmp_path / "pack.partial").exists()
 
@@ -300,7 +315,7 @@ def test_a_worker_count_that_would_fork_the_machine_down_is_refused(
 ):
     affwild2, _ = tiny
     out = ["--out", str(tmp_path / "pack")] if command == "pack" else []
-    assert main([command, "--affwild2-dir", str(affwild2), *out, "--workers", "100000"]) == 2
+    assert main([command, "--data.affwild2_dir", str(affwild2), *out, "--workers", "100000"]) == 2
     cores = os.cpu_count()
     assert capsys.readouterr().err == (
         f"error: --workers 100000: more than 8 worker processes per core (this machine has "
@@ -310,7 +325,7 @@ def test_a_worker_count_that_would_fork_the_machine_down_is_refused(
 
 def test_pack_names_a_damaged_frame_read_by_its_worker(damaged, tmp_path, capsys) -> None:
     affwild2, _, lines = damaged
-    argv = ["pack", "--affwild2-dir", str(affwild2), "--out", str(tmp_path / "pack")]
+    argv = ["pack", "--data.affwild2_dir", str(affwild2), "--out", str(tmp_path / "pack")]
     assert main([*argv, "--workers", "1"]) == 2
     annotation = annotation_dir(affwild2, "abaw2020", "train") / "a.txt"
     # torch's "Caught ImageError in ..." wrapper is gone; the class name says nothing to a user
@@ -322,18 +337,18 @@ def test_pack_names_a_damaged_frame_read_by_its_worker(damaged, tmp_path, capsys
 @pytest.mark.parametrize(
     "command, option",
     [
-        ("stats", ["--expw-box-overflow", "pad"]),
-        ("stats", ["--expw-min-confidence", "0.5"]),
-        ("pack", ["--expw-box-overflow", "clip"]),
-        ("pack", ["--expw-margin", "0.2"]),
+        ("stats", ["--data.expw_box_overflow", "pad"]),
+        ("stats", ["--data.expw_min_confidence", "0.5"]),
+        ("pack", ["--data.expw_box_overflow", "clip"]),
+        ("pack", ["--data.expw_margin", "0.2"]),
     ],
 )
 def test_expw_options_without_expw_are_refused(tiny, tmp_path, capsys, command, option) -> None:
     affwild2, _ = tiny
     out = ["--out", str(tmp_path / "pack")] if command == "pack" else []
-    assert main([command, "--affwild2-dir", str(affwild2), *out, *option]) == 2
+    assert main([command, "--data.affwild2_dir", str(affwild2), *out, *option]) == 2
     assert capsys.readouterr().err == (
-        f"error: {option[0]}: only used with --expw-dir (no ExpW folder given)\n"
+        f"error: {option[0]}: only used with --data.expw_dir (no ExpW folder given)\n"
     )
     assert not (tmp_path / "pack").exists()
 
@@ -346,7 +361,7 @@ def test_check_passes_over_hidden_files_the_readers_skip(tiny: tuple[Path, Path]
     (affwild2 / "cropped_aligned/.Trashes").mkdir()
     (affwild2 / "cropped_aligned/.Trashes/00001.jpg").write_bytes(b"")
 
-    assert main(["check", "--affwild2-dir", str(affwild2), "--workers", "1"]) == 0
+    assert main(["check", "--data.affwild2_dir", str(affwild2), "--workers", "1"]) == 0
     assert capsys.readouterr().out == (
         f"Checked 15 images in {affwild2}: none damaged; 2 hidden files or folders (names "
         "starting with '.', e.g. macOS ._ copies) passed over\n"
@@ -355,13 +370,15 @@ def test_check_passes_over_hidden_files_the_readers_skip(tiny: tuple[Path, Path]
 
 def test_check_of_sound_images_exits_0(tiny: tuple[Path, Path], capsys) -> None:
     affwild2, expw = tiny
-    assert main(["check", "--expw-dir", str(expw), "--workers", "2"]) == 0
+    assert main(["check", "--data.expw_dir", str(expw), "--workers", "2"]) == 0
     assert capsys.readouterr().out == f"Checked 2 images in {expw}: none damaged\n"
     assert main(["check"]) == 2
-    assert "error: check needs --affwild2-dir and/or --expw-dir" in capsys.readouterr().err
-    assert main(["check", "--expw-dir", str(expw / "label")]) == 2
+    assert (
+        "error: check needs --data.affwild2_dir and/or --data.expw_dir" in capsys.readouterr().err
+    )
+    assert main(["check", "--data.expw_dir", str(expw / "label")]) == 2
     assert capsys.readouterr().err == (
-        f"error: --expw-dir {expw / 'label'}: no image files (.jpg, .jpeg, .png) in it\n"
+        f"error: --data.expw_dir {expw / 'label'}: no image files (.jpg, .jpeg, .png) in it\n"
     )
 
 
@@ -374,22 +391,35 @@ def test_stats_and_pack_count_boxes_past_the_edge(tiny: tuple[Path, Path], tmp_p
         ExpWFace("two.jpg", 1, 10, 10, 10, 30, 90.0, 3),  # left == right: empty
     ]
     write_label_list(expw / LABEL_FILE, faces)
-    entry = run_json(capsys, "--expw-dir", str(expw))["splits"]["train"]["sources"]["expw"]
+    entry = run_json(capsys, "--data.expw_dir", str(expw))["splits"]["train"]["sources"]["expw"]
     assert entry["samples"] == 2 and entry["skipped"]["box_outside_image"] == 1
     assert entry["skipped"]["empty_box"] == 1
     assert (entry["box_clipped"], entry["box_padded"]) == (1, 0)
-    padded = run_json(capsys, "--expw-dir", str(expw), "--expw-box-overflow", "pad")
+    padded = run_json(capsys, "--data.expw_dir", str(expw), "--data.expw_box_overflow", "pad")
     assert padded["splits"]["train"]["sources"]["expw"]["box_padded"] == 1
 
-    assert main(["stats", "--expw-dir", str(expw)]) == 0
+    assert main(["stats", "--data.expw_dir", str(expw)]) == 0
     out = capsys.readouterr().out
     assert table_row(out, "of which box clipped to the image")[1:] == ["1", ""]
     assert table_row(out, "skipped: box outside its image")[1] == "1"
     assert table_row(out, "skipped: empty box")[1] == "1"
 
     out_dir = tmp_path / "pack"
-    args = ["pack", "--expw-dir", str(expw), "--out", str(out_dir), "--size", "8"]
-    assert main([*args, "--workers", "1", "--expw-box-overflow", "pad", "--no-index-cache"]) == 0
+    args = ["pack", "--data.expw_dir", str(expw), "--out", str(out_dir), "--data.image_size", "8"]
+    assert (
+        main(
+            [
+                *args,
+                "--workers",
+                "1",
+                "--data.expw_box_overflow",
+                "pad",
+                "--data.index_cache",
+                "false",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert (
         "ExpW boxes past the image edge padded: 1; skipped with no pixel in their image: 1, "
@@ -400,3 +430,91 @@ def test_stats_and_pack_count_boxes_past_the_edge(tiny: tuple[Path, Path], tmp_p
     assert manifest["parts"]["expw"]["box_padded"] == 1
     assert manifest["parts"]["expw"]["skipped"]["box_outside_image"] == 1
     assert manifest["parts"]["expw"]["skipped"]["empty_box"] == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["--affwild2-dir", "x"], "--data.affwild2_dir"),
+        (["--expw-dir=x"], "--data.expw_dir"),
+        (["--size", "64"], "--data.image_size"),
+        (["--num-classes", "8"], "--data.num_classes"),
+        (["--no-index-cache"], "--data.index_cache false"),
+        (["--index-cache-dir", "x"], "--data.index_cache_dir"),
+        (["--expw-margin", "0.1"], "--data.expw_margin"),
+    ],
+)
+def test_old_spellings_are_refused_naming_the_new_one(tmp_path, capsys, old, new) -> None:
+    assert main(["pack", "--out", str(tmp_path / "pack"), *old]) == 2
+    assert capsys.readouterr().err == f"error: {old[0].split('=')[0]}: now {new}\n"
+    assert not (tmp_path / "pack").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("stats", "--data.batch_size"),
+        ("stats", "--data.image_size"),
+        ("check", "--data.num_classes"),
+        ("pack", "--data.augment"),
+    ],
+)
+def test_a_data_option_the_command_does_not_use_is_refused(tiny, capsys, command, option) -> None:
+    affwild2, _ = tiny
+    assert main([command, "--data.affwild2_dir", str(affwild2), option, "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: {option}: not used by {command}, which takes --data.affwild2_dir"
+    )
+
+
+def test_every_option_of_every_command_has_a_help_line(capsys) -> None:
+    from ferlit.data.__main__ import build_parser
+
+    commands = build_parser()._subcommands_action._name_parser_map
+    assert sorted(commands) == ["check", "pack", "stats", "synth"]
+    for name, parser in commands.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        shown = capsys.readouterr().out
+        for action in parser._actions:
+            for option in action.option_strings:
+                assert option in shown, (name, option)
+            words = (action.help or "").split()
+            assert len(words) >= 3, f"{name} {action.option_strings}: help {action.help!r}"
+
+
+def test_config_takes_the_data_section_of_an_experiment_file(tiny, tmp_path, capsys) -> None:
+    """experiments/sample.yaml: its data: section (num_classes 7, and batch_size, num_workers
+    which concern training and are passed over), model.input_size (64) as the pack's
+    data.image_size, its other sections passed over; options after --config override it."""
+    affwild2, _ = tiny
+    sample = Path(__file__).resolve().parents[1] / "experiments" / "sample.yaml"
+    args = ["--config", str(sample), "--data.affwild2_dir", str(affwild2)]
+    stats = run_json(capsys, *args, "--data.num_classes", "8")
+    assert stats["num_classes"] == 8
+    out = tmp_path / "pack"
+    assert main(["pack", *args, "--out", str(out), "--workers", "0"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["image_size"], manifest["num_classes"]) == (64, 7)
+
+
+def test_config_with_a_key_that_is_no_data_option_is_refused(tiny, tmp_path, capsys) -> None:
+    """The experiment file is read by fit's parser: what fit refuses is refused, status 2."""
+    affwild2, _ = tiny
+    experiment = tmp_path / "mine.yaml"
+    experiment.write_text("model:\n  input_size: 64\ndata:\n  num_classes: 7\n  imgae_size: 64\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["stats", "--config", str(experiment), "--data.affwild2_dir", str(affwild2)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "imgae_size" in err and "Traceback" not in err
+    assert main(["stats", "--config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --config {tmp_path}: is a folder; expected an experiment YAML file\n"
+    )
+    assert main(["stats", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --config {tmp_path / 'none.yaml'}: no such file; expected an experiment YAML "
+        "file\n"
+    )

@@ -242,7 +242,7 @@ def test_the_stats_command_warns_of_videos_in_both_splits(overlapping):
             "-m",
             "ferlit.data",
             "stats",
-            "--affwild2-dir",
+            "--data.affwild2_dir",
             str(overlapping),
             "--json",
         ],

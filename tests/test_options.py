@@ -166,15 +166,21 @@ def test_the_way_to_write_no_checkpoint_that_the_refusal_names_works(tiny_sample
     ("extra", "message"),
     [
         (["--workers", "-1"], "error: --workers must be an integer >= 0, got -1"),
-        (["--expw-margin", "nan"], "error: --expw-margin must be a finite number >= 0, got nan"),
-        (["--expw-min-confidence", "inf"], "error: --expw-min-confidence must be a finite number"),
+        (
+            ["--data.expw_margin", "nan"],
+            "error: --data.expw_margin must be a finite number >= 0, got nan",
+        ),
+        (
+            ["--data.expw_min_confidence", "inf"],
+            "error: --data.expw_min_confidence must be a finite number",
+        ),
     ],
 )
 def test_pack_refuses_bad_values_before_indexing(tmp_path, capsys, extra, message):
     from ferlit.data.__main__ import main as data_main
 
     missing = tmp_path / "not-read"  # a folder never looked at: the values stop it first
-    args = ["pack", "--expw-dir", str(missing), "--out", str(tmp_path / "pack"), *extra]
+    args = ["pack", "--data.expw_dir", str(missing), "--out", str(tmp_path / "pack"), *extra]
     assert data_main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "pack").exists() and not (tmp_path / "pack.partial").exists()

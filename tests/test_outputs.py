@@ -23,7 +23,8 @@ from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_an
 from ferlit.data.sample.synth import write_sample_data
 from ferlit.data.stats import plot_stats
 from ferlit.errors import ConfigError, DataError, DataWarning
-from ferlit.evaluation.evaluate import check_destinations, write_outputs
+from ferlit.evaluation.evaluate import check_destinations
+from ferlit.evaluation.writer import write_outputs
 from ferlit.evaluation.evaluate import main as evaluate_main
 from ferlit.evaluation.submission import write_single_file, write_submission
 from ferlit.io import OUTPUTS_MANIFEST, atomic_write, outputs_written
@@ -297,7 +298,7 @@ def test_pack_inside_the_data_it_packs_is_refused(tiny_sample):
     with pytest.raises(ConfigError) as caught:
         pack(out, tiny_sample.affwild2_dir, size=16, workers=0, progress=False)
     assert str(caught.value) == (
-        f"--out {out}: is inside --affwild2-dir {tiny_sample.affwild2_dir}, data being read; "
+        f"--out {out}: is inside --data.affwild2_dir {tiny_sample.affwild2_dir}, data being read; "
         "outputs go in a folder apart from the data"
     )
     assert not out.exists() and not out.with_name("pack.partial").exists()

@@ -229,15 +229,21 @@ def test_not_a_pack(tmp_path):
     (tmp_path / "manifest.json").write_text('{"version": "ferlit-pack-v0"}')
     with pytest.raises(DataError, match=r"version 'ferlit-pack-v0', expected 'ferlit-pack-v1'"):
         Pack.open(tmp_path)
-    with pytest.raises(ConfigError, match=r"pack needs --affwild2-dir and/or --expw-dir"):
+    with pytest.raises(ConfigError, match=r"pack needs --data.affwild2_dir and/or --data.expw_dir"):
         pack(tmp_path / "out")
 
 
 def test_pack_command(tiny_sample, tmp_path, capsys):
     from ferlit.data.__main__ import main
 
-    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--size", str(SIZE)]
-    argv += ["--workers", "0", "--index-cache-dir", str(tmp_path / "cache")]
+    argv = [
+        "pack",
+        "--data.affwild2_dir",
+        str(tiny_sample.affwild2_dir),
+        "--data.image_size",
+        str(SIZE),
+    ]
+    argv += ["--workers", "0", "--data.index_cache_dir", str(tmp_path / "cache")]
     assert main([*argv, "--out", str(tmp_path / "pack")]) == 0
     out = capsys.readouterr().out
     val = tiny_sample.manifest["affwild2"]["val"]["samples"]
@@ -247,7 +253,7 @@ def test_pack_command(tiny_sample, tmp_path, capsys):
     assert Pack.open(tmp_path / "pack").parts == ("affwild2_train", "affwild2_val")
 
     assert main(["pack", "--out", str(tmp_path / "nothing")]) == 2
-    assert "error: pack needs --affwild2-dir and/or --expw-dir" in capsys.readouterr().err
+    assert "error: pack needs --data.affwild2_dir and/or --data.expw_dir" in capsys.readouterr().err
 
 
 def copy_of(packed_sample, tmp_path):
@@ -343,9 +349,9 @@ def test_the_pack_command_names_a_damaged_pack(tiny_sample, packed_sample, tmp_p
 
     root = copy_of(packed_sample, tmp_path)
     (root / "manifest.json").write_text("[]")
-    argv = ["pack", "--affwild2-dir", str(tiny_sample.affwild2_dir), "--expw-dir"]
-    argv += [str(tiny_sample.expw_dir), "--out", str(root), "--size", str(SIZE)]
-    argv += ["--expw-margin", "0.1", "--index-cache-dir", str(packed_sample[1])]
+    argv = ["pack", "--data.affwild2_dir", str(tiny_sample.affwild2_dir), "--data.expw_dir"]
+    argv += [str(tiny_sample.expw_dir), "--out", str(root), "--data.image_size", str(SIZE)]
+    argv += ["--data.expw_margin", "0.1", "--data.index_cache_dir", str(packed_sample[1])]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert (

@@ -1,6 +1,13 @@
 """``python -m ferlit.data synth|stats|pack|check``: write the sample data; count what a run would
 use; pack the faces into memory-mapped arrays for fast loading; find damaged images.
 
+One command-line style with ``python -m ferlit.fit`` (jsonargparse): a data option is named as
+fit names it, ``--data.<name>`` (an ``ExpressionDataModule`` argument), and ``--config FILE`` takes
+the same experiment YAML as fit, of which the ``data:`` section is used. Each command takes only
+the data options it uses (``DATA_OPTIONS``); any other ``--data.<name>``, and the spellings of the
+argparse commands before it (``--affwild2-dir``, ``--size``, ...: ``RENAMED``), are refused with a
+message naming the option to use.
+
 Bad input (a missing folder, a malformed annotation line) prints ``error: <message>`` naming the
 file or option and exits with status 2, like a usage error, without a traceback. ``check`` exits
 with status 1 when it found damaged images, 0 when it found none.
@@ -8,14 +15,20 @@ with status 1 when it found damaged images, 0 when it found none.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import inspect
+import io
 import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from ferlit.data.readers.affwild2 import LAYOUTS
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.data.sample.synth import write_sample_data
 from ferlit.errors import (
     ConfigError,
@@ -26,8 +39,148 @@ from ferlit.errors import (
     user_message,
 )
 
+#: Every ExpressionDataModule argument: the names ``--data.<name>`` and a ``data:`` section use.
+DATAMODULE_OPTIONS = tuple(inspect.signature(ExpressionDataModule.__init__).parameters)[1:]
+#: The data options each command uses, as ``--data.<name>``; any other is refused, never ignored.
+DATA_OPTIONS: dict[str, tuple[str, ...]] = {
+    "stats": (
+        "affwild2_dir",
+        "expw_dir",
+        "num_classes",
+        "affwild2_layout",
+        "expw_min_confidence",
+        "expw_box_overflow",
+    ),
+    "pack": (
+        "affwild2_dir",
+        "expw_dir",
+        "image_size",
+        "num_classes",
+        "affwild2_layout",
+        "expw_min_confidence",
+        "expw_margin",
+        "expw_box_overflow",
+        "index_cache",
+        "index_cache_dir",
+    ),
+    "check": ("affwild2_dir", "expw_dir"),
+}
+#: The ExpW options: given without ``--data.expw_dir`` they would do nothing, so are refused.
+EXPW_OPTIONS = ("expw_min_confidence", "expw_margin", "expw_box_overflow")
+#: The argparse spellings of stats, pack and check before the data options were named as fit
+#: names them (issue 14): refused, naming the option that replaced each.
+RENAMED = {
+    "--affwild2-dir": "--data.affwild2_dir",
+    "--expw-dir": "--data.expw_dir",
+    "--num-classes": "--data.num_classes",
+    "--affwild2-layout": "--data.affwild2_layout",
+    "--expw-min-confidence": "--data.expw_min_confidence",
+    "--expw-margin": "--data.expw_margin",
+    "--expw-box-overflow": "--data.expw_box_overflow",
+    "--size": "--data.image_size",
+    "--index-cache-dir": "--data.index_cache_dir",
+    "--no-index-cache": "--data.index_cache false",
+}
+#: Per command, the help of a data option whose DataModule docstring (written for training)
+#: says something else than what the command does with it.
+HELP = {
+    "stats": {
+        "affwild2_dir": "Aff-Wild2 root: its train and val splits are counted (omit to skip it)",
+        "expw_dir": "ExpW root: its faces are counted with the training set (omit to skip it)",
+    },
+    "pack": {
+        "affwild2_dir": "Aff-Wild2 root: its train and val splits are packed (omit to skip it)",
+        "expw_dir": "ExpW root: its cropped faces are packed (omit to skip it)",
+        "image_size": "side of the packed faces in pixels; a run reading the pack must use the "
+        "same data.image_size (fit links it to model.input_size; 112, the challenge's "
+        "cropped_aligned faces)",
+    },
+    "check": {
+        "affwild2_dir": "Aff-Wild2 root: every image under it is decoded (omit to skip it)",
+        "expw_dir": "ExpW root: every image under it is decoded (omit to skip it)",
+    },
+}
+CONFIG_HELP = (
+    "an experiment YAML, as given to python -m ferlit.fit --config (e.g. "
+    "experiments/cafarelli2020.yaml) and read by fit's parser: the --data.* options of this "
+    "command are taken from its data (data.image_size from model.input_size, as fit links "
+    "them); its other data options (batch size, augmentation, ...) and other sections (model, "
+    "trainer, ...) concern training and are passed over. Options after --config override it"
+)
 
-def _synth(args: argparse.Namespace) -> None:
+
+def experiment_data(path: str | os.PathLike, used: tuple[str, ...]) -> dict[str, Any]:
+    """``{"data": {...}}``: the options in ``used`` that an experiment file sets (to other than
+    their defaults), as ``python -m ferlit.fit --config FILE`` resolves it, with ``image_size``
+    from ``model.input_size`` as fit links them.
+
+    The file is read by fit's own parser (``--print_config=skip_default``), so its composition
+    (a parent ``config:``, groups given as file names, dotted keys) reads as fit reads it, and a
+    file fit refuses (a key that is no option, a value of the wrong type) is refused here with
+    fit's message and exit status 2."""
+    from ferlit.fit import main as fit
+
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise ConfigError(f"--config {path}: {what}; expected an experiment YAML file")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            fit(["--config", str(path), "--print_config=skip_default"])
+        except SystemExit as stop:
+            if stop.code:  # fit's parser printed its error
+                raise
+    experiment = yaml.safe_load(printed.getvalue()) or {}
+    data = {k: v for k, v in (experiment.get("data") or {}).items() if k in used}
+    input_size = (experiment.get("model") or {}).get("input_size")
+    if "image_size" in used and input_size is not None and "image_size" not in data:
+        data["image_size"] = input_size
+    return {"data": data}
+
+
+class ExperimentFile(ActionConfigFile):
+    """``--config FILE``: the data options of an experiment file (``experiment_data``)."""
+
+    def __call__(self, parser, cfg, values, option_string=None) -> None:
+        used = tuple(a.dest.split(".", 1)[1] for a in parser._actions if a.dest.startswith("data."))
+        self.apply_config(parser, cfg, self.dest, yaml.safe_dump(experiment_data(values, used)))
+
+
+def _given(data: Namespace, argv: list[str]) -> set[str]:
+    """The data options given: on the command line, or by a file (``--config``, ``--data``) with
+    another value than their default (nothing else tells a default from a value given)."""
+    parameters = inspect.signature(ExpressionDataModule.__init__).parameters
+    tokens = {a.split("=", 1)[0] for a in argv}
+    return {
+        name
+        for name, value in vars(data).items()
+        if f"--data.{name}" in tokens or value != parameters[name].default
+    }
+
+
+def _refuse_expw_options_without_expw(data: Namespace, given: set[str]) -> None:
+    """An ExpW option given (on the command line or in --config) without ``--data.expw_dir``
+    would be accepted and do nothing: refused."""
+    if data.expw_dir is not None:
+        return
+    for name in EXPW_OPTIONS:
+        if name in given:
+            raise ConfigError(
+                f"--data.{name}: only used with --data.expw_dir (no ExpW folder given)"
+            )
+
+
+def _folder(option: str, folder: str | None) -> Path | None:
+    """``folder`` as a Path, refused when given and not a folder."""
+    if folder is None:
+        return None
+    if not Path(folder).is_dir():
+        raise DataError(f"{option} {folder}: folder does not exist")
+    return Path(folder)
+
+
+def _synth(args: Namespace, given: set[str]) -> None:
     data = write_sample_data(args.out, seed=args.seed, scale=args.scale, progress=True)
     m = data.manifest
     print(f"Sample data written to {data.root}")
@@ -42,34 +195,24 @@ def _synth(args: argparse.Namespace) -> None:
     )
 
 
-def _refuse_expw_options_without_expw(args: argparse.Namespace) -> None:
-    """An ExpW option given without ``--expw-dir`` would be accepted and do nothing: refused."""
-    if args.expw_dir is not None:
-        return
-    for name in ("expw_min_confidence", "expw_margin", "expw_box_overflow"):
-        if getattr(args, name, None) is not None:
-            option = "--" + name.replace("_", "-")
-            raise ConfigError(f"{option}: only used with --expw-dir (no ExpW folder given)")
-
-
-def _stats(args: argparse.Namespace) -> None:
-    _refuse_expw_options_without_expw(args)
-    for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
-        if folder is not None and not folder.is_dir():
-            raise DataError(f"{option} {folder}: folder does not exist")
+def _stats(args: Namespace, given: set[str]) -> None:
+    data = args.data
+    _refuse_expw_options_without_expw(data, given)
+    affwild2_dir = _folder("--data.affwild2_dir", data.affwild2_dir)
+    expw_dir = _folder("--data.expw_dir", data.expw_dir)
     from ferlit.data.stats import check_plot_path, dataset_stats, plot_stats, print_stats
 
     if args.plot is not None:
         check_plot_path(args.plot)  # before indexing, which takes minutes at full scale
 
     stats = dataset_stats(
-        args.affwild2_dir,
-        args.expw_dir,
-        num_classes=args.num_classes,
-        affwild2_layout=args.affwild2_layout,
-        expw_min_confidence=args.expw_min_confidence,
+        affwild2_dir,
+        expw_dir,
+        num_classes=data.num_classes,
+        affwild2_layout=data.affwild2_layout,
+        expw_min_confidence=data.expw_min_confidence,
         progress=not args.json,
-        expw_box_overflow=args.expw_box_overflow or "clip",
+        expw_box_overflow=data.expw_box_overflow,
     )
     if args.json:
         print(json.dumps(stats, indent=2))
@@ -81,23 +224,24 @@ def _stats(args: argparse.Namespace) -> None:
             print(f"Class distribution plotted to {args.plot}")
 
 
-def _pack(args: argparse.Namespace) -> None:
-    _refuse_expw_options_without_expw(args)
+def _pack(args: Namespace, given: set[str]) -> None:
+    data = args.data
+    _refuse_expw_options_without_expw(data, given)
     from ferlit.data.pack import pack  # imports torch: slow
 
     result = pack(
-        args.out,
-        args.affwild2_dir,
-        args.expw_dir,
-        size=args.size,
-        num_classes=args.num_classes,
-        layout=args.affwild2_layout,
-        expw_min_confidence=args.expw_min_confidence,
-        expw_margin=args.expw_margin or 0.0,
-        expw_box_overflow=args.expw_box_overflow or "clip",
+        Path(args.out),
+        data.affwild2_dir,
+        data.expw_dir,
+        size=data.image_size,
+        num_classes=data.num_classes,
+        layout=data.affwild2_layout,
+        expw_min_confidence=data.expw_min_confidence,
+        expw_margin=data.expw_margin,
+        expw_box_overflow=data.expw_box_overflow,
         workers=args.workers,
-        index_cache=not args.no_index_cache,
-        index_cache_dir=args.index_cache_dir,
+        index_cache=data.index_cache,
+        index_cache_dir=data.index_cache_dir,
     )
     print(f"Packed {result.image_size}x{result.image_size} faces in {result.root}")
     for part, info in result.manifest["parts"].items():
@@ -141,23 +285,26 @@ def image_files(folder: Path) -> tuple[list[str], int]:
     return sorted(found), hidden
 
 
-def _check(args: argparse.Namespace) -> int:
+def _check(args: Namespace, given: set[str]) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ferlit.data.images import check_image
     from ferlit.data.workers import exit_with_parent
 
-    folders = [f for f in (args.affwild2_dir, args.expw_dir) if f is not None]
+    data = args.data
+    options = (("--data.affwild2_dir", data.affwild2_dir), ("--data.expw_dir", data.expw_dir))
+    folders = [Path(f) for _, f in options if f is not None]
     if not folders:
-        raise DataError("check needs --affwild2-dir and/or --expw-dir: there is nothing to check")
+        raise DataError(
+            "check needs --data.affwild2_dir and/or --data.expw_dir: there is nothing to check"
+        )
     paths: list[str] = []
     hidden = 0
-    for option, folder in (("--affwild2-dir", args.affwild2_dir), ("--expw-dir", args.expw_dir)):
+    for option, given_folder in options:
+        folder = _folder(option, given_folder)
         if folder is None:
             continue
-        if not folder.is_dir():
-            raise DataError(f"{option} {folder}: folder does not exist")
         found, passed_over = image_files(folder)
         hidden += passed_over
         if not found:
@@ -201,89 +348,135 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ferlit.data", description=__doc__.split("\n")[0]
+def _data_arguments(parser: ArgumentParser, command: str) -> None:
+    """The DataModule options ``command`` uses, as ``--data.<name>`` with their docstring help
+    (or the command's own, ``HELP``), and ``--config FILE``."""
+    used = DATA_OPTIONS[command]
+    parser.add_class_arguments(
+        ExpressionDataModule,
+        "data",
+        skip=set(DATAMODULE_OPTIONS) - set(used),
+        sub_configs=False,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    for action in parser._actions:
+        name = action.dest.split(".", 1)[1] if action.dest.startswith("data.") else None
+        if name in HELP[command]:
+            action.help = HELP[command][name]
+        elif action.dest == "data":
+            action.help = (
+                "a YAML file (or string) of the data options below, keys without data. (an "
+                "experiment file goes to --config)"
+            )
+    parser.add_argument("--config", action=ExperimentFile, help=CONFIG_HELP)
 
-    synth = commands.add_parser(
-        "synth",
-        help="write sample data (drawn faces in the Aff-Wild2 and ExpW layouts)",
-        description="Write <out>/affwild2, <out>/expw and <out>/manifest.json.",
+
+def _workers_argument(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int | None,
+        default=None,
+        help="decoding processes (default: every core; at most 8 per core)",
     )
-    synth.add_argument("--out", type=Path, required=True, help="new or empty folder")
-    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m ferlit.data", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subcommands(dest="command")
+
+    synth = ArgumentParser(description="Write <out>/affwild2, <out>/expw and <out>/manifest.json.")
+    synth.add_argument("--out", type=str, required=True, help="a new or empty folder")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     synth.add_argument(
         "--scale", type=float, default=1.0, help="size relative to 32 videos + 300 images"
     )
-    synth.set_defaults(run=_synth)
+    commands.add_subcommand(
+        "synth", synth, help="write sample data (drawn faces in the Aff-Wild2 and ExpW layouts)"
+    )
 
-    stats = commands.add_parser(
-        "stats",
-        help="kept samples, class counts, skips and class weights per split",
-        description="Train is Aff-Wild2 train + ExpW, val is Aff-Wild2 val (as in the paper).",
+    stats = ArgumentParser(
+        description="Train is Aff-Wild2 train + ExpW, val is Aff-Wild2 val (as in the paper)."
     )
-    stats.add_argument("--affwild2-dir", type=Path, help="Aff-Wild2 root (omit to skip it)")
-    stats.add_argument("--expw-dir", type=Path, help="ExpW root (omit to skip it)")
-    stats.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
-    stats.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
-    stats.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
-    stats.add_argument(
-        "--expw-box-overflow",
-        choices=("clip", "pad"),
-        help="count ExpW boxes past the image edge as clipped (default) or padded",
-    )
+    _data_arguments(stats, "stats")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    stats.add_argument("--plot", type=Path, help="write a bar chart of the class distributions")
+    stats.add_argument(
+        "--plot", type=str | None, default=None, help="write a bar chart of the class distributions"
+    )
     stats.add_argument("--log", action="store_true", help="log count axis in --plot")
-    stats.set_defaults(run=_stats)
+    commands.add_subcommand(
+        "stats", stats, help="kept samples, class counts, skips and class weights per split"
+    )
 
-    pack = commands.add_parser(
-        "pack",
-        help="decode and resize every face once into memory-mapped arrays (data.packed_dir)",
+    pack = ArgumentParser(
         description="Write <out>/<part>/frames.npy and index.npz per part and <out>/manifest.json "
-        "last; an interrupted pack resumes when run again with the same options.",
+        "last; an interrupted pack resumes when run again with the same options."
     )
-    pack.add_argument("--affwild2-dir", type=Path, help="Aff-Wild2 root: packs train and val")
-    pack.add_argument("--expw-dir", type=Path, help="ExpW root: packs its cropped faces")
-    pack.add_argument("--out", type=Path, required=True, help="the pack's folder")
-    pack.add_argument("--size", type=int, default=112, help="side of the faces (data.image_size)")
-    pack.add_argument("--num-classes", type=int, choices=(7, 8), default=7)
-    pack.add_argument("--affwild2-layout", choices=tuple(LAYOUTS), help="default: detected")
-    pack.add_argument("--expw-min-confidence", type=float, help="drop ExpW faces below this")
-    pack.add_argument("--expw-margin", type=float, help="as data.expw_margin (default 0)")
-    pack.add_argument(
-        "--expw-box-overflow",
-        choices=("clip", "pad"),
-        help="ExpW boxes past the image edge: clip to the image (default) or pad with black; "
-        "as data.expw_box_overflow",
+    _data_arguments(pack, "pack")
+    pack.add_argument("--out", type=str, required=True, help="the pack's folder")
+    _workers_argument(pack)
+    commands.add_subcommand(
+        "pack",
+        pack,
+        help="decode and resize every face once into memory-mapped arrays (data.packed_dir)",
     )
-    pack.add_argument("--workers", type=int, help="decoding processes (default: every core)")
-    pack.add_argument("--index-cache-dir", type=Path, help="default: the DataModule's")
-    pack.add_argument("--no-index-cache", action="store_true", help="index without the cache")
-    pack.set_defaults(run=_pack)
 
-    check = commands.add_parser(
-        "check",
-        help="decode every image once and list the damaged ones (exit status 1 if any)",
+    check = ArgumentParser(
         description="Decode every .jpg/.jpeg/.png under the folders given (hidden names, "
         "starting with '.', passed over and counted), once, and list the "
         "missing, empty, truncated or undecodable ones with the reason; exit status 1 if any is "
         "damaged, 0 if none. Training skips damaged images (data.strict_images: false); "
-        "validation and evaluation stop on them.",
+        "validation and evaluation stop on them."
     )
-    check.add_argument("--affwild2-dir", type=Path, help="Aff-Wild2 root")
-    check.add_argument("--expw-dir", type=Path, help="ExpW root")
-    check.add_argument("--workers", type=int, help="decoding processes (default: every core)")
-    check.set_defaults(run=_check)
+    _data_arguments(check, "check")
+    _workers_argument(check)
+    commands.add_subcommand(
+        "check",
+        check,
+        help="decode every image once and list the damaged ones (exit status 1 if any)",
+    )
     return parser
 
 
+def refused_spelling(argv: list[str]) -> str | None:
+    """Why an option of ``argv`` is refused before parsing, or None: an argparse spelling of
+    before issue 14 (``RENAMED``) or a data option the command does not use."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in DATA_OPTIONS:
+        return None
+    used = DATA_OPTIONS[command]
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in RENAMED:
+            return f"{name}: now {RENAMED[name]}"
+        key = name.removeprefix("--data.")
+        if name.startswith("--data.") and key in DATAMODULE_OPTIONS and key not in used:
+            return (
+                f"{name}: not used by {command}, which takes "
+                f"{', '.join('--data.' + o for o in used)}"
+            )
+    return None
+
+
+RUN = {"synth": _synth, "stats": _stats, "pack": _pack, "check": _check}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        status = args.run(args)
+        refused = refused_spelling(argv)
+        if refused is not None:
+            raise ConfigError(refused)
+        parser = build_parser()
+        config = parser.parse_args(argv)
+        command = config.command
+        data = config[command].get("data")
+        # A usage error (exit status 2 before anything is read), as argparse's choices made it.
+        if data is not None and data.get("num_classes", 7) not in (7, 8):
+            parser.error(
+                "--data.num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got "
+                f"{data.num_classes}"
+            )
+        given = set() if data is None else _given(data, argv)
+        status = RUN[command](config[command], given)
     except FerlitError as e:
         print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
