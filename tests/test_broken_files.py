@@ -401,12 +401,12 @@ def test_an_unforeseen_os_error_in_a_data_command_is_one_line(tmp_path, capsys, 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workers", "-1"], "--workers must be >= 0 and --batch-size positive"),
+        (["--workers", "-1"], "--workers must be >= 0 and --batch_size positive"),
         (["--threads", "0"], "--threads must be at least 1, got 0"),
-        (["--work-dir", "{tmp}/notes"], "--work-dir {tmp}/notes: is a file; expected a folder"),
+        (["--work_dir", "{tmp}/notes"], "--work_dir {tmp}/notes: is a file; expected a folder"),
         (
-            ["--work-dir", "{tmp}/notes/bench"],
-            "--work-dir {tmp}/notes/bench: {tmp}/notes is a file, so the folder cannot be made "
+            ["--work_dir", "{tmp}/notes/bench"],
+            "--work_dir {tmp}/notes/bench: {tmp}/notes is a file, so the folder cannot be made "
             "there; choose another folder",
         ),
         (

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ferlit.evaluation.evaluate import build_parser
+from ferlit.cli import PredictCLI
+from ferlit.evaluation.evaluate import translate
 from ferlit.training.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def test_an_int_option_refuses_none(capsys):
 
 
 def test_none_is_null_for_nullable_evaluate_options():
-    config = build_parser().parse_args(
+    args = translate(
         [
             "--ckpt",
             "runs/cafarelli2020",
@@ -81,8 +82,9 @@ def test_none_is_null_for_nullable_evaluate_options():
             "--data.max_class_share=None",
             "--data.affwild2_dir=None",
         ]
-    )
-    assert config.frames_dir is None and config.submission is None
+    )  # python -m ferlit.evaluate's spellings
+    config = PredictCLI(args, parse_only=True).config
+    assert config.data.frames_dir is None and config.submission is None
     assert config.smooth_kernel is None and config.trainer.precision is None
     assert config.data.max_class_share is None and config.data.affwild2_dir is None
-    assert config.ckpt == "runs/cafarelli2020"
+    assert config.ckpt_path == "runs/cafarelli2020"

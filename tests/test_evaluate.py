@@ -18,7 +18,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ferlit.data.datamodule import ExpressionDataModule, FaceDataset
+from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.datasets import FaceDataset
 from ferlit.data.pack import pack
 from ferlit.data.readers.affwild2 import (
     FRAMES_DIR,
@@ -29,7 +30,7 @@ from ferlit.data.readers.affwild2 import (
 )
 from ferlit.data.transforms import build_transform
 from ferlit.errors import ConfigError, DataError
-from ferlit.evaluation.evaluate import affwild2_index, main
+from ferlit.evaluation.evaluate import main
 from ferlit.evaluation.smoothing import smooth_predictions
 from ferlit.evaluation.submission import fill_frames
 from ferlit.expressions import EXPRESSIONS_7
@@ -323,7 +324,7 @@ def test_train_split_from_the_data_folders_is_the_readers_index(tiny_sample, tmp
     data = ExpressionDataModule(
         affwild2_dir=str(tiny_sample.affwild2_dir), index_cache_dir=str(tmp_path / "cache")
     )
-    index = affwild2_index(data, "train")
+    index = data.part("affwild2_train")[1]
     expected = read_affwild2(tiny_sample.affwild2_dir, "train", progress=False)
     assert index.frames.tolist() == expected.frames.tolist()
     assert index.labels.tolist() == expected.labels.tolist()

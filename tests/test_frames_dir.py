@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from ferlit.cli import PredictCLI
 from ferlit.data.readers.affwild2 import frame_file
+from ferlit.data.readers.frames_dir import frames_dir_index
 from ferlit.errors import ConfigError, DataError
-from ferlit.evaluation.evaluate import build_parser, frames_dir_index
+from ferlit.evaluation.evaluate import translate
 
 
 def faces(folder, video, frames):
@@ -51,7 +53,7 @@ def test_a_video_in_two_folders_is_an_error_naming_both(tmp_path):
     with pytest.raises(DataError) as error:
         frames_dir_index(tmp_path, 7)
     assert str(error.value) == (
-        f"video a is in two --frames_dir folders: {tmp_path}/cropped_aligned/a and "
+        f"video a is in two data.frames_dir folders: {tmp_path}/cropped_aligned/a and "
         f"{tmp_path}/cropped_aligned_new_50_vids/a; keep one of them"
     )
 
@@ -61,9 +63,9 @@ def test_every_folder_given_must_hold_faces(tmp_path):
     (tmp_path / "two" / "b").mkdir(parents=True)
     with pytest.raises(DataError, match=rf"^{tmp_path}/two: no face images; expected <video>/"):
         frames_dir_index([tmp_path / "one", tmp_path / "two"], 7)
-    with pytest.raises(DataError, match=rf"^{tmp_path}/three: --frames_dir is not a folder"):
+    with pytest.raises(DataError, match=rf"^{tmp_path}/three: data.frames_dir is not a folder"):
         frames_dir_index([tmp_path / "one", tmp_path / "three"], 7)
-    with pytest.raises(ConfigError, match="--frames_dir: an empty list"):
+    with pytest.raises(ConfigError, match="data.frames_dir: an empty list"):
         frames_dir_index([], 7)
 
 
@@ -80,5 +82,5 @@ def test_every_folder_given_must_hold_faces(tmp_path):
     ],
 )
 def test_frames_dir_option_takes_one_folder_or_a_list(value, parsed):
-    config = build_parser().parse_args(["--ckpt", "x.ckpt", "--out", "o", *value])
-    assert config.frames_dir == parsed
+    args = translate(["--ckpt", "x.ckpt", "--out", "o", *value])  # python -m ferlit.evaluate's
+    assert PredictCLI(args, parse_only=True).config.data.frames_dir == parsed

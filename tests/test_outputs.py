@@ -24,9 +24,9 @@ from ferlit.data.sample.synth import write_sample_data
 from ferlit.data.stats import plot_stats
 from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.evaluation.evaluate import check_destinations
-from ferlit.evaluation.writer import write_outputs
 from ferlit.evaluation.evaluate import main as evaluate_main
 from ferlit.evaluation.submission import write_single_file, write_submission
+from ferlit.evaluation.writer import write_outputs
 from ferlit.io import OUTPUTS_MANIFEST, atomic_write, outputs_written
 
 

@@ -17,13 +17,53 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.core.saving import _load_state
 
 from ferlit.data.transforms import build_transform, to_chw_uint8
 from ferlit.errors import DataError, WeightsError
-from ferlit.training.module import ExpressionModule
+from ferlit.models.checkpoints import load_checkpoint
+from ferlit.training.module import _FROM_CHECKPOINT, ExpressionModule
+from ferlit.training.runs import resolve_checkpoint
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint of ``python -m ferlit.fit``, read once, without running code
+    (:func:`ferlit.models.checkpoints.load_checkpoint`, memory-mapped): its weights, the model's
+    options (``hyper_parameters``) and the DataModule's (``datamodule_hyper_parameters``)."""
+    state = load_checkpoint(path, mmap=True)
+    needed = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
+    missing = [k for k in needed if k not in state]
+    if missing:  # Lightning's loader would end in a KeyError
+        raise WeightsError(
+            f"{path}: not a checkpoint of python -m ferlit.fit (no {', '.join(missing)}); "
+            "expected a .ckpt of a ferlit run"
+        )
+    return state
+
+
+def model_from_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> ExpressionModule:
+    """The ``ExpressionModule`` of a checkpoint already read (:func:`read_checkpoint`), on the
+    CPU in eval mode.
+
+    Built by the function Lightning's ``load_from_checkpoint`` builds it with (the recorded
+    options, then ``on_load_checkpoint``: the input preprocessing, then every weight, strictly)
+    but from ``state``, so the file is not read again; the weights file the run started from
+    (``pretrained``) is not read either, as in ``ExpressionModule.load_from_checkpoint``.
+    """
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        module = _load_state(ExpressionModule, state, strict=True)
+    except RuntimeError as error:  # the options recorded do not build the weights saved
+        raise WeightsError(
+            f"{path}: weights that do not fit the model's options: {error}"
+        ) from None
+    finally:
+        _FROM_CHECKPOINT.reset(token)
+    return module.eval()
 
 
 def load_model(
@@ -32,22 +72,19 @@ def load_model(
     """The trained ``ExpressionModule`` of a checkpoint, in eval mode on ``device``.
 
     ``checkpoint`` is a ``.ckpt`` of ``python -m ferlit.fit`` or its log folder (then the best
-    checkpoint of its newest version, as ``python -m ferlit.evaluate --ckpt`` finds it). The file
-    is read without running code (:func:`ferlit.models.checkpoints.load_checkpoint`). The model
-    has ``class_names`` (the order of :func:`predict`'s columns) and ``hparams.input_size``.
+    checkpoint of its newest version, as ``python -m ferlit predict --ckpt_path`` finds it). The
+    file is read once, without running code (:func:`read_checkpoint`). The model has
+    ``class_names`` (the order of :func:`predict`'s columns) and ``hparams.input_size``.
     """
     path = Path(checkpoint)
     if path.is_dir():
-        from ferlit.training.runs import resolve_checkpoint
-
         path = resolve_checkpoint(path)
     elif not path.is_file():
         raise WeightsError(
             f"{path}: no such checkpoint file or run folder; expected a .ckpt of python -m "
             "ferlit.fit or its log folder (e.g. runs/sample)"
         )
-    module = ExpressionModule.load_from_checkpoint(path, map_location="cpu")
-    return module.to(device).eval()
+    return model_from_checkpoint(path, read_checkpoint(path)).to(device)
 
 
 @torch.no_grad()

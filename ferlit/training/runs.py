@@ -548,10 +548,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     if os.path.lexists(path) and not path.is_dir():  # a FIFO (it would block), a dangling link
-        raise ConfigError(f"--ckpt {path}: is {file_kind(path)}; expected a checkpoint file")
+        raise ConfigError(f"--ckpt_path {path}: is {file_kind(path)}; expected a checkpoint file")
     if not path.is_dir():
         raise ConfigError(
-            f"--ckpt {path}: no such file or folder; expected a checkpoint of python -m ferlit.fit "
+            f"--ckpt_path {path}: no such file or folder; expected a checkpoint of python -m ferlit.fit "
             "(e.g. runs/sample/version_0/checkpoints/best-....ckpt) or its log folder (runs/sample)"
         )
     versions = [p for p in path.glob("version_*") if re.fullmatch(r"version_\d+", p.name)]
@@ -572,7 +572,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if len(best) != 1:
         found = ", ".join(p.name for p in best) if best else "none"
         raise ConfigError(
-            f"--ckpt {path}: expected one best-*.ckpt in {newest} (or a last.ckpt or "
+            f"--ckpt_path {path}: expected one best-*.ckpt in {newest} (or a last.ckpt or "
             f"best_validation.json naming it), found {found}; give the checkpoint file itself"
         )
     return best[0]

@@ -1,0 +1,87 @@
+"""``python -m ferlit fit|validate|predict``: one command line for the pipeline's stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ferlit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = (
+    *("--model.backbone", "seresnet18"),
+    *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
+    *("--model.input_size", "32", "--model.lr_head", "0.01", "--model.lr_backbone", "0.01"),
+)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_sample, tmp_path_factory) -> Path:
+    """The run folder of a 4-step ``python -m ferlit fit`` of a tiny SE-ResNet on the tiny
+    sample data, validated on 2 batches every 2 steps."""
+    root = tmp_path_factory.mktemp("fit")
+    main(
+        [
+            "fit",
+            *("--data.affwild2_dir", str(tiny_sample.affwild2_dir)),
+            *("--data.expw_dir", str(tiny_sample.expw_dir)),
+            *TINY_MODEL,
+            *("--data.batch_size", "4", "--data.num_workers", "0"),
+            *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+            *("--trainer.logger.save_dir", str(root), "--trainer.logger.name", "run"),
+            *("--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "2"),
+            *("--trainer.num_sanity_val_steps", "0", "--trainer.max_steps", "4"),
+            *("--val_every_n_steps", "2"),
+        ]
+    )
+    return root / "run"
+
+
+def test_help_lists_the_stages():
+    result = subprocess.run(
+        [sys.executable, "-m", "ferlit", "--help"], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0
+    stages = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert stages == ["fit", "validate", "predict", "data"]
+
+
+def test_an_unknown_stage_is_refused(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", "x.yaml"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith("error: unknown stage 'train'\n")
+
+
+def test_validate_prints_the_criterion_of_best_validation_json(run, capsys):
+    best = json.loads(next(run.rglob("best_validation.json")).read_text())
+    capsys.readouterr()
+    scores = main(
+        [
+            *("validate", "--ckpt_path", str(run)),
+            *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+            *("--trainer.limit_val_batches", "2", "--data.num_workers", "0"),
+        ]
+    )
+    out = capsys.readouterr().out
+    printed = [line for line in out.splitlines() if line.startswith("val/criterion ")]
+    assert printed == [f"val/criterion {best['val/criterion']!r}"]
+    assert scores["val/criterion"] == best["val/criterion"]
+    assert scores["val/f1_happiness"] == best["val/f1_happiness"]
+    assert "F1 Happiness" in out and "accuracy" in out
+
+
+def test_validate_refuses_data_of_another_class_count(run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["validate", "--ckpt_path", str(run), "--data.num_classes", "8"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --ckpt_path ") and (
+        "the model was trained for 7 classes (Neutral, Anger, " in err
+    )
+    assert err.endswith("but --data.num_classes is 8; use --data.num_classes 7\n")
