@@ -130,3 +130,151 @@ def test_shard_sampler_covers_every_sample_once_without_padding():
     shards = [list(ShardSampler(11, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(11))
     assert [len(s) for s in shards] == [4, 4, 3]
+
+
+SOURCE_FORM = (
+    "{reader: a built-in reader or 'pkg.module:Class', root: its folder, options: {...}, "
+    "split: one of the reader's splits (default: its first)}"
+)
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ("x", f"data.train_sources: expected a list of {SOURCE_FORM}, got 'x'"),
+        (["expw"], f"data.train_sources[0]: expected {SOURCE_FORM}, got 'expw'"),
+        (
+            [{"reader": "expw", "root": "/e", "option": {}}],
+            "data.train_sources[0]: unknown key 'option'; expected reader, root, options, split",
+        ),
+        (
+            [{"reader": "expw", "root": "/e", "split": "val"}],
+            "data.train_sources[0].split: reader 'expw' has no split 'val'; its splits: train",
+        ),
+        ([{"root": "/e"}], "data.train_sources[0].reader: expected a name, got None"),
+        ([{"reader": "expw", "root": 3}], "data.train_sources[0].root: expected a folder, got 3"),
+        (
+            [{"reader": "expw", "root": "/e", "options": [1]}],
+            "data.train_sources[0].options: expected a mapping of option names, got [1]",
+        ),
+        (
+            [{"reader": "expw", "root": "/e", "options": {"num_classes": 8}}],
+            "data.train_sources[0].options: num_classes is data.num_classes for every reader",
+        ),
+        (
+            [{"reader": "expw", "root": "/e"}, {"reader": "affectnet", "root": "/a"}],
+            "data.train_sources[1].reader: unknown reader 'affectnet'; expected a built-in "
+            "reader (affwild2, expw, frames_dir) or 'pkg.module:Class' naming a Reader",
+        ),
+        (
+            [{"reader": "expw", "root": "/e", "options": {"margin": -1}}],
+            "data.train_sources[0]: margin must be a finite number >= 0, got -1",
+        ),
+    ],
+)
+def test_bad_train_sources_are_refused_before_reading(sources, message):
+    with pytest.raises(ConfigError) as raised:
+        ExpressionDataModule(affwild2_dir="/nowhere", train_sources=sources)
+    assert str(raised.value) == message
+
+
+def test_train_sources_cannot_go_with_a_pack():
+    with pytest.raises(ConfigError, match=r"^data.train_sources cannot be read with data.packed_d"):
+        ExpressionDataModule(packed_dir="/p", train_sources=[{"reader": "expw", "root": "/e"}])
+
+
+def test_parts_name_each_reader_and_add_up_to_the_training_set(tiny_sample, tmp_path):
+    second = {"reader": "expw", "root": str(tiny_sample.expw_dir), "options": {"margin": 0.2}}
+    dm = ExpressionDataModule(
+        str(tiny_sample.affwild2_dir),
+        str(tiny_sample.expw_dir),
+        train_sources=[second],
+        index_cache_dir=str(tmp_path),
+    )
+    assert dm.part_names("train") == ["affwild2_train", "expw", "expw_0"]
+    assert dm.part_names("val") == ["affwild2_val"]
+    sizes = [len(dm.part(name)[1]) for name in dm.part_names("train")]
+    assert sizes[1] == sizes[2] == sum(tiny_sample.manifest["expw"]["class_counts"].values())
+    assert len(dm.train_index) == sum(sizes)
+    reader, index = dm.part("expw_0")
+    assert (reader.name, reader.margin, dm.part("expw")[0].margin) == ("expw", 0.2, 0.0)
+    assert np.array_equal(reader.load_face(index, 0), load_face(index, 0, margin=0.2))
+    with pytest.raises(ConfigError, match=r"^no data part 'affectnet'; the parts: affwild2_train"):
+        dm.part("affectnet")
+    assert dm.data_folders() == [
+        ("data.affwild2_dir", str(tiny_sample.affwild2_dir)),
+        ("data.expw_dir", str(tiny_sample.expw_dir)),
+        ("data.train_sources[0].root", str(tiny_sample.expw_dir)),
+    ]
+
+
+def test_a_training_part_without_class_indexes_is_refused(tiny_sample, tmp_path, write_jpeg):
+    write_jpeg(tmp_path / "faces/a/00001.jpg", np.full((8, 8, 3), 9, np.uint8))
+    dm = ExpressionDataModule(
+        str(tiny_sample.affwild2_dir),
+        train_sources=[{"reader": "frames_dir", "root": str(tmp_path / "faces")}],
+        index_cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(DataError) as raised:
+        dm.train_index  # noqa: B018
+    assert str(raised.value) == (
+        f"{tmp_path}/faces: part frames_dir (reader frames_dir): 1 face(s) with no class index "
+        f"0..6, e.g. label -1 from {tmp_path}/faces/a:1; a training face needs one"
+    )
+
+
+def test_predict_api_on_a_split_and_on_a_frames_folder(tiny_sample, tmp_path, write_jpeg):
+    dm = ExpressionDataModule(
+        str(tiny_sample.affwild2_dir), index_cache_dir=str(tmp_path), batch_size=4, num_workers=0
+    )
+    val = dm.val_index
+    target = dm.predict_index()
+    scored = target.labels >= 0
+    assert len(target) >= len(val) and target.labels[scored].tolist() == val.labels.tolist()
+    assert dm.predict_context() == "every face frame of the split's videos, annotated or not"
+    assert dm.predict_description() == f"Aff-Wild2 val, {tiny_sample.affwild2_dir}"
+    images, labels, sample = next(iter(dm.predict_dataloader()))
+    assert images.shape == (4, 3, 112, 112) and images.dtype == torch.uint8
+    assert (labels.tolist(), sample.tolist()) == (target.labels[:4].tolist(), [0, 1, 2, 3])
+    dm.predict_targets = ["target", "val"]
+    assert [len(loader.dataset) for loader in dm.predict_dataloader()] == [len(target)] * 2
+
+    on_train = ExpressionDataModule(str(tiny_sample.affwild2_dir), predict_split="train")
+    assert on_train.predict_description() == f"Aff-Wild2 train, {tiny_sample.affwild2_dir}"
+    assert (on_train.predict_index().labels >= 0).sum() == len(on_train.part("affwild2_train")[1])
+
+    for frame in (1, 2, 3):
+        write_jpeg(tmp_path / "test/cropped_aligned/v" / f"{frame:05d}.jpg", np.zeros((8, 8, 3)))
+    folder = str(tmp_path / "test")
+    frames = ExpressionDataModule(str(tiny_sample.affwild2_dir), frames_dir=folder)
+    assert frames.predict_index().labels.tolist() == [-1, -1, -1]
+    assert frames.predict_description() == f"{folder} (unlabelled)"
+    assert frames.predict_context() == "every frame given (data.frames_dir)"
+    assert len(frames.predict_index("val")) == len(target)
+    assert ("data.frames_dir", folder) in frames.data_folders()
+    with pytest.raises(ConfigError, match=r"^data.frames_dir is set: its unlabelled faces are for"):
+        frames.setup("fit")
+
+
+def test_help_has_a_line_for_every_data_option(capsys):
+    import inspect
+    import re
+
+    from ferlit.training.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    blocks = re.split(r"\n  (?=--)", text)  # one block per option
+    described = {}
+    for block in blocks:
+        found = re.match(r"--data\.(\w+)", block)
+        if found:
+            words = re.sub(r"^\S+( [A-Z_{},a-z]+)?(, --data\.\w+\+ \S+)?", "", block)
+            words = re.sub(r"\((type|default): .*?\)\s*$", "", words, flags=re.S).split()
+            described[found.group(1)] = " ".join(words)
+    # image_size is linked from model.input_size (one name per quantity), so not an option
+    options = [p for p in inspect.signature(ExpressionDataModule).parameters if p != "image_size"]
+    assert sorted(described) == sorted(options)
+    assert [name for name in options if len(described[name]) < 20] == []
+    assert described["hflip"].startswith("probability of a horizontal flip")

@@ -88,9 +88,12 @@ def expw_summary(index: FrameIndex, box_overflow: BoxOverflow) -> str:
 
 
 #: The keys of a ``data.train_sources`` entry.
-SOURCE_KEYS = ("reader", "root", "options")
+SOURCE_KEYS = ("reader", "root", "options", "split")
 #: What a ``data.train_sources`` entry looks like, for messages.
-SOURCE_FORM = "{reader: a built-in reader or 'pkg.module:Class', root: its folder, options: {...}}"
+SOURCE_FORM = (
+    "{reader: a built-in reader or 'pkg.module:Class', root: its folder, options: {...}, "
+    "split: one of the reader's splits (default: its first)}"
+)
 PredictWhich = Literal["target", "val"]
 
 
@@ -113,9 +116,10 @@ class ExpressionDataModule(pl.LightningDataModule):
             full size ("pad", as a PIL crop does). Boxes with no pixel in their image are
             skipped while indexing; the counts are printed when the training set is first read.
         train_sources: more training data, each read by a reader: a list of
-            ``{reader: name, root: folder, options: {...}}``, the reader a built-in name
-            ("affwild2", "expw") or a ``Reader`` subclass of one's own as "pkg.module:Class"
-            (``ferlit.data.readers.base``), its options the reader's keyword arguments. Their
+            ``{reader: name, root: folder, options: {...}, split: name}``, the reader a built-in
+            name ("affwild2", "expw") or a ``Reader`` subclass of one's own as
+            "pkg.module:Class" (``ferlit.data.readers.base``), its options the reader's keyword
+            arguments, the split one of the reader's (default: its first, e.g. "train"). Their
             faces are added to the training set after Aff-Wild2 train and ExpW (not with
             ``packed_dir``: a pack holds only what it packed).
         strict_images: stop training on the first damaged image (missing, empty, truncated or
@@ -282,9 +286,10 @@ class ExpressionDataModule(pl.LightningDataModule):
         self._pack: Pack | None = None
 
     @staticmethod
-    def _source_readers(sources: object, num_classes: int) -> list[tuple[str, Reader]]:
-        """``data.train_sources`` checked and made into (part name, reader) pairs, before any
-        data is read: a bad entry is a ``ConfigError`` naming ``data.train_sources[k]``."""
+    def _source_readers(sources: object, num_classes: int) -> list[tuple[str, Reader, str]]:
+        """``data.train_sources`` checked and made into (part name, reader, split) triples,
+        before any data is read: a bad entry is a ``ConfigError`` naming
+        ``data.train_sources[k]``."""
         if sources is None:
             return []
         if not isinstance(sources, list | tuple):
@@ -320,12 +325,18 @@ class ExpressionDataModule(pl.LightningDataModule):
             reader = create_reader(
                 entry["reader"], entry["root"], option=where, num_classes=num_classes, **options
             )
-            readers.append(reader)
-        names = [reader.name or type(reader).__name__ for reader in readers]
+            split = entry.get("split", reader.splits[0])
+            if split not in reader.splits:
+                raise ConfigError(
+                    f"{where}.split: reader {entry['reader']!r} has no split {split!r}; its "
+                    f"splits: {', '.join(reader.splits)}"
+                )
+            readers.append((reader, split))
+        names = [reader.name or type(reader).__name__ for reader, _ in readers]
         taken = {"affwild2_train", "affwild2_val", "expw"}
         return [
-            (name if names.count(name) == 1 and name not in taken else f"{name}_{k}", reader)
-            for k, (name, reader) in enumerate(zip(names, readers, strict=True))
+            (name if names.count(name) == 1 and name not in taken else f"{name}_{k}", *read)
+            for k, (name, read) in enumerate(zip(names, readers, strict=True))
         ]
 
     # -- data locations ------------------------------------------------------------------------
@@ -358,7 +369,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         if hp.frames_dir is not None:
             given = hp.frames_dir if isinstance(hp.frames_dir, list) else [hp.frames_dir]
             reads += [("data.frames_dir", str(folder)) for folder in given]
-        for k, (_, reader) in enumerate(self._sources):
+        for k, (_, reader, _) in enumerate(self._sources):
             reads += [(f"data.train_sources[{k}].root", folder) for folder in reader.folders()]
         if self.uses_sample_data:
             from ferlit.data.sample.synth import default_sample_dir
@@ -455,7 +466,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         if self.hparams.packed_dir is not None:
             return parts + (["expw"] if "expw" in self.pack.parts else [])
         parts += ["expw"] if self._dirs()[1] is not None else []
-        return parts + [name for name, _ in self._sources]
+        return parts + [name for name, _, _ in self._sources]
 
     def _readers(self) -> dict[str, tuple[Reader, str]]:
         """Every part read from folders, as (its reader, the split the reader reads)."""
@@ -473,8 +484,8 @@ class ExpressionDataModule(pl.LightningDataModule):
                 box_overflow=hp.expw_box_overflow,
             )
             readers["expw"] = (expw, "train")
-        for name, reader in self._sources:
-            readers[name] = (reader, "train")
+        for name, reader, split in self._sources:
+            readers[name] = (reader, split)
         return readers
 
     def part(self, name: str) -> tuple[Reader | None, FrameIndex]:
