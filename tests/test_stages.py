@@ -85,3 +85,56 @@ def test_validate_refuses_data_of_another_class_count(run, capsys):
         "the model was trained for 7 classes (Neutral, Anger, " in err
     )
     assert err.endswith("but --data.num_classes is 8; use --data.num_classes 7\n")
+
+
+def test_predict_scores_the_validation_split_as_validate_does(run, tmp_path, capsys):
+    """The evaluation's raw criterion (every face frame predicted, the labelled ones scored) is
+    validate's (the training metric over the whole validation split)."""
+    common = ("--ckpt_path", str(run), "--data.num_workers", "0")
+    common += ("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false")
+    scores = main(["validate", *common])
+    report = main(["predict", *common, "--out", str(tmp_path / "eval"), "--smooth", "3"])
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written == report
+    assert report["raw"]["criterion"] == pytest.approx(scores["val/criterion"], abs=1e-6)
+    assert report["raw"]["f1"] == pytest.approx(scores["val/f1"], abs=1e-6)
+    assert report["smoothing"]["window"] == 3 and report["smoothed"] is not None
+    assert report["data"].startswith("Aff-Wild2 val, ")
+
+
+def test_predict_names_its_options_and_evaluate_the_old_ones(tmp_path, capsys):
+    from ferlit.evaluation.evaluate import main as evaluate
+
+    missing = tmp_path / "missing.ckpt"
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--ckpt_path", str(missing), "--out", str(tmp_path / "eval")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --ckpt_path {missing}: no such file")
+    with pytest.raises(SystemExit) as stop:
+        evaluate(["--ckpt", str(missing), "--out", str(tmp_path / "eval")])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: --ckpt {missing}: no such file")
+
+
+def test_predict_refuses_another_input_size_than_the_models(run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(
+            ["predict", "--ckpt_path", str(run), "--out", str(tmp_path), "--data.image_size", "64"]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data.image_size 64: the model of --ckpt_path ")
+    assert err.endswith(
+        "takes faces of 32x32 (its model.input_size); leave --data.image_size out\n"
+    )
+
+
+def test_evaluate_spellings_translate_to_predict():
+    from ferlit.evaluation.evaluate import translate
+
+    assert translate(
+        ["--ckpt", "r", "--split=train", "--frames_dir+", "a", "--out", "o", "--smooth", "3"]
+    ) == [
+        *("--ckpt_path", "r", "--data.predict_split=train", "--data.frames_dir+", "a"),
+        *("--out", "o", "--smooth", "3"),
+    ]
