@@ -34,7 +34,7 @@ def sample_predictions_path() -> Path:
     Found from the package's location rather than the current folder, because Jupyter starts a
     notebook in ``notebooks/`` while ``make evaluate`` runs from the repository root.
     """
-    return Path(__file__).resolve().parent.parent / SAMPLE_EVALUATION / "predictions.parquet"
+    return Path(__file__).resolve().parents[2] / SAMPLE_EVALUATION / "predictions.parquet"
 
 
 def predictions_frame(index: FrameIndex, probs: np.ndarray, names: tuple[str, ...]) -> pd.DataFrame:
