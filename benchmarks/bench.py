@@ -21,7 +21,6 @@ et al. (2020) takes. Every figure is measured in the same run, on data the bench
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from jsonargparse import ArgumentParser
 from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
@@ -481,7 +481,7 @@ def _plural(n: int, noun: str) -> str:
 
 
 def report(loaders: dict, index: dict, training: dict, workers: int, batch: int) -> list[str]:
-    """The lines ``python -m ferlit.bench`` prints: every figure, and each target met or not."""
+    """The lines ``python benchmarks/bench.py`` prints: every figure, and each target met or not."""
 
     def check(ok: bool) -> str:
         return "met" if ok else "NOT MET"
@@ -549,18 +549,15 @@ def report(loaders: dict, index: dict, training: dict, workers: int, batch: int)
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ferlit.bench``; bad options and folders end with ``error: ...``, exit 2."""
-    try:
-        return _main(argv)
-    except FerlitError as e:
-        print(f"error: {user_message(e)}", file=sys.stderr)
-        return 2
+#: The argparse spellings of before the bench used jsonargparse (issue 14), refused naming the
+#: option that replaced each.
+RENAMED = {"--work-dir": "--work_dir", "--batch-size": "--batch_size"}
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ferlit.bench",
+def build_parser() -> ArgumentParser:
+    """The bench's options, in the spelling of every ferlit command (jsonargparse)."""
+    parser = ArgumentParser(
+        prog="python benchmarks/bench.py",
         description="Measure loader throughput, index build and load, and training-step speed "
         "on this machine, on data generated in a temporary folder.",
     )
@@ -574,31 +571,54 @@ def _main(argv: list[str] | None) -> int:
         help="DataLoader workers of every loader (default: the cores, at most 8)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=64, help="loader batch size (64, the paper's)"
+        "--batch_size", type=int, default=64, help="loader batch size (64, the paper's)"
     )
     parser.add_argument(
-        "--work-dir",
-        type=Path,
+        "--work_dir",
+        type=str | None,
+        default=None,
         help="keep the generated data here and reuse it on the next run (default: a temporary "
         "folder, removed)",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int | None,
+        default=None,
         help="intra-op threads of the training step (default: torch's, one per core; --quick: 1, "
         "since OpenMP threads spin-waiting on cores busy with other work slow it tenfold)",
     )
-    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--json", type=str | None, default=None, help="also write every figure to this JSON file"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/bench.py``; bad options and folders end with ``error: ...``, exit 2."""
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except FerlitError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in RENAMED:
+            raise ConfigError(f"{name}: now {RENAMED[name]}")
+    args = build_parser().parse_args(argv)
+    args.work_dir = None if args.work_dir is None else Path(args.work_dir)
+    args.json = None if args.json is None else Path(args.json)
     if args.workers < 0 or args.batch_size <= 0:
-        raise ConfigError("--workers must be >= 0 and --batch-size positive")
+        raise ConfigError("--workers must be >= 0 and --batch_size positive")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     # Destinations checked before minutes of measuring, not when the figures are written.
     if args.work_dir is not None:
         if args.work_dir.exists() and not args.work_dir.is_dir():
-            raise ConfigError(f"--work-dir {args.work_dir}: is a file; expected a folder")
-        check_creatable(args.work_dir, "--work-dir")
+            raise ConfigError(f"--work_dir {args.work_dir}: is a file; expected a folder")
+        check_creatable(args.work_dir, "--work_dir")
     if args.json is not None:
         if args.json.is_dir():
             raise ConfigError(f"--json {args.json}: is a folder; expected a file name")

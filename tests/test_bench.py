@@ -1,7 +1,8 @@
-"""``python -m ferlit.bench``: every figure is printed (timings are the bench's job, not a test's)."""
+"""``python benchmarks/bench.py``: every figure is printed (timings are the bench's job, not a test's)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench import report, write_fullscale_layout
+from bench import build_parser, main, report, write_fullscale_layout
 
 from ferlit.data.readers.affwild2 import read_affwild2
 from ferlit.data.readers.expw import read_expw
@@ -25,7 +26,7 @@ def test_quick_bench_prints_every_figure(tmp_path):
     env = os.environ | {"FERLIT_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run(
         [sys.executable, BENCH, "--quick", "--workers", "2"]
-        + ["--work-dir", str(tmp_path / "work"), "--json", str(tmp_path / "bench.json")],
+        + ["--work_dir", str(tmp_path / "work"), "--json", str(tmp_path / "bench.json")],
         capture_output=True,
         text=True,
         env=env,
@@ -145,3 +146,29 @@ def test_report_checks_each_target():
     assert "target < 10 MB: NOT MET" in text
     assert re.search(r"bf16-mixed \+ channels_last +900 images/s", text)
     assert "worker cores to feed 900 images/s from the packed path: 9" in text  # 900 / 100
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("--work-dir", "--work_dir"), ("--batch-size=8", "--batch_size")]
+)
+def test_old_spellings_are_refused_naming_the_new_one(old, new, tmp_path, capsys):
+    assert main(["--quick", old, *([] if "=" in old else [str(tmp_path / "w")])]) == 2
+    assert capsys.readouterr().err == f"error: {old.split('=')[0]}: now {new}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_option_has_a_help_line(capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    options = [o for a in parser._actions for o in a.option_strings]
+    assert {"--quick", "--workers", "--batch_size", "--work_dir", "--threads", "--json"} <= set(
+        options
+    )
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:  # jsonargparse's hidden --print_shtab
+            continue
+        assert all(o in shown for o in action.option_strings), action.option_strings
+        assert len((action.help or "").split()) >= 3, (action.option_strings, action.help)
