@@ -196,3 +196,23 @@ def test_summary_holds_the_best_validation_not_the_last(tmp_path, wandb_offline)
     assert state["summary"]["val/f1"] == 0.4
     assert state["summary"]["val/best_step"] == 200
     assert state["summary"]["criterion"] == "abaw2022: mean F1 over 8 classes"
+
+
+def test_one_best_validation_tracker_for_the_summary_and_wandb():
+    from ferlit.training.callbacks.best import BestValidation
+
+    summary, wandb_callback = BestValidationSummary(), WandbValidation()
+    assert type(summary.tracker) is type(wandb_callback.tracker) is BestValidation
+    tracker = BestValidation()
+    for step, criterion in ((2, 0.3), (4, 0.5), (6, 0.5), (8, 0.4)):
+        tracker.update(step, {"val/criterion": criterion, "val/f1": criterion / 2})
+    # the first of equal bests, as ModelCheckpoint keeps it; every value in the history
+    assert tracker.best_step == 4 and tracker.best == {"val/criterion": 0.5, "val/f1": 0.25}
+    assert tracker.history == [(2, 0.3), (4, 0.5), (6, 0.5), (8, 0.4)]
+    resumed = BestValidation()
+    resumed.load_state_dict(tracker.state_dict())
+    assert not resumed.update(10, {"val/criterion": 0.45, "val/f1": 0.1})
+    assert resumed.best_step == 4 and len(resumed.history) == 5
+    lowest = BestValidation("val/loss", mode="min")
+    assert lowest.update(1, {"val/loss": 2.0}) and lowest.update(2, {"val/loss": 1.0})
+    assert not lowest.update(3, {"val/loss": 1.5}) and lowest.best_step == 2
