@@ -322,7 +322,8 @@ def print_scores(scores: dict[str, float], model: ExpressionModule, checkpoint: 
     """The validation scores: F1 per class, then macro-F1, accuracy and the criterion, and the
     criterion's full value on a line of its own (to compare with ``best_validation.json``)."""
     console = Console()
-    table = Table(title=f"Validation of {checkpoint}")
+    console.print(f"Validation split scores of {checkpoint}", soft_wrap=True, highlight=False)
+    table = Table(title="Validation")
     table.add_column("score")
     table.add_column("value", justify="right")
     for name in model.class_names:

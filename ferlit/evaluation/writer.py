@@ -349,7 +349,7 @@ def write_submission_files(
         if faceless:  # no label to fill their files with: said, not silently left out
             console.print(
                 f"[yellow]No file for {len(faceless)} video(s) of {submission.frame_counts} with "
-                f"no face image in --frames_dir: {', '.join(faceless[:5])}[/yellow]"
+                f"no face image in --data.frames_dir: {', '.join(faceless[:5])}[/yellow]"
             )
     else:
         highest = predictions.groupby("video", observed=True)["frame"].max()
