@@ -254,6 +254,11 @@ def test_predict_api_on_a_split_and_on_a_frames_folder(tiny_sample, tmp_path, wr
     assert ("data.frames_dir", folder) in frames.data_folders()
     with pytest.raises(ConfigError, match=r"^data.frames_dir is set: its unlabelled faces are for"):
         frames.setup("fit")
+    alone = ExpressionDataModule(frames_dir=folder)  # the frames alone: no sample data read
+    assert not alone.uses_sample_data and len(alone.predict_index()) == 3
+    assert alone.data_folders() == [("data.frames_dir", folder)]
+    with pytest.raises(ConfigError, match=r"^data.affwild2_dir is not set: the affwild2_val part"):
+        alone.predict_index("val")
 
 
 def test_help_has_a_line_for_every_data_option(capsys):
@@ -274,7 +279,8 @@ def test_help_has_a_line_for_every_data_option(capsys):
             words = re.sub(r"\((type|default): .*?\)\s*$", "", words, flags=re.S).split()
             described[found.group(1)] = " ".join(words)
     # image_size is linked from model.input_size (one name per quantity), so not an option
-    options = [p for p in inspect.signature(ExpressionDataModule).parameters if p != "image_size"]
+    parameters = inspect.signature(ExpressionDataModule).parameters
+    options = [p for p in parameters if p != "image_size" and not p.startswith("_")]
     assert sorted(described) == sorted(options)
     assert [name for name in options if len(described[name]) < 20] == []
     assert described["hflip"].startswith("probability of a horizontal flip")

@@ -203,6 +203,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         allow_split_overlap: bool = False,
         frames_dir: str | list[str] | None = None,
         predict_split: Literal["val", "train"] = "val",
+        *,
+        _parts_only: bool = False,
     ) -> None:
         super().__init__()
         if num_classes not in (7, 8):
@@ -253,7 +255,9 @@ class ExpressionDataModule(pl.LightningDataModule):
         if max_class_share is not None and not 0 < max_class_share <= 1:
             raise ConfigError(f"data.max_class_share must be in (0, 1], got {max_class_share}")
         check_box_overflow(expw_box_overflow, "data.expw_box_overflow")
-        if affwild2_dir is None and expw_dir is not None and packed_dir is None:
+        # ``_parts_only`` (private: not a command-line option): the data tools (``python -m
+        # ferlit.data stats|pack``) read the parts of ExpW alone and never fit or validate.
+        if affwild2_dir is None and expw_dir is not None and packed_dir is None and not _parts_only:
             raise ConfigError(
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
             )
@@ -268,7 +272,7 @@ class ExpressionDataModule(pl.LightningDataModule):
                 "Aff-Wild2 and ExpW faces it packed; train from the data folders, or leave "
                 "data.train_sources unset"
             )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["_parts_only"])
         s = augment_strength
         self.augmentation = (
             Augmentation(hflip, brightness * s, contrast * s, saturation * s, min(hue * s, 0.5))
@@ -343,18 +347,22 @@ class ExpressionDataModule(pl.LightningDataModule):
 
     @property
     def uses_sample_data(self) -> bool:
+        """No data folder, pack or frames folder given: ferlit's sample data is read."""
         hp = self.hparams
-        return hp.affwild2_dir is None and hp.expw_dir is None and hp.packed_dir is None
+        given = (hp.affwild2_dir, hp.expw_dir, hp.packed_dir, hp.frames_dir)
+        return all(option is None for option in given)
 
-    def _dirs(self) -> tuple[Path, Path | None]:
-        """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set."""
+    def _dirs(self) -> tuple[Path | None, Path | None]:
+        """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set.
+        Aff-Wild2 is None only for ExpW alone (``_parts_only``)."""
         if self.uses_sample_data:
             from ferlit.data.sample.synth import ensure_sample_data
 
             sample = ensure_sample_data()
             return Path(sample.affwild2_dir), Path(sample.expw_dir)
         expw = Path(self.hparams.expw_dir) if self.hparams.expw_dir else None
-        return Path(self.hparams.affwild2_dir), expw
+        affwild2 = Path(self.hparams.affwild2_dir) if self.hparams.affwild2_dir else None
+        return affwild2, expw
 
     def data_folders(self) -> list[tuple[str, str]]:
         """The (option, folder) pairs the data is read from, which outputs must stay out of:
@@ -378,7 +386,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         return reads
 
     def prepare_data(self) -> None:
-        if self.hparams.packed_dir is None:
+        """Write the sample data when it is used and absent (once, before the processes start)."""
+        if self.uses_sample_data:
             self._dirs()
 
     def setup(self, stage: str) -> None:
@@ -457,23 +466,28 @@ class ExpressionDataModule(pl.LightningDataModule):
         """The parts that make a stage, in the order of ``train_index`` / ``val_index``:
         "affwild2_train", "expw" (as packs name them), then one per ``train_sources`` entry
         (its reader's name, with "_<k>" when two entries share it or a built-in part has it);
-        "affwild2_val" for val."""
-        if stage == "val":
-            return ["affwild2_val"]
-        if stage != "train":
+        "affwild2_val" for val (none for ExpW alone, ``_parts_only``)."""
+        if stage not in ("train", "val"):
             raise ConfigError(f"stage must be 'train' or 'val', got {stage!r}")
+        packed = self.hparams.packed_dir is not None
+        affwild2, expw = (None, None) if packed else self._dirs()
+        if stage == "val":
+            return ["affwild2_val"] if packed or affwild2 is not None else []
         parts = ["affwild2_train"] if self.hparams.use_affwild2_train else []
-        if self.hparams.packed_dir is not None:
+        if packed:
             return parts + (["expw"] if "expw" in self.pack.parts else [])
-        parts += ["expw"] if self._dirs()[1] is not None else []
+        parts = parts if affwild2 is not None else []
+        parts += ["expw"] if expw is not None else []
         return parts + [name for name, _, _ in self._sources]
 
     def _readers(self) -> dict[str, tuple[Reader, str]]:
         """Every part read from folders, as (its reader, the split the reader reads)."""
         hp = self.hparams
         affwild2_dir, expw_dir = self._dirs()
-        affwild2 = AffWild2Reader(affwild2_dir, hp.num_classes, hp.affwild2_layout)
-        readers = {"affwild2_train": (affwild2, "train"), "affwild2_val": (affwild2, "val")}
+        readers: dict[str, tuple[Reader, str]] = {}
+        if affwild2_dir is not None:
+            affwild2 = AffWild2Reader(affwild2_dir, hp.num_classes, hp.affwild2_layout)
+            readers = {"affwild2_train": (affwild2, "train"), "affwild2_val": (affwild2, "val")}
         if expw_dir is not None:
             expw = create_reader(
                 "expw",
@@ -503,6 +517,11 @@ class ExpressionDataModule(pl.LightningDataModule):
                 self._parts[name] = (None, self.pack.index(name))
                 return self._parts[name]
             readers = self._readers()
+            if name not in readers and name.startswith("affwild2_") and not hp.affwild2_dir:
+                raise ConfigError(
+                    f"data.affwild2_dir is not set: the {name} part (Aff-Wild2 "
+                    f"{name.split('_')[1]}) needs it"
+                )
             if name not in readers:
                 raise ConfigError(f"no data part {name!r}; the parts: {', '.join(readers)}")
             reader, split = readers[name]
