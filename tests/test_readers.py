@@ -234,3 +234,13 @@ def test_a_reader_in_one_new_file_trains_with_no_ferlit_file_touched(
     (last,) = tmp_path.rglob("last.ckpt")
     assert cli.trainer.global_step == 2 and last.stat().st_size > 0
     assert ("data.train_sources[0].root", str(toy_faces)) in dm.data_folders()
+
+
+def test_a_reader_without_a_source_file_is_read_every_time(tiny_sample, tmp_path):
+    class InANotebook(AffWild2Reader):  # as if defined in a notebook cell: no file to hash
+        __module__ = "__notebook_cell__"
+
+    reader = InANotebook(tiny_sample.affwild2_dir)
+    index = cached_index(reader, "val", tmp_path / "cache", progress=False)
+    assert len(index) == len(read_affwild2(tiny_sample.affwild2_dir, "val", progress=False))
+    assert not (tmp_path / "cache").exists()

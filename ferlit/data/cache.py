@@ -88,15 +88,18 @@ def cached_index(
 
 def entry_key(reader: Reader, split: str) -> dict[str, Any] | None:
     """The cache key of ``reader``'s ``split``: the reader's own (None: not cached) with the
-    reader's name, its absolute root and the hash of its code added."""
+    reader's name, its absolute root and the hash of its code added. A reader whose module has
+    no source file (defined in a notebook or ``python -c``) is not cached: a change to its code
+    could not be seen."""
     key = reader.cache_key(split)
-    if key is None:
+    module = sys.modules.get(type(reader).__module__)
+    if key is None or not getattr(module, "__file__", None):
         return None
     return {
         "reader": reader.name or type(reader).__name__,
         "root": os.path.abspath(reader.root),
         **key,
-        "code": _code_hash(sys.modules[type(reader).__module__]),
+        "code": _code_hash(module),
     }
 
 
