@@ -324,12 +324,12 @@ def test_weights_and_checkpoints_that_are_fifos_or_dangling_links_are_named(tmp_
 
 @pytest.fixture
 def no_pack_indexing(monkeypatch):
-    import ferlit.data.pack as packed
+    from ferlit.data.datamodule import ExpressionDataModule
 
     def fail(*args, **kwargs):
         raise AssertionError("the data were indexed before --out was checked")
 
-    monkeypatch.setattr(packed, "_read", fail)
+    monkeypatch.setattr(ExpressionDataModule, "part", fail)  # pack indexes through it
 
 
 def test_pack_out_that_cannot_be_made_is_refused_before_indexing(

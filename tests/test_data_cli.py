@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -478,6 +479,8 @@ def test_every_option_of_every_command_has_a_help_line(capsys) -> None:
             main([name, "--help"])
         shown = capsys.readouterr().out
         for action in parser._actions:
+            if action.help == argparse.SUPPRESS:  # jsonargparse's hidden --print_shtab
+                continue
             for option in action.option_strings:
                 assert option in shown, (name, option)
             words = (action.help or "").split()

@@ -40,7 +40,11 @@ from ferlit.errors import (
 )
 
 #: Every ExpressionDataModule argument: the names ``--data.<name>`` and a ``data:`` section use.
-DATAMODULE_OPTIONS = tuple(inspect.signature(ExpressionDataModule.__init__).parameters)[1:]
+DATAMODULE_OPTIONS = tuple(
+    name
+    for name in inspect.signature(ExpressionDataModule.__init__).parameters
+    if name != "self" and not name.startswith("_")  # private: no command-line option
+)
 #: The data options each command uses, as ``--data.<name>``; any other is refused, never ignored.
 DATA_OPTIONS: dict[str, tuple[str, ...]] = {
     "stats": (

@@ -14,7 +14,8 @@ The price is disk: 37,632 bytes per 112x112 face (~38 GB for the 1M-face trainin
 slow, JPEG bytes in a few large shards would be the better trade.
 
 The faces are resized exactly as the JPEG path resizes them (``build_transform(size, None)`` on
-``load_face``); at training time the same ``build_transform`` runs on the packed face, whose
+the part's reader's ``load_face``), the parts read as the DataModule reads them
+(``ExpressionDataModule.part``); at training time the same ``build_transform`` runs on the packed face, whose
 resize to the size it already has is the identity. So with augmentation off the packed and JPEG
 batches are equal bit for bit, and with it on they are drawn from the same distribution.
 
@@ -48,12 +49,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.cli_values import MAX_IMAGE_SIZE, check_number, check_workers
-from ferlit.data.cache import cached_read_affwild2, cached_read_expw
 from ferlit.data.datasets import PackedFaceDataset  # noqa: F401 (moved there; imported from here)
-from ferlit.data.images import BOX_OVERFLOW, check_box_overflow, load_face
+from ferlit.data.images import BOX_OVERFLOW, check_box_overflow
 from ferlit.data.index import BOXED_IMAGE, FRAME_FOLDER, FrameIndex
-from ferlit.data.readers.affwild2 import detect_layout, read_affwild2
-from ferlit.data.readers.expw import read_expw
+from ferlit.data.readers.affwild2 import detect_layout
+from ferlit.data.readers.base import Reader
 from ferlit.data.transforms import build_transform
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
@@ -313,17 +313,29 @@ def pack(
         if out.exists():
             raise DataError(f"{out}: exists and is not a ferlit pack; choose another --out")
         check_creatable(out, "--out")
-    indexes: dict[str, FrameIndex] = {}
     if affwild2_dir is not None:
-        layout = layout or detect_layout(affwild2_dir)
-        for split in ("train", "val"):
-            indexes[f"affwild2_{split}"] = _read(
-                index_cache, index_cache_dir, "affwild2", affwild2_dir, split, num_classes, layout
-            )
-    if expw_dir is not None:
-        indexes["expw"] = _read(
-            index_cache, index_cache_dir, "expw", expw_dir, num_classes, expw_min_confidence
-        )
+        layout = layout or detect_layout(affwild2_dir)  # recorded: a run must read the same
+    # The parts as a DataModule with these options reads them (its readers, its index cache).
+    from ferlit.data.datamodule import ExpressionDataModule  # it imports this module
+
+    datamodule = ExpressionDataModule(
+        affwild2_dir=None if affwild2_dir is None else str(affwild2_dir),
+        expw_dir=None if expw_dir is None else str(expw_dir),
+        num_classes=num_classes,
+        affwild2_layout=layout,
+        expw_margin=expw_margin,
+        expw_min_confidence=expw_min_confidence,
+        expw_box_overflow=expw_box_overflow,
+        image_size=size,
+        index_cache=index_cache,
+        index_cache_dir=None if index_cache_dir is None else str(index_cache_dir),
+        _parts_only=True,
+    )
+    names = datamodule.part_names("train") + datamodule.part_names("val")
+    readers: dict[str, Reader] = {}
+    indexes: dict[str, FrameIndex] = {}
+    for part in (p for p in PARTS if p in names):
+        readers[part], indexes[part] = datamodule.part(part)
     plan = {
         "version": PACK_VERSION,
         "image_size": size,
@@ -425,7 +437,7 @@ def pack(
             )
             if not todo:
                 continue
-            source = _ResizedFaces(ix, transform, expw_margin, expw_box_overflow)
+            source = _ResizedFaces(readers[part], ix, transform)
             loader = DataLoader(
                 source,
                 batch_sampler=todo,
@@ -456,17 +468,17 @@ def _finish(partial: Path, out: Path) -> None:
 
 
 class _ResizedFaces(Dataset):
-    """Faces as the JPEG path makes them with augmentation off: ``load_face`` then the resize."""
+    """Faces as the JPEG path makes them with augmentation off: the part's reader's
+    ``load_face`` (ExpW: the box crop with its margin and overflow), then the resize."""
 
-    def __init__(self, index: FrameIndex, transform, margin: float, box_overflow: str) -> None:
-        self.index, self.transform, self.margin = index, transform, margin
-        self.box_overflow = box_overflow
+    def __init__(self, reader: Reader, index: FrameIndex, transform) -> None:
+        self.reader, self.index, self.transform = reader, index, transform
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        face = load_face(self.index, i, self.margin, self.box_overflow)
+        face = self.reader.load_face(self.index, i)
         return self.transform(image=face)["image"]
 
 
@@ -539,16 +551,6 @@ def _start(
 def _mark_done(partial: Path, done: dict[str, list[int]]) -> None:
     """Record the chunks done (by first row); called only after their frames are synced."""
     _write_json(partial / PROGRESS, done)
-
-
-def _read(index_cache: bool, cache_dir, source: str, *args) -> FrameIndex:
-    if source == "affwild2":
-        if index_cache:
-            return cached_read_affwild2(*args, cache_dir=cache_dir)
-        return read_affwild2(*args)
-    if index_cache:
-        return cached_read_expw(*args, cache_dir=cache_dir)
-    return read_expw(*args)
 
 
 def _index_digest(index: FrameIndex) -> str:

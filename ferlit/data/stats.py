@@ -8,7 +8,9 @@ the merged training set. ``plot_stats`` draws the class distributions as in the 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,10 @@ from matplotlib.ticker import NullFormatter
 from rich.console import Console
 from rich.table import Table
 
-from ferlit.data.datamodule import class_weights_from_counts
+from ferlit.data.datamodule import ExpressionDataModule, class_weights_from_counts
 from ferlit.data.images import check_box_overflow
 from ferlit.data.index import SKIP_REASONS, FrameIndex
-from ferlit.data.readers.affwild2 import read_affwild2, split_overlap_message, videos_in_both_splits
-from ferlit.data.readers.expw import read_expw
+from ferlit.data.readers.affwild2 import split_overlap_message, videos_in_both_splits
 from ferlit.errors import ConfigError, DataWarning
 from ferlit.expressions import class_names
 from ferlit.io import OUTPUTS_MANIFEST, atomic_write, claim_outputs, outputs_written
@@ -33,6 +34,8 @@ from ferlit.io import OUTPUTS_MANIFEST, atomic_write, claim_outputs, outputs_wri
 #: videos beside the skipped frames.
 VIDEOS_KEY = "no_image_videos"
 SOURCE_NAMES = {"affwild2": "Aff-Wild2", "expw": "ExpW"}
+#: The data set (a key of ``SOURCE_NAMES``) of each DataModule part stats counts.
+PART_SOURCES = {"affwild2_train": "affwild2", "affwild2_val": "affwild2", "expw": "expw"}
 SPLIT_TITLES = {"train": "train (Aff-Wild2 train + ExpW)", "val": "val (Aff-Wild2 val)"}
 SKIP_NAMES = {
     "unannotated": "unannotated (-1)",
@@ -92,28 +95,47 @@ def dataset_stats(
 ) -> dict[str, Any]:
     """Statistics of the training and validation sets, as one JSON-ready dict.
 
+    The sets are the DataModule's parts (``ExpressionDataModule.part_names`` / ``part``) with
+    these options, read afresh (no index cache: the counts are of the data as it is now).
     ``splits.train`` (and ``splits.val`` when Aff-Wild2 is given) holds the totals and, under
     ``sources``, the same numbers per data set. ``class_weights`` (by class name) is None when a
     class has no training sample, e.g. Other in an 8-class run on ABAW 2020 data.
-    ``expw_box_overflow`` ("clip" or "pad") names the count of ExpW boxes past their image's edge.
+    ``expw_box_overflow`` ("clip" or "pad") names the count of ExpW boxes past their image's
+    edge. Without ``progress`` the readers' progress bars go to stderr, leaving stdout to the
+    JSON.
     """
     if affwild2_dir is None and expw_dir is None:
         raise ConfigError("no data: give an Aff-Wild2 folder, an ExpW folder, or both")
     check_box_overflow(expw_box_overflow)
     names = class_names(num_classes)
-    train: dict[str, dict[str, Any]] = {}
-    val: dict[str, dict[str, Any]] = {}
+    datamodule = ExpressionDataModule(
+        affwild2_dir=None if affwild2_dir is None else str(affwild2_dir),
+        expw_dir=None if expw_dir is None else str(expw_dir),
+        num_classes=num_classes,
+        affwild2_layout=affwild2_layout,
+        expw_min_confidence=expw_min_confidence,
+        expw_box_overflow=expw_box_overflow,
+        index_cache=False,
+        _parts_only=True,
+    )
+    splits: dict[str, dict[str, Any]] = {}
+    indexes: dict[str, FrameIndex] = {}
+    with contextlib.nullcontext() if progress else contextlib.redirect_stdout(sys.stderr):
+        for split in ("train", "val"):
+            sources: dict[str, dict[str, Any]] = {}
+            for part in datamodule.part_names(split):
+                index = indexes[part] = datamodule.part(part)[1]
+                source = PART_SOURCES[part]
+                if source == "expw":
+                    sources[source] = index_stats(index, expw_box_overflow)
+                else:  # videos, not frames: annotated but without any image (DataWarnings)
+                    videos = {VIDEOS_KEY: int(index.skipped.get(VIDEOS_KEY, 0))}
+                    sources[source] = {**index_stats(index), **videos}
+            if sources:
+                splits[split] = {**_total(sources), "sources": sources}
     both: list[tuple[str, str, str]] = []
-    if affwild2_dir is not None:
-        indexes = {}
-        for split, sources in (("train", train), ("val", val)):
-            index = indexes[split] = read_affwild2(
-                affwild2_dir, split, num_classes, affwild2_layout, progress
-            )
-            # Videos, not frames: annotated but without any image (each named in a DataWarning).
-            videos = {VIDEOS_KEY: int(index.skipped.get(VIDEOS_KEY, 0))}
-            sources["affwild2"] = {**index_stats(index), **videos}
-        both = videos_in_both_splits(indexes["train"], indexes["val"])
+    if "affwild2_val" in indexes:
+        both = videos_in_both_splits(indexes["affwild2_train"], indexes["affwild2_val"])
         if both:  # a run stops on these unless data.allow_split_overlap is true
             warnings.warn(
                 f"{split_overlap_message(both)}; training stops on this unless "
@@ -121,12 +143,6 @@ def dataset_stats(
                 DataWarning,
                 stacklevel=2,
             )
-    if expw_dir is not None:
-        expw = read_expw(expw_dir, num_classes, expw_min_confidence, progress)
-        train["expw"] = index_stats(expw, expw_box_overflow)
-    splits = {"train": {**_total(train), "sources": train}}
-    if val:
-        splits["val"] = {**_total(val), "sources": val}
     counts = list(splits["train"]["class_counts"].values())
     weights = None
     if min(counts) > 0:
