@@ -285,7 +285,7 @@ def test_a_video_without_images_warns_again_on_a_cache_hit(affwild2, tmp_path, m
     assert index.skipped["no_image_videos"] == 1
     assert [str(w.message) for w in warned] == [
         f"{affwild2}: 1 video(s) of the Aff-Wild2 train split have annotated frames but no image "
-        "of any of them (index from the cache; python -m ferlit.data stats --affwild2-dir "
+        "of any of them (index from the cache; python -m ferlit.data stats --data.affwild2_dir "
         f"{affwild2} names them)"
     ]
 

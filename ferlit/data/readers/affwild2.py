@@ -625,7 +625,7 @@ class AffWild2Reader(Reader):
             warnings.warn(
                 f"{self.root}: {without_images} video(s) of the Aff-Wild2 {split} split have "
                 "annotated frames but no image of any of them (index from the cache; python -m "
-                f"ferlit.data stats --affwild2-dir {self.root} names them)",
+                f"ferlit.data stats --data.affwild2_dir {self.root} names them)",
                 DataWarning,
                 stacklevel=3,
             )
