@@ -51,7 +51,7 @@ from ferlit.data.readers.affwild2 import (
     write_annotation_file,
 )
 from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
-from ferlit.data.sample.synth import CLASS_FREQUENCIES, SampleData, write_sample_data
+from ferlit.data.sample import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.samplers import EpochShuffleSampler
 from ferlit.data.transforms import Augmentation
 from ferlit.data.workers import exit_with_parent

@@ -36,7 +36,7 @@ def write_jpeg() -> Callable[[str | os.PathLike, np.ndarray], None]:
 @pytest.fixture(scope="session")
 def tiny_sample(tmp_path_factory):
     """A small copy of the sample data (both data sets, every quirk), shared by the whole run."""
-    from ferlit.data.sample.synth import write_sample_data
+    from ferlit.data.sample import write_sample_data
 
     return write_sample_data(tmp_path_factory.mktemp("sample") / "data", scale=0.15, progress=False)
 

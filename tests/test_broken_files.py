@@ -141,7 +141,7 @@ def test_evaluate_out_below_a_file_stops_before_reading_data(
 
 
 def test_a_sample_data_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
-    from ferlit.data.sample.synth import ensure_sample_data
+    from ferlit.data.sample import ensure_sample_data
     from ferlit.errors import DataError
 
     blocker = tmp_path / "sample"
@@ -164,16 +164,16 @@ def test_a_sample_data_folder_that_is_a_file_is_named(tmp_path, monkeypatch):
 
 
 def test_a_sample_data_folder_not_writable_is_named(tmp_path, monkeypatch):
-    import ferlit.data.sample.synth as synth
+    import ferlit.data.sample.write as sample_write
     from ferlit.errors import DataError
 
     def denied(*args, **kwargs):  # tests run as root, for whom chmod 0o555 denies nothing
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(synth.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(sample_write.tempfile, "mkdtemp", denied)
     monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(tmp_path / "sample"))
     with pytest.raises(DataError) as caught:
-        synth.ensure_sample_data(progress=False)
+        sample_write.ensure_sample_data(progress=False)
     assert str(caught.value) == (
         f"{tmp_path / 'sample'} (the sample data folder, FERLIT_SAMPLE_DIR): cannot be written "
         f"(Permission denied in {tmp_path}); set FERLIT_SAMPLE_DIR to a writable folder, or give "
@@ -190,7 +190,7 @@ def test_synth_out_below_a_file_and_a_damaged_sample_manifest(tmp_path, capsys):
         f"error: {blocker / 'data'}: {blocker} is a file, so the folder cannot be made (sample "
         "data needs a new or empty folder it can write)\n"
     )
-    from ferlit.data.sample.synth import SampleData
+    from ferlit.data.sample import SampleData
     from ferlit.errors import DataError
 
     (tmp_path / "manifest.json").write_text("[1, 2]")

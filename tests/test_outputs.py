@@ -20,7 +20,7 @@ from ferlit.data.__main__ import main as data_main
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.data.pack import Pack, pack
 from ferlit.data.readers.affwild2 import annotation_dir, read_affwild2, write_annotation_file
-from ferlit.data.sample.synth import write_sample_data
+from ferlit.data.sample import write_sample_data
 from ferlit.data.stats import plot_stats
 from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.evaluation.evaluate import check_destinations

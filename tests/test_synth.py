@@ -14,8 +14,7 @@ from PIL import Image
 from ferlit.data.datamodule import class_weights_from_counts
 from ferlit.data.readers.affwild2 import annotation_dir, frame_file, read_affwild2
 from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, read_expw
-from ferlit.data.sample import synth
-from ferlit.data.sample.synth import (
+from ferlit.data.sample import (
     CLASS_FREQUENCIES,
     PAPER_CLASS_WEIGHTS,
     SampleData,
@@ -23,6 +22,7 @@ from ferlit.data.sample.synth import (
     ensure_sample_data,
     write_sample_data,
 )
+from ferlit.data.sample import write as sample_write
 from ferlit.errors import ConfigError, DataError
 from ferlit.expressions import EXPRESSIONS_7, EXPW_TO_ABAW
 
@@ -105,7 +105,7 @@ def test_affwild2_layout_and_quirks(sample: SampleData) -> None:
 def test_expressions_come_in_runs() -> None:
     """Like real video: few label changes per video, so temporal smoothing has runs to find."""
     rng = np.random.default_rng(0)
-    videos = synth._split_labels(rng, [150] * 24)
+    videos = sample_write._split_labels(rng, [150] * 24)
     flat = np.concatenate(videos)
     annotated = flat[flat >= 0]
     assert len(flat) == 3600 and len(annotated) < 3600
@@ -115,7 +115,7 @@ def test_expressions_come_in_runs() -> None:
 
 def test_class_frequencies_follow_the_paper() -> None:
     """Weights count(Neutral)/count(c) of a large quota are the paper's (Cafarelli et al.)."""
-    counts = synth._quota(1_000_000, 12)
+    counts = sample_write._quota(1_000_000, 12)
     assert counts.sum() == 1_000_000
     assert class_weights_from_counts(counts) == pytest.approx(PAPER_CLASS_WEIGHTS, rel=1e-3)
     assert CLASS_FREQUENCIES.round(4).tolist() == [
@@ -127,7 +127,7 @@ def test_class_frequencies_follow_the_paper() -> None:
         0.1063,
         0.0454,
     ]
-    assert synth._quota(300, 12).tolist()[1:] == [12, 12, 12, 53, 32, 14]
+    assert sample_write._quota(300, 12).tolist()[1:] == [12, 12, 12, 53, 32, 14]
 
 
 def test_expw_layout_and_quirks(sample: SampleData) -> None:
@@ -197,7 +197,7 @@ def test_interrupted_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
         (root / "cropped_aligned").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth, "_write_affwild2", interrupted)
+    monkeypatch.setattr(sample_write, "_write_affwild2", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ensure_sample_data(tmp_path / "sample", progress=False)
     assert list(tmp_path.iterdir()) == []

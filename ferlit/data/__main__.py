@@ -29,7 +29,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.sample.synth import write_sample_data
+from ferlit.data.sample import write_sample_data
 from ferlit.errors import (
     ConfigError,
     DataError,

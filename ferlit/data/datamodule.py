@@ -356,7 +356,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set.
         Aff-Wild2 is None only for ExpW alone (``_parts_only``)."""
         if self.uses_sample_data:
-            from ferlit.data.sample.synth import ensure_sample_data
+            from ferlit.data.sample import ensure_sample_data
 
             sample = ensure_sample_data()
             return Path(sample.affwild2_dir), Path(sample.expw_dir)
@@ -380,7 +380,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         for k, (_, reader, _) in enumerate(self._sources):
             reads += [(f"data.train_sources[{k}].root", folder) for folder in reader.folders()]
         if self.uses_sample_data:
-            from ferlit.data.sample.synth import default_sample_dir
+            from ferlit.data.sample import default_sample_dir
 
             reads.append(("the sample data", str(default_sample_dir())))
         return reads

@@ -279,7 +279,7 @@ class FerlitCLI(LightningCLI):
             config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
         data = config.data
         if data.affwild2_dir is None and data.expw_dir is None and data.packed_dir is None:
-            from ferlit.data.sample.synth import default_sample_dir
+            from ferlit.data.sample import default_sample_dir
 
             Console(stderr=True).print(
                 f"[bold]No data configured[/]: using ferlit's sample data at {default_sample_dir()} "
