@@ -239,6 +239,12 @@ class PredictCLI(CheckpointCLI):
         """Smoothing, output folders and submission options: refused before the frames are read
         and predicted (an hour or more on the real test set)."""
         c = self.config
+        limit = c.trainer.limit_predict_batches
+        if limit is not None and limit != 1.0:
+            raise ConfigError(
+                f"--trainer.limit_predict_batches {limit}: the evaluation predicts every frame "
+                "(its scores and files cover them all); leave it out"
+            )
         self.window = c.smooth if c.smooth == "auto" else check_window(c.smooth)
         self.kernels = smoothing_kernels(self.window, c.smooth_kernel)
         self.out = Path(c.out)
@@ -340,7 +346,7 @@ def print_scores(scores: dict[str, float], model: ExpressionModule, checkpoint: 
     print(f"val/criterion {scores['val/criterion']!r}")
 
 
-def run_stage(stage, args: list[str], spelling: dict[str, str] | None = None) -> Any:
+def run_stage(stage, args: list[str] | None, spelling: dict[str, str] | None = None) -> Any:
     """Run ``stage(args)``; bad input ends with ``error: ...`` and exit status 2. ``spelling``
     maps patterns of option names in the message to the names the user typed (``python -m
     ferlit.evaluate``)."""
@@ -375,6 +381,7 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> Any:
     """``python -m ferlit STAGE ...``: run a stage; exit status 2 for an unknown stage."""
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -382,6 +389,12 @@ def main(argv: list[str] | None = None) -> Any:
             raise SystemExit(2)
         return None
     stage, rest = argv[0], argv[1:]
+    if from_command_line:
+        # From the command line: the stage reads sys.argv itself (LightningCLI warns when given
+        # arguments while sys.argv holds some), which for fit is what run records and resume
+        # commands repeat.
+        sys.argv = [sys.argv[0], *rest]
+        rest = None
     if stage == "fit":
         from ferlit.training.cli import main as fit
 

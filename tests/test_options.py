@@ -207,7 +207,8 @@ def test_fit_refuses_a_trainer_value_lightning_refuses_with_a_plain_valueerror(
             ["--trainer.num_nodes", "0"],
             "error: trainer options: `num_nodes` must be a positive integer, but got 0",
         ),
-        (["--trainer.precision", "7"], "error: trainer options: Precision '7' is invalid"),
+        # The Trainer's own options (as fit's since predict is a LightningCLI): parser refusal.
+        (["--trainer.precision", "7"], 'error: Parser key "trainer.precision":'),
         (["--data.num_workers", "-1"], "error: data.num_workers must be an integer >= 0, got -1"),
         (["--data.hflip", ".nan"], "error: data.hflip must be a finite number in [0, 1], got nan"),
     ],
@@ -220,13 +221,13 @@ def test_evaluate_refuses_bad_values_before_reading_the_data(
     extra,
     message,
 ):
-    import ferlit.evaluation.evaluate
+    from ferlit.data.datamodule import ExpressionDataModule
     from ferlit.evaluation.evaluate import main as evaluate_main
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the data was read before the options were checked")
 
-    monkeypatch.setattr(ferlit.evaluate, "frames_to_evaluate", no_reading)
+    monkeypatch.setattr(ExpressionDataModule, "predict_index", no_reading)
     with pytest.raises(SystemExit) as stop:
         evaluate_main(evaluate_args(checkpoint, tmp_path / "out", *extra))
     assert stop.value.code == 2

@@ -138,3 +138,14 @@ def test_evaluate_spellings_translate_to_predict():
         *("--ckpt_path", "r", "--data.predict_split=train", "--data.frames_dir+", "a"),
         *("--out", "o", "--smooth", "3"),
     ]
+
+
+def test_predict_refuses_a_limit_on_its_batches(run, tmp_path, capsys):
+    limit = ("--trainer.limit_predict_batches", "2")  # frames would be left out
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--ckpt_path", str(run), "--out", str(tmp_path), *limit])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --trainer.limit_predict_batches 2: the evaluation predicts every frame (its "
+        "scores and files cover them all); leave it out\n"
+    )
