@@ -242,7 +242,7 @@ class PredictCLI(CheckpointCLI):
         limit = c.trainer.limit_predict_batches
         if limit is not None and limit != 1.0:
             raise ConfigError(
-                f"--trainer.limit_predict_batches {limit}: the evaluation predicts every frame "
+                f"--trainer.limit_predict_batches {limit:g}: the evaluation predicts every frame "
                 "(its scores and files cover them all); leave it out"
             )
         self.window = c.smooth if c.smooth == "auto" else check_window(c.smooth)

@@ -120,9 +120,10 @@ class EvaluationWriter(BasePredictionWriter):
         self.report: dict[str, Any] | None = None
         self._samples: dict[int, list[np.ndarray]] = {}
         self._probs: dict[int, list[np.ndarray]] = {}
+        self._ordered: list[np.ndarray] | None = None  # rank 0's gathered probabilities
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._samples, self._probs, self.report = {}, {}, None
+        self._samples, self._probs, self.report, self._ordered = {}, {}, None, None
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
@@ -145,11 +146,16 @@ class EvaluationWriter(BasePredictionWriter):
                 )
                 for k in loaders
             ]
-        probs = [
+        self._ordered = [
             in_index_order(samples, parts, index)
             for (samples, parts), index in zip(mine, self.evaluation.indexes, strict=True)
         ]
-        self.report = write_evaluation(self.evaluation, probs)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Rank 0 writes once the progress bar has ended (it is stopped in its own
+        ``on_predict_end``, called first), so the report is printed after it."""
+        if self._ordered is not None:
+            self.report = write_evaluation(self.evaluation, self._ordered)
 
 
 def in_index_order(
