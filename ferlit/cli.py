@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -369,6 +370,15 @@ def run_stage(stage, args: list[str] | None, spelling: dict[str, str] | None = N
         raise SystemExit(2) from None
 
 
+def stage_arguments_given() -> None:
+    """A stage's LightningCLI is given its arguments (the command line less the stage's name)
+    while ``sys.argv`` keeps them all, as it must: Lightning's DDP launcher starts the other
+    processes with ``sys.argv``. LightningCLI warns when given both; here that is by design."""
+    warnings.filterwarnings(
+        "ignore", message="LightningCLI's args parameter is intended", category=UserWarning
+    )
+
+
 def usage() -> str:
     width = max(map(len, STAGES))
     lines = [f"  {name:<{width}}  {what}" for name, what in STAGES.items()]
@@ -381,20 +391,14 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> Any:
     """``python -m ferlit STAGE ...``: run a stage; exit status 2 for an unknown stage."""
-    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    stage_arguments_given()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         if not argv:
             raise SystemExit(2)
         return None
     stage, rest = argv[0], argv[1:]
-    if from_command_line:
-        # From the command line: the stage reads sys.argv itself (LightningCLI warns when given
-        # arguments while sys.argv holds some), which for fit is what run records and resume
-        # commands repeat.
-        sys.argv = [sys.argv[0], *rest]
-        rest = None
     if stage == "fit":
         from ferlit.training.cli import main as fit
 

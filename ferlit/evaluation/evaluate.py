@@ -64,9 +64,8 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
     import ferlit.cli
 
     spelling = {rf"(--)?{re.escape(new[2:])}": old for old, new in RENAMED.items()}
-    if args is None:  # the command line, read by LightningCLI itself (given both, it warns)
-        sys.argv[1:] = translate(sys.argv[1:])
-        return ferlit.cli.run_stage(ferlit.cli.predict, None, spelling)
+    args = list(sys.argv[1:] if args is None else args)
+    ferlit.cli.stage_arguments_given()
     return ferlit.cli.run_stage(ferlit.cli.predict, translate(args), spelling)
 
 
