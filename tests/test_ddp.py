@@ -155,10 +155,15 @@ def test_only_rank_zero_writes_checkpoints_and_logs(ddp_fit):
     assert [f for f in files if f.endswith("metrics.csv")] == ["ddp/version_0/metrics.csv"]
 
 
-def test_ddp_evaluation_equals_the_single_process_one(tiny_sample, ddp_fit, tmp_path):
+@pytest.mark.parametrize(
+    "entry",
+    [["ferlit.evaluate", "--ckpt"], ["ferlit", "predict", "--ckpt_path"]],
+    ids=["evaluate", "predict"],  # the stage's name must reach the processes DDP starts
+)
+def test_ddp_evaluation_equals_the_single_process_one(tiny_sample, ddp_fit, tmp_path, entry):
     out, _ = ddp_fit
     checkpoint = out / "runs/ddp/version_0/checkpoints/last.ckpt"
-    command = [sys.executable, "-m", "ferlit.evaluate", "--ckpt", str(checkpoint)]
+    command = [sys.executable, "-m", *entry, str(checkpoint)]
     options = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
     launch([*command, "--out", str(tmp_path / "ddp"), *options, *ddp])
