@@ -233,6 +233,35 @@ def test_video_read_back_with_faces_on_every_frame(tmp_path, detector, fourcc, s
         assert box_iou(face.box, box) >= 0.5
 
 
+def write_video(path, frames: int, size=(64, 48)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 20 * i, np.uint8))
+    writer.release()
+
+
+def test_folder_of_videos_in_order_with_counts(tmp_path):
+    (tmp_path / "day 2").mkdir()
+    write_video(tmp_path / "day 2" / "b.avi", 3)
+    write_video(tmp_path / "A.AVI", 5, size=(80, 60))
+    write_video(tmp_path / "c.avi", 2)
+    media = list_media(tmp_path)
+    assert [(m.name, m.frames, m.fps) for m in media] == [
+        ("A.AVI", 5, 30.0),
+        ("c.avi", 2, 30.0),
+        ("day 2/b.avi", 3, 30.0),
+    ]
+    read = [(f.name, f.number, f.rgb.shape[:2]) for f in iter_media(media)]
+    assert read == (
+        [("A.AVI", n, (60, 80)) for n in range(1, 6)]
+        + [("c.avi", n, (48, 64)) for n in range(1, 3)]
+        + [("day 2/b.avi", n, (48, 64)) for n in range(1, 4)]
+    )
+    # frames come in order: the grey level written rises 20 a frame (MJPG keeps it within a few)
+    levels = [int(f.rgb.mean()) for f in iter_media(tmp_path / "A.AVI")]
+    assert all(abs(level - 20 * i) <= 3 for i, level in enumerate(levels))
+
+
 def test_folder_of_photos_with_odd_names_and_sizes(tmp_path, write_jpeg, detector):
     photos = tmp_path / "photos"
     write_jpeg(photos / "My Photo (1).JPG", ASTRONAUT)
