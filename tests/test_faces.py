@@ -109,6 +109,17 @@ def test_no_face_no_detection(detector, frame):
     assert detector(frame) == []
 
 
+def test_min_score_cuts_where_asked_even_below_zero():
+    """The suit's mission patch scores 0.08 and a fold of the helmet -0.22 (dlib's own cut is 0):
+    a lower ``min_score`` lets them through, the default drops them."""
+    suit = np.ascontiguousarray(ASTRONAUT[250:490, 0:480])
+    helmet = np.ascontiguousarray(ASTRONAUT[300:512, 200:512])
+    loose = FaceDetector(min_score=-0.5)
+    assert [round(f.score, 2) for f in loose(suit)] == [0.08, -0.34]
+    assert [round(f.score, 2) for f in loose(helmet)] == [-0.22]
+    assert [round(f.score, 2) for f in detect_faces(suit, min_score=0.0)] == [0.08]
+
+
 def test_alignment_puts_eyes_on_the_template(detector):
     (face,) = detector(ASTRONAUT)
     crop = align_face(ASTRONAUT, face.landmarks)

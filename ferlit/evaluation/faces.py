@@ -82,7 +82,7 @@ _FACE_MODELS_PACKAGE = "face_recognition_models"
 _SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: == on the landmarks array would be ambiguous
 class Face:
     """One detected face.
 
@@ -138,14 +138,26 @@ def landmarks_68_to_5(points: np.ndarray) -> np.ndarray:
     )
 
 
+@functools.cache
+def _dlib_models():
+    """dlib's HOG detector, the 68-point predictor and ``dlib.rectangle``, loaded once per
+    process (~1 s) and shared by every :class:`FaceDetector` of the process. dlib's detector
+    loads each image into scratch buffers it owns: do not call detectors from several threads at
+    once (run them in separate processes)."""
+    import dlib  # imported here: the rest of ferlit runs without it
+
+    predictor = dlib.shape_predictor(os.path.join(_models_dir(), _SHAPE_PREDICTOR_68))
+    return dlib.get_frontal_face_detector(), predictor, dlib.rectangle
+
+
 class FaceDetector:
     """dlib's HOG face detector and 68-point landmarks, as the module docstring explains.
 
     ``upsample``: upsampling passes before detection (0 finds faces of 80 px and more, each pass
     halves that and costs ~4x the time). ``min_score``: detections scoring below are dropped.
     ``max_side``: frames whose longest side is larger are scaled down to it for detection
-    (``None``: never). Loading takes ~1 s (the 68-point model is 96 MiB); build one detector
-    and call it on every frame.
+    (``None``: never). The first detector of a process loads dlib's models (~1 s: the 68-point
+    model is 96 MiB); later ones share them.
     """
 
     def __init__(
@@ -167,12 +179,8 @@ class FaceDetector:
                 f"face detector max_side must be None or an integer >= 80 (HOG's window is "
                 f"80 px), got {max_side!r}"
             )
-        import dlib  # imported here: the rest of ferlit runs without it
-
         self.upsample, self.min_score, self.max_side = upsample, float(min_score), max_side
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(os.path.join(_models_dir(), _SHAPE_PREDICTOR_68))
-        self._rectangle = dlib.rectangle
+        self._detector, self._predictor, self._rectangle = _dlib_models()
 
     def __call__(self, rgb: np.ndarray) -> list[Face]:
         """The faces in ``rgb`` (``H x W x 3`` uint8), left to right (by ``x0``, then ``y0``)."""
@@ -184,7 +192,8 @@ class FaceDetector:
             scale = self.max_side / max(height, width)
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        rects, scores, _ = self._detector.run(small, self.upsample, 0.0)
+        # the third argument is dlib's adjust_threshold: detections scoring above it come back
+        rects, scores, _ = self._detector.run(small, self.upsample, min(self.min_score, 0.0))
         faces = []
         for rect, score in zip(rects, scores, strict=True):
             if score < self.min_score:
