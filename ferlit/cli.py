@@ -24,13 +24,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningArgumentParser
 from rich.console import Console
 from rich.table import Table
 
-from ferlit.cli_values import PARSER_MODE
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import (
     ConfigError,
@@ -47,6 +44,7 @@ from ferlit.evaluation.inference import model_from_checkpoint, read_checkpoint
 from ferlit.evaluation.smoothing import check_window
 from ferlit.evaluation.writer import Evaluation, EvaluationWriter, Submission
 from ferlit.expressions import class_names, metric_key
+from ferlit.training.cli import StageCLI, with_progress_bar
 from ferlit.training.module import ExpressionModule
 from ferlit.training.runs import resolve_checkpoint
 
@@ -65,10 +63,9 @@ TRAINER_DEFAULTS = {
     "enable_model_summary": False,
     "use_distributed_sampler": False,
 }
-RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
 
 
-class CheckpointCLI(LightningCLI):
+class CheckpointCLI(StageCLI):
     """The LightningCLI of a trained checkpoint (``validate``; :class:`PredictCLI`).
 
     Its options are the Trainer's, the DataModule's and ``--ckpt_path``; the model is read from
@@ -94,7 +91,6 @@ class CheckpointCLI(LightningCLI):
             parser_kwargs={
                 "prog": f"python -m ferlit {self.stage}",
                 "description": f"{self.stage}: {STAGES[self.stage]}.",
-                "parser_mode": PARSER_MODE,  # a value None is null, as in fit (ferlit.cli_values)
             },
         )
 
@@ -141,13 +137,7 @@ class CheckpointCLI(LightningCLI):
                 f"--data.image_size {data.image_size}: the model of --ckpt_path {self.checkpoint} "
                 f"takes faces of {size}x{size} (its model.input_size); leave --data.image_size out"
             )
-        callbacks = self.config.trainer.callbacks or []
-        if self.config.trainer.enable_progress_bar is not False and not any(
-            "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
-        ):
-            from jsonargparse import Namespace
-
-            self.config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
+        with_progress_bar(self.config)
 
     def instantiate_classes(self) -> None:
         """The DataModule (nothing is read yet), the stage's checks, the Trainer, the model."""
@@ -161,16 +151,6 @@ class CheckpointCLI(LightningCLI):
 
     def check_before_reading(self) -> None:
         """Checks of the stage's own options, before any data is read (none for validate)."""
-
-    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
-        """The Trainer; a value Lightning refuses (an unknown accelerator, ``devices 0``...) is a
-        ``ConfigError`` quoting Lightning's message, not its traceback."""
-        try:
-            return super().instantiate_trainer(**kwargs)
-        except FerlitError:
-            raise
-        except (ValueError, MisconfigurationException) as error:
-            raise ConfigError(f"trainer options: {error}") from None
 
 
 class PredictCLI(CheckpointCLI):

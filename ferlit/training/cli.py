@@ -120,7 +120,37 @@ class WholeStepEpochs(pl.Callback):
             )
 
 
-class FerlitCLI(LightningCLI):
+class StageCLI(LightningCLI):
+    """What the LightningCLI of every stage shares (``fit`` here; ``validate`` and ``predict`` in
+    :mod:`ferlit.cli`): a value ``None`` is null, a Trainer value Lightning refuses is a
+    ``ConfigError``, and the rich progress bar (:func:`with_progress_bar`)."""
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        """The Trainer; a value Lightning refuses (an unknown accelerator, ``devices 0``...) is a
+        ``ConfigError`` quoting Lightning's message, not its traceback."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except FerlitError:
+            raise
+        except (ValueError, MisconfigurationException) as error:
+            raise ConfigError(f"trainer options: {error}") from None
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
+        return super().init_parser(**{"parser_mode": PARSER_MODE, **kwargs})
+
+
+def with_progress_bar(config: Namespace) -> None:
+    """Add Lightning's rich progress bar to ``trainer.callbacks`` unless the bar is off or the
+    user chose another."""
+    callbacks = config.trainer.callbacks or []
+    if config.trainer.enable_progress_bar is not False and not any(
+        "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
+    ):
+        config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
+
+
+class FerlitCLI(StageCLI):
     """LightningCLI plus the paper's cadence, checkpointing and data-to-model links."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -170,20 +200,6 @@ class FerlitCLI(LightningCLI):
         seed = self.config.get("seed_everything")  # Lightning seeds before any other hook
         if seed is not None and not isinstance(seed, bool):
             check_number("seed_everything", seed, 0, MAX_SEED, integer=True)
-
-    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
-        """The Trainer; a value Lightning refuses (an unknown accelerator, ``devices 0``...) is a
-        ``ConfigError`` quoting Lightning's message, not its traceback."""
-        try:
-            return super().instantiate_trainer(**kwargs)
-        except FerlitError:
-            raise
-        except (ValueError, MisconfigurationException) as error:
-            raise ConfigError(f"trainer options: {error}") from None
-
-    def init_parser(self, **kwargs) -> LightningArgumentParser:
-        """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
-        return super().init_parser(**{"parser_mode": PARSER_MODE, **kwargs})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -272,11 +288,7 @@ class FerlitCLI(LightningCLI):
                 file=sys.stderr,
             )
         config.checkpoint.dirpath = sweep_checkpoint_dir(config.checkpoint.dirpath)
-        callbacks = config.trainer.callbacks or []
-        if config.trainer.enable_progress_bar is not False and not any(
-            "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
-        ):
-            config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
+        with_progress_bar(config)
         data = config.data
         if data.affwild2_dir is None and data.expw_dir is None and data.packed_dir is None:
             from ferlit.data.sample import default_sample_dir
