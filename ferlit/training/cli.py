@@ -1,4 +1,5 @@
-"""``python -m ferlit.fit``: train with the paper's recipe, configured by YAML (LightningCLI).
+"""``python -m ferlit.fit`` (= ``python -m ferlit fit``, :mod:`ferlit.cli`): train with the paper's
+recipe, configured by YAML (LightningCLI).
 
     python -m ferlit.fit --config experiments/cafarelli2020.yaml \
         --data.affwild2_dir /data/Aff-Wild2 --data.expw_dir /data/ExpW
