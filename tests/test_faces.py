@@ -27,9 +27,10 @@ from ferlit.evaluation.faces import (
     align_face,
     box_iou,
     detect_faces,
+    faces_in_media,
     similarity_transform,
 )
-from ferlit.evaluation.media import iter_media, list_media
+from ferlit.evaluation.media import MediaFrame, iter_media, list_media
 
 ASTRONAUT = data.astronaut()
 #: Hand-labelled face box on the 512 x 512 image, (x0, y0, x1, y1) px.
@@ -271,6 +272,40 @@ def test_folder_of_videos_in_order_with_counts(tmp_path):
     # frames come in order: the grey level written rises 20 a frame (MJPG keeps it within a few)
     levels = [int(f.rgb.mean()) for f in iter_media(tmp_path / "A.AVI")]
     assert all(abs(level - 20 * i) <= 3 for i, level in enumerate(levels))
+
+
+def test_faces_in_media_video_with_faceless_frames_and_a_second_medium(tmp_path, detector):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    writer = cv2.VideoWriter(
+        str(videos / "a.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (480, 240)
+    )
+    for step in range(5):
+        frame = canvas() if step == 2 else two_heads(dx=4 * step, dy=2 * step)[0]
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    write_video(videos / "b.avi", 2)  # grey frames: no face
+
+    got = list(faces_in_media(videos, detector, size=96, max_unseen=2))
+    assert [(f.name, f.number, f.track_ids, f.crops.shape) for f in got] == [
+        ("a.avi", 1, [1, 2], (2, 96, 96, 3)),
+        ("a.avi", 2, [1, 2], (2, 96, 96, 3)),
+        ("a.avi", 3, [], (0, 96, 96, 3)),  # the frame without a face is still reported
+        ("a.avi", 4, [1, 2], (2, 96, 96, 3)),
+        ("a.avi", 5, [1, 2], (2, 96, 96, 3)),
+        ("b.avi", 1, [], (0, 96, 96, 3)),
+        ("b.avi", 2, [], (0, 96, 96, 3)),
+    ]
+    # each crop is its face aligned: the left face and the mirrored right face mirror each other
+    left, right = got[0].crops
+    assert np.abs(left.astype(int) - right[:, ::-1]).mean() < 12
+    # frames already decoded work the same; a new medium starts its track ids at 1 again
+    frames = [MediaFrame("x", 1, two_heads(0, 0)[0]), MediaFrame("y", 1, two_heads(0, 0)[0])]
+    assert [f.track_ids for f in faces_in_media(iter(frames), detector)] == [[1, 2], [1, 2]]
+    with pytest.raises(ConfigError, match=r"size must be an integer in \[1, 1024\], got 0"):
+        faces_in_media(videos, detector, size=0)
+    with pytest.raises(DataError, match="nowhere: no such file or folder"):
+        faces_in_media(tmp_path / "nowhere", detector)
 
 
 def test_folder_of_photos_with_odd_names_and_sizes(tmp_path, write_jpeg, detector):

@@ -36,13 +36,14 @@ import functools
 import importlib.util
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from ferlit.errors import ConfigError
+from ferlit.evaluation.media import Media, MediaFrame, iter_media
 
 #: Where the five alignment points of a face go in a 112 x 112 crop, ``(x, y)`` px, in the order
 #: left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner ("left" =
@@ -348,3 +349,65 @@ class Tracker:
             self._boxes[ids[i]] = box
             self._unseen[ids[i]] = 0
         return [int(t) for t in ids]
+
+
+@dataclass(frozen=True, eq=False)
+class FrameFaces:
+    """The faces of one frame, ready for the model.
+
+    ``name``: the media's name (:class:`ferlit.evaluation.media.Media`); ``number``: the frame's
+    1-based number in it; ``faces``: the detected faces, left to right; ``track_ids``: the track
+    id of each (1, 2, ... within each medium); ``crops``: ``(len(faces), size, size, 3)`` uint8
+    RGB aligned faces (:func:`align_face`), empty (``(0, size, size, 3)``) in a frame without a
+    face, which still comes, so that such frames can be reported.
+    """
+
+    name: str
+    number: int
+    faces: list[Face]
+    track_ids: list[int]
+    crops: np.ndarray
+
+
+def faces_in_media(
+    media: str | os.PathLike[str] | Sequence[Media] | Iterable[MediaFrame],
+    detector: FaceDetector | None = None,
+    size: int = ALIGNED_SIZE,
+    max_unseen: int = 10,
+    min_iou: float = 0.3,
+) -> Iterator[FrameFaces]:
+    """Every frame of ``media`` (a path or media as :func:`ferlit.evaluation.media.iter_media`
+    takes them, or its frames already decoded) with its faces detected by ``detector`` (default:
+    :class:`FaceDetector` with its defaults), tracked with a new :class:`Tracker` (``max_unseen``,
+    ``min_iou``) for each medium, and aligned at ``size`` px. Bad settings raise at the call,
+    not at the first frame."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1024:
+        raise ConfigError(f"aligned face size must be an integer in [1, 1024], got {size!r}")
+    Tracker(max_unseen, min_iou)  # checks the tracker's settings now
+    detector = FaceDetector() if detector is None else detector
+    if isinstance(media, str | os.PathLike) or (
+        isinstance(media, Sequence) and all(isinstance(m, Media) for m in media)
+    ):
+        frames: Iterable[MediaFrame] = iter_media(media)
+    else:
+        frames = media
+    return _faces_in_frames(frames, detector, size, max_unseen, min_iou)
+
+
+def _faces_in_frames(
+    frames: Iterable[MediaFrame],
+    detector: FaceDetector,
+    size: int,
+    max_unseen: int,
+    min_iou: float,
+) -> Iterator[FrameFaces]:
+    tracker, current = None, None
+    for name, number, rgb in frames:
+        if tracker is None or name != current:
+            tracker, current = Tracker(max_unseen, min_iou), name
+        faces = detector(rgb)
+        ids = tracker.update(faces)
+        crops = np.zeros((len(faces), size, size, 3), np.uint8)
+        for i, face in enumerate(faces):
+            crops[i] = align_face(rgb, face.landmarks, size)
+        yield FrameFaces(name, number, faces, ids, crops)

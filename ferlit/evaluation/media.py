@@ -208,9 +208,14 @@ def read_frames(medium: Media) -> Iterator[tuple[int, np.ndarray]]:
 
 def iter_media(media: str | os.PathLike[str] | Sequence[Media]) -> Iterator[MediaFrame]:
     """Every frame of the media at a path (as :func:`list_media` finds them) or of a list of
-    :class:`Media` already found, media after media, frames in order."""
+    :class:`Media` already found, media after media, frames in order. A path is listed at the
+    call (its errors raise then); a damaged file raises when its frames are reached."""
     if isinstance(media, str | os.PathLike):
         media = list_media(media)
+    return _frames_of(media)
+
+
+def _frames_of(media: Sequence[Media]) -> Iterator[MediaFrame]:
     for medium in media:
         for number, rgb in read_frames(medium):
             yield MediaFrame(medium.name, number, rgb)
