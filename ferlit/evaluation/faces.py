@@ -18,10 +18,14 @@ faces found in a new video or photo are aligned the same way before they reach i
   & Sullivan 2014), whose file ships in the ``face-recognition-models`` package: nothing is
   downloaded at run time. The five ArcFace points come from the 68: the mean of each eye's six
   contour points (36-41, 42-47) is its centre, point 30 the nose tip, 48 and 54 the mouth
-  corners. Measured against dlib's CNN detector and MediaPipe's BlazeFace on frames built from
-  ``skimage.data.astronaut()`` (notes/issue15_faces.md): HOG with one upsampling found every face
-  at 134 ms per 640x480 frame on a 2-core machine; the CNN needs 8 s a frame on a CPU for the
-  same, BlazeFace's port needs the whole of TensorFlow and fails to import under NumPy 2.
+  corners. Measured against dlib's CNN detector and MediaPipe's BlazeFace on "the astronaut
+  frames": 22 frames of 640 x 480 built from ``skimage.data.astronaut()`` like those of
+  tests/test_faces.py (21 faces 42-76 px wide, alone or beside a mirrored copy, and 7 frames
+  without a face), one thread of the project's 2-core Xeon dev machine. HOG with one upsampling
+  and this score cut found every face and nothing else, 146 ms a frame with landmarks (IoU
+  with the hand-labelled boxes 0.81 on average, 0.71 at worst); the CNN needs 8 s a frame on a
+  CPU for the same; BlazeFace's port (18 ms) needs the whole of TensorFlow and fails to import
+  under NumPy 2.
 * **Tracking.** :class:`Tracker` gives each face a track id that stays with it from frame to
   frame (greedy IoU matching), so that temporal smoothing runs per face and two people's
   expressions never mix.
@@ -64,7 +68,7 @@ ARCFACE_TEMPLATE_112 = np.array(
 ALIGNED_SIZE = 112
 
 #: The HOG detector's SVM score below which a detection is dropped. dlib's own threshold is 0;
-#: on the astronaut frames (notes/issue15_faces.md) the real faces scored >= 0.91 and the false
+#: on the astronaut frames (module docstring) the real faces scored >= 0.91 and the false
 #: detections (the mission patch on the suit, a fold of the helmet) <= 0.21.
 DEFAULT_MIN_SCORE = 0.5
 
