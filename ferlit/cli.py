@@ -306,22 +306,28 @@ def validate(args: list[str] | None = None) -> dict[str, float] | None:
 
 
 def print_scores(scores: dict[str, float], model: ExpressionModule, checkpoint: Path) -> None:
-    """The validation scores: F1 per class, then macro-F1, accuracy and the criterion, and the
-    criterion's full value on a line of its own (to compare with ``best_validation.json``)."""
+    """The validation scores: per class its frames, F1 and accuracy (the share of its frames
+    predicted right, from the confusion matrix), then macro-F1, accuracy, loss and the criterion,
+    and the criterion's full value on a line of its own (to compare with
+    ``best_validation.json``)."""
+    confusion = model.last_val_confusion.double()
+    frames = confusion.sum(dim=1)
+    right = confusion.diagonal() / frames.clamp(min=1)
     console = Console()
     console.print(f"Validation split scores of {checkpoint}", soft_wrap=True, highlight=False)
     table = Table(title="Validation")
-    table.add_column("score")
-    table.add_column("value", justify="right")
-    for name in model.class_names:
-        table.add_row(f"F1 {name}", f"{scores[f'val/f1_{metric_key(name)}']:.4f}")
+    for column in ("class", "frames", "F1", "accuracy"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for c, name in enumerate(model.class_names):
+        f1 = scores[f"val/f1_{metric_key(name)}"]
+        table.add_row(name, str(int(frames[c])), f"{f1:.4f}", f"{float(right[c]):.4f}")
     table.add_section()
     rows = [("val/f1", "macro-F1"), ("val/acc", "accuracy"), ("val/loss", "loss")]
     if not model.criterion_description.startswith("abaw2020"):
         rows.append(("val/abaw2020", "0.67 F1 + 0.33 acc"))  # the paper's formula, to compare
     rows.append(("val/criterion", "criterion"))
     for key, label in rows:
-        table.add_row(label, f"{scores[key]:.4f}")
+        table.add_row(label, "", f"{scores[key]:.4f}", "")
     console.print(table)
     console.print(f"criterion = {model.criterion_description}", soft_wrap=True, highlight=False)
     print(f"val/criterion {scores['val/criterion']!r}")

@@ -73,7 +73,10 @@ def test_validate_prints_the_criterion_of_best_validation_json(run, capsys):
     assert printed == [f"val/criterion {best['val/criterion']!r}"]
     assert scores["val/criterion"] == best["val/criterion"]
     assert scores["val/f1_happiness"] == best["val/f1_happiness"]
-    assert "F1 Happiness" in out and "accuracy" in out
+    table = [[cell for cell in line.split() if cell not in "│┃"] for line in out.splitlines()]
+    assert ["class", "frames", "F1", "accuracy"] in [row[:4] for row in table]
+    happiness = next(row for row in table if row[:1] == ["Happiness"])
+    assert happiness[2] == f"{best['val/f1_happiness']:.4f}"
 
 
 def test_validate_refuses_data_of_another_class_count(run, capsys):
