@@ -152,3 +152,12 @@ def test_predict_refuses_a_limit_on_its_batches(run, tmp_path, capsys):
         "error: --trainer.limit_predict_batches 2: the evaluation predicts every frame (its "
         "scores and files cover them all); leave it out\n"
     )
+
+
+def test_the_data_stage_is_python_m_ferlit_data(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "--help"])
+    assert stop.value.code == 0
+    printed = capsys.readouterr()
+    help_text = printed.out + printed.err
+    assert all(command in help_text for command in ("synth", "stats", "pack", "check"))
