@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,7 @@ def main(args: list[str] | None = None) -> dict[str, Any] | None:
     """``python -m ferlit.evaluate``: ``python -m ferlit predict`` with :func:`translate`'s
     arguments; returns the ``metrics.json`` content (rank 0). Bad input ends with ``error: ...``
     (the options spelled as given) and exit status 2."""
-    import sys
-
-    import ferlit.cli
+    import ferlit.cli  # which imports this module's checks
 
     spelling = {rf"(--)?{re.escape(new[2:])}": old for old, new in RENAMED.items()}
     args = list(sys.argv[1:] if args is None else args)
