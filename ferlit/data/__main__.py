@@ -38,6 +38,7 @@ from ferlit.errors import (
     quiet_closed_stdout,
     user_message,
 )
+from ferlit.expressions import check_num_classes
 
 #: Every ExpressionDataModule argument: the names ``--data.<name>`` and a ``data:`` section use.
 DATAMODULE_OPTIONS = tuple(
@@ -474,11 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         command = config.command
         data = config[command].get("data")
         # A usage error (exit status 2 before anything is read), as argparse's choices made it.
-        if data is not None and data.get("num_classes", 7) not in (7, 8):
-            parser.error(
-                "--data.num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got "
-                f"{data.num_classes}"
-            )
+        if data is not None:
+            try:
+                check_num_classes("--data.num_classes", data.get("num_classes", 7))
+            except ConfigError as e:
+                parser.error(str(e))
         given = set() if data is None else _given(data, argv)
         status = RUN[command](config[command], given)
     except FerlitError as e:

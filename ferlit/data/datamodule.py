@@ -43,7 +43,7 @@ from ferlit.data.subsample import subsample
 from ferlit.data.transforms import Augmentation, build_transform
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
-from ferlit.expressions import class_names
+from ferlit.expressions import check_num_classes, class_names
 
 ClassWeighting = Literal["inverse_frequency", "sqrt_inverse_frequency", "none"]
 
@@ -207,10 +207,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         _parts_only: bool = False,
     ) -> None:
         super().__init__()
-        if num_classes not in (7, 8):
-            raise ConfigError(
-                f"data.num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes}"
-            )
+        check_num_classes("data.num_classes", num_classes)
         if isinstance(class_weighting, list) and len(class_weighting) != num_classes:
             raise ConfigError(
                 f"data.class_weighting has {len(class_weighting)} weights, expected "

@@ -38,7 +38,7 @@ from rich.progress import track
 from ferlit.data.index import FRAME_FOLDER, FrameIndex
 from ferlit.data.readers.base import Reader
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, DataWarning, quote
-from ferlit.expressions import AFFWILD2_HEADERS, OTHER, class_names
+from ferlit.expressions import AFFWILD2_HEADERS, OTHER, check_num_classes, class_names
 from ferlit.io import atomic_write, file_kind, read_text
 
 #: Known annotation layouts, by challenge year: (folder under affwild2_dir, train dir, val dir).
@@ -150,8 +150,7 @@ def read_affwild2(
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
-    if num_classes not in (7, 8):
-        raise ConfigError(f"num_classes must be 7 (ABAW 2020) or 8 (ABAW 2022+), got {num_classes}")
+    check_num_classes("num_classes", num_classes)
     root = os.fspath(affwild2_dir)
     if layout is None:
         layout = detect_layout(root)

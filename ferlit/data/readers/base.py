@@ -25,6 +25,7 @@ import numpy as np
 from ferlit.data.images import read_image
 from ferlit.data.index import FrameIndex
 from ferlit.errors import ConfigError
+from ferlit.expressions import check_num_classes
 
 #: The built-in readers by name, as "module:class" (imported when asked for: the reader modules
 #: import this one).
@@ -50,12 +51,8 @@ class Reader(ABC):
     splits: ClassVar[tuple[str, ...]] = ("train",)
 
     def __init__(self, root: str | os.PathLike, num_classes: int = 7) -> None:
-        if num_classes not in (7, 8):
-            raise ConfigError(
-                f"num_classes must be 7 (ABAW 2020) or 8 (with Other, ABAW 2022+), got {num_classes!r}"
-            )
+        self.num_classes = check_num_classes("num_classes", num_classes)
         self.root = os.fspath(root)
-        self.num_classes = num_classes
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.root!r}, num_classes={self.num_classes})"

@@ -54,7 +54,7 @@ from ferlit.data.images import (
 from ferlit.data.index import BOXED_IMAGE, FrameIndex
 from ferlit.data.readers.base import Reader
 from ferlit.errors import QUOTE_LIMIT, ConfigError, DataError, quote
-from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW
+from ferlit.expressions import EXPW_NAMES, EXPW_TO_ABAW, check_num_classes
 from ferlit.io import atomic_write, file_kind, read_text
 
 IMAGES_DIR = "image/origin"
@@ -123,8 +123,7 @@ def read_expw(
     its image, e.g. fields in another order, or every confidence below ``min_confidence``) is a
     DataError, as an Aff-Wild2 split that keeps no frame is.
     """
-    if num_classes not in (7, 8):
-        raise ConfigError(f"num_classes must be 7 (ABAW 2020) or 8 (ABAW 2022+), got {num_classes}")
+    check_num_classes("num_classes", num_classes)
     if min_confidence is not None and not (
         isinstance(min_confidence, numbers.Real) and math.isfinite(min_confidence)
     ):
