@@ -22,7 +22,13 @@ from ferlit.data.index import FrameIndex
 from ferlit.errors import DataError
 from ferlit.evaluation.smoothing import AUTO_WINDOWS, smooth_predictions
 from ferlit.expressions import class_names, metric_key
-from ferlit.metrics import CRITERIA, ExpressionCriterion, challenge_of, scores_from_confusion
+from ferlit.metrics import (
+    CRITERIA,
+    ExpressionCriterion,
+    challenge_of,
+    per_class_scores,
+    scores_from_confusion,
+)
 
 #: Where ``make evaluate`` writes the sample run's evaluation, under the repository root.
 SAMPLE_EVALUATION = Path("runs/sample-eval")
@@ -109,16 +115,27 @@ def scores_of(predictions: pd.DataFrame, column: str = "pred") -> dict[str, Any]
     return scores_from_labels(rows["target"].to_numpy(), rows[column].to_numpy(), num_classes)
 
 
+#: ``metrics.json``'s per-class keys and the :func:`ferlit.metrics.per_class_scores` score each
+#: holds (``f1_per_class`` as in :func:`ferlit.metrics.scores_from_confusion`).
+REPORT_KEYS = {
+    "f1_per_class": "f1",
+    "precision": "precision",
+    "recall": "recall",
+    "support": "support",
+}
+
+
 def scores_json(scores: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """Scores as JSON: scalars, ``{class: value}`` per class, the confusion as rows (target).
+    """Scores as JSON: scalars, ``{class: value}`` per class (rates as floats, support as an
+    int: :func:`ferlit.metrics.per_class_scores`), the confusion as rows (target).
 
     ``criterion`` is the score of the run's challenge (named by :func:`criterion_of`);
     ``abaw2020`` the 2020 formula, the same number for a 7-class run.
     """
     report: dict[str, Any] = {k: float(scores[k]) for k in ("criterion", "abaw2020", "f1", "acc")}
-    for key in ("f1_per_class", "precision", "recall"):
-        report[key] = {n: float(v) for n, v in zip(names, scores[key], strict=True)}
-    report["support"] = {n: int(v) for n, v in zip(names, scores["support"], strict=True)}
+    table = per_class_scores(scores, names)
+    for key, score in REPORT_KEYS.items():
+        report[key] = {name: row[score] for name, row in table.items()}
     report["confusion"] = np.asarray(scores["confusion"]).astype(int).tolist()
     return report
 
@@ -133,18 +150,19 @@ def criterion_of(num_classes: int) -> dict[str, str]:
 def per_class_table(
     predictions: pd.DataFrame, columns: tuple[str, ...] = ("pred",)
 ) -> pd.DataFrame:
-    """Support, and F1, precision and recall per prediction column, one row per class."""
+    """Support, and F1, precision and recall per prediction column (``F1``, ``F1 (<column>)``
+    for a column other than ``pred``), one row per class, indexed by class name: the labelled
+    rows' :func:`ferlit.metrics.per_class_scores`."""
     names = names_of(predictions)
-    support = scores_of(predictions, columns[0])["support"]
-    table = pd.DataFrame({"support": support}, index=pd.Index(names, name="class"))
+    table = pd.DataFrame(index=pd.Index(names, name="class"))
     for column in columns:
-        scores = scores_of(predictions, column)
+        scores = pd.DataFrame.from_dict(
+            per_class_scores(scores_of(predictions, column), names), orient="index"
+        )
+        if column == columns[0]:
+            table["support"] = scores["support"]
         suffix = "" if column == "pred" else f" ({column})"
-        for key, title in (
-            ("f1_per_class", "F1"),
-            ("precision", "precision"),
-            ("recall", "recall"),
-        ):
+        for key, title in (("f1", "F1"), ("precision", "precision"), ("recall", "recall")):
             table[title + suffix] = scores[key]
     return table
 
