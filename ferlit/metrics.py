@@ -122,6 +122,21 @@ def per_class_scores(
     }
 
 
+def summary_rows(challenge: str) -> list[tuple[str, str]]:
+    """``(score key, label)`` of the overall scores a report prints below its per-class rows,
+    in order: macro-F1, accuracy, ABAW 2020's formula (0.67 F1 + 0.33 acc, the paper's
+    criterion, to compare with it) when ``challenge`` is another, then the criterion named by
+    its challenge. Keys are :func:`scores_from_confusion`'s; the one list the validation,
+    best-validation and evaluation tables share."""
+    if challenge not in CRITERIA:
+        raise ValueError(f"challenge must be one of {', '.join(CRITERIA)}, got {challenge!r}")
+    rows = [("f1", "macro-F1"), ("acc", "accuracy")]
+    if challenge != "abaw2020":
+        rows.append(("abaw2020", "0.67 F1 + 0.33 acc"))
+    rows.append(("criterion", f"criterion ({challenge})"))
+    return rows
+
+
 def _divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     defined = denominator > 0
     return torch.where(defined, numerator / torch.where(defined, denominator, 1.0), 0.0)

@@ -54,6 +54,7 @@ from ferlit.evaluation.submission import (
 )
 from ferlit.expressions import EXPRESSIONS_7, class_names
 from ferlit.io import atomic_write, claim_outputs, owned_matching, remove_outputs
+from ferlit.metrics import summary_rows
 
 #: The files an evaluation writes into ``--out`` (besides the manifest).
 OUTPUTS = ("predictions.parquet", "metrics.json", "confusion_matrix.png", "per_class_f1.png")
@@ -98,6 +99,7 @@ class Evaluation:
     kernels: tuple[str, ...]
     auto_on_val: bool = False
     submission: Submission | None = None
+    tta: str = "none"  # test-time augmentation of the probabilities (--tta)
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -219,6 +221,7 @@ def write_evaluation(evaluation: Evaluation, probs: list[np.ndarray]) -> dict[st
         "frames": len(predictions),
         "videos": int(predictions["video"].nunique()),
         "labelled_frames": len(labelled(predictions)),
+        "tta": e.tta,
         "smoothing": {
             "window": window,
             "kernel": kernel if window > 1 else None,
@@ -304,11 +307,7 @@ def print_report(report: dict[str, Any], names: tuple[str, ...]) -> None:
         cells = [name, str(raw["support"][name]), *(f"{v:.4f}" for v in f1)]
         table.add_row(*cells, f"{raw['precision'][name]:.4f}", f"{raw['recall'][name]:.4f}")
     table.add_section()
-    rows = [("f1", "macro-F1"), ("acc", "accuracy")]
-    if report["challenge"] != "abaw2020":
-        rows.append(("abaw2020", "0.67 F1 + 0.33 acc"))  # the paper's formula, to compare
-    rows.append(("criterion", f"criterion ({report['challenge']})"))
-    for key, label in rows:
+    for key, label in summary_rows(report["challenge"]):
         values = [raw[key]] + ([smoothed[key]] if smoothed else [])
         table.add_row(label, "", *(f"{v:.4f}" for v in values))
     console.print(table)

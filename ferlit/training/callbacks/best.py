@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ferlit.expressions import metric_key
 from ferlit.io import atomic_write
+from ferlit.metrics import challenge_of, summary_rows
 from ferlit.training.runs import is_debug_run
 
 
@@ -155,10 +156,7 @@ class BestValidationSummary(pl.Callback):
         for name in pl_module.class_names:
             table.add_row(name, f"{best[f'val/f1_{metric_key(name)}']:.4f}")
         table.add_section()
-        rows = [("f1", "macro-F1"), ("acc", "acc"), ("criterion", "criterion")]
-        if criterion is not None and not criterion.startswith("abaw2020"):
-            rows.insert(2, ("abaw2020", "0.67 F1 + 0.33 acc"))  # the 2020 formula, to compare
-        for key, label in rows:
+        for key, label in summary_rows(challenge_of(len(pl_module.class_names))):
             if f"val/{key}" in best:
                 table.add_row(label, f"{best[f'val/{key}']:.4f}")
         console = Console()
