@@ -21,7 +21,7 @@ import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ferlit.errors import ConfigError, DataError
 
@@ -81,6 +81,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> It
 #: This machine's name as it appears in temporary names (letters, digits and ``-`` only), so that
 #: a process id is only ever looked up on the machine that wrote it (a shared NFS folder).
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """``value`` as JSON indented by 2 spaces with a final newline (the layout of every JSON file
+    ferlit writes: ``metrics.json``, ``best_validation.json``, manifests), through
+    :func:`atomic_write`: ``path`` holds the old file or the whole new one, never part of one. A
+    value JSON cannot hold raises ``TypeError`` before anything is written; a failed write
+    raises its ``OSError``."""
+    text = json.dumps(value, indent=2) + "\n"
+    with atomic_write(path, "w", encoding="utf-8") as file:
+        file.write(text)
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
@@ -186,9 +197,7 @@ def record_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:
     new = files | set(names)
     if new == files and (folder / OUTPUTS_MANIFEST).is_file():
         return
-    with atomic_write(folder / OUTPUTS_MANIFEST, "w", encoding="utf-8") as file:
-        json.dump({"written_by": "ferlit", "files": sorted(new)}, file, indent=2)
-        file.write("\n")
+    write_json(folder / OUTPUTS_MANIFEST, {"written_by": "ferlit", "files": sorted(new)})
 
 
 def claim_outputs(folder: str | os.PathLike, names: Iterable[str]) -> None:

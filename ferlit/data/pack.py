@@ -57,7 +57,7 @@ from ferlit.data.readers.base import Reader
 from ferlit.data.transforms import build_transform
 from ferlit.data.workers import exit_with_parent
 from ferlit.errors import ConfigError, DataError, DataWarning
-from ferlit.io import atomic_write, check_apart, check_creatable
+from ferlit.io import check_apart, check_creatable, fsync_dir, write_json
 
 PACK_VERSION = "ferlit-pack-v1"
 MANIFEST = "manifest.json"
@@ -453,7 +453,7 @@ def pack(
                     bar.advance(task, len(rows))
 
     manifest = plan | {"complete": True}
-    _write_json(partial / MANIFEST, manifest)
+    write_json(partial / MANIFEST, manifest)
     _finish(partial, out)
     return Pack.open(out)
 
@@ -464,7 +464,7 @@ def _finish(partial: Path, out: Path) -> None:
     (partial / PLAN).unlink(missing_ok=True)
     (partial / PROGRESS).unlink(missing_ok=True)
     partial.rename(out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
 
 
 class _ResizedFaces(Dataset):
@@ -541,8 +541,8 @@ def _start(
                 setup / part / FRAMES_FILE, "w+", np.uint8, (len(ix), size, size, 3)
             )
             del frames  # a sparse file of the full size; chunks fill it
-        _write_json(setup / PROGRESS, {part: [] for part in indexes})
-        _write_json(setup / PLAN, plan)
+        write_json(setup / PROGRESS, {part: [] for part in indexes})
+        write_json(setup / PLAN, plan)
         setup.rename(partial)
     finally:
         shutil.rmtree(setup, ignore_errors=True)
@@ -550,7 +550,7 @@ def _start(
 
 def _mark_done(partial: Path, done: dict[str, list[int]]) -> None:
     """Record the chunks done (by first row); called only after their frames are synced."""
-    _write_json(partial / PROGRESS, done)
+    write_json(partial / PROGRESS, done)
 
 
 def _index_digest(index: FrameIndex) -> str:
@@ -754,19 +754,3 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
 
 def _partial_dir(out: Path) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write aside, sync, rename (:func:`ferlit.io.atomic_write`): the file is either the old
-    one or the whole new one, and a failed write leaves no temporary file."""
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
-        f.write("\n")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

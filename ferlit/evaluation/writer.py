@@ -19,7 +19,6 @@ Every file is written whole or not at all and listed in the folder's ``.ferlit-o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from ferlit.evaluation.submission import (
     write_submission,
 )
 from ferlit.expressions import EXPRESSIONS_7, class_names
-from ferlit.io import atomic_write, claim_outputs, owned_matching, remove_outputs
+from ferlit.io import atomic_write, claim_outputs, owned_matching, remove_outputs, write_json
 from ferlit.metrics import summary_rows
 
 #: The files an evaluation writes into ``--out`` (besides the manifest).
@@ -260,7 +259,7 @@ def write_outputs(
     if overwrite:  # no stale plot beside unlabelled predictions; only files ferlit wrote
         remove_outputs(out, OUTPUTS)
     _replace(out / "predictions.parquet", lambda f: predictions.to_parquet(f, index=False))
-    _replace(out / "metrics.json", lambda f: f.write(json.dumps(report, indent=2).encode() + b"\n"))
+    write_json(out / "metrics.json", report)
     if report["raw"] is None:
         return
     title = f"{report['data']}\n{Path(report['checkpoint']).name}"

@@ -41,7 +41,7 @@ from rich.console import Console
 
 import ferlit
 from ferlit.errors import ConfigError, FerlitError, user_message
-from ferlit.io import atomic_write, file_kind
+from ferlit.io import atomic_write, file_kind, write_json
 from ferlit.models.checkpoints import load_checkpoint, read_torch_file
 
 #: The key of ferlit's record in a Lightning checkpoint.
@@ -277,9 +277,7 @@ class RunRecord(pl.Callback):
             except (ValueError, KeyError, TypeError):
                 starts = []
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path, "w", encoding="utf-8") as file:
-            json.dump({"starts": [*starts, start]}, file, indent=2)
-            file.write("\n")
+        write_json(path, {"starts": [*starts, start]})
 
 
 # -- resuming a run -----------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from ferlit.data.sample.draw import (
 )
 from ferlit.errors import ConfigError, DataError
 from ferlit.expressions import EXPRESSIONS_7, EXPW_TO_ABAW
-from ferlit.io import atomic_write
+from ferlit.io import write_json
 
 SAMPLE_VERSION = "sample-v1"
 MANIFEST = "manifest.json"
@@ -426,8 +426,7 @@ def write_sample_data(
         "affwild2": affwild2,
         "expw": expw,
     }
-    with atomic_write(out / MANIFEST, "w", encoding="utf-8") as file:  # the data's completion mark
-        file.write(json.dumps(manifest, indent=2) + "\n")
+    write_json(out / MANIFEST, manifest)  # the data's completion mark
     return SampleData(out, out / "affwild2", out / "expw", manifest)
 
 

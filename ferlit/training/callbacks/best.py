@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ferlit.expressions import metric_key
-from ferlit.io import atomic_write
+from ferlit.io import write_json
 from ferlit.metrics import challenge_of, summary_rows
 from ferlit.training.runs import is_debug_run
 
@@ -146,8 +145,7 @@ class BestValidationSummary(pl.Callback):
         report.update({**best, "history": self.history, "damaged_images": damaged})
         if checkpoint is not None and getattr(checkpoint, "best_model_path", ""):
             report["checkpoint"] = os.path.abspath(checkpoint.best_model_path)
-        with atomic_write(log_dir / "best_validation.json", "w", encoding="utf-8") as file:
-            file.write(json.dumps(report, indent=2) + "\n")
+        write_json(log_dir / "best_validation.json", report)
         table = Table(
             title=f"Best validation: {self.monitor} {best[self.monitor]:.4f} at step {best_step}"
         )
