@@ -4,6 +4,7 @@
     python -m ferlit validate --ckpt_path runs/sample              # score the validation split
     python -m ferlit predict --ckpt_path runs/sample --out runs/sample-eval --smooth auto
     python -m ferlit data stats --data.affwild2_dir /data/Aff-Wild2
+    python -m ferlit export --ckpt_path runs/sample --format onnx --out sample.onnx
 
 Every stage takes the ExpressionDataModule's options as ``--data.*`` and the Trainer's as
 ``--trainer.*``. ``fit`` is :mod:`ferlit.training.cli` (``python -m ferlit.fit`` is the same).
@@ -40,10 +41,18 @@ from ferlit.evaluation.evaluate import (
     check_submission_options,
     smoothing_kernels,
 )
+from ferlit.evaluation.faces import DEFAULT_MAX_SIDE, DEFAULT_MIN_SCORE, DEFAULT_UPSAMPLE
 from ferlit.evaluation.inference import model_from_checkpoint, read_checkpoint
+from ferlit.evaluation.media_predict import (
+    check_media_outputs,
+    predict_media,
+    resolve_device,
+    write_media_predictions,
+)
 from ferlit.evaluation.smoothing import check_window
 from ferlit.evaluation.writer import Evaluation, EvaluationWriter, Submission
 from ferlit.expressions import class_names, metric_key
+from ferlit.metrics import summary_rows
 from ferlit.training.cli import StageCLI, with_progress_bar
 from ferlit.training.module import ExpressionModule
 from ferlit.training.runs import resolve_checkpoint
@@ -53,6 +62,7 @@ STAGES = {
     "validate": "score a checkpoint on the validation split and print the scores",
     "predict": "evaluate a checkpoint: predictions, metrics.json, plots, ABAW submission files",
     "data": "data tools: synth, stats, pack, check (python -m ferlit.data)",
+    "export": "a checkpoint's model as one ONNX or TorchScript file (normalisation included)",
 }
 
 #: The Trainer of a checkpoint's stage: nothing to log or checkpoint; ferlit's loaders shard by
@@ -181,6 +191,13 @@ class PredictCLI(CheckpointCLI):
             "for --smooth W; both tried for --smooth auto.",
         )
         parser.add_argument(
+            "--tta",
+            type=Literal["none", "flip"],
+            default="none",
+            help="Test-time augmentation: none, or flip (each face's probabilities averaged "
+            "with its horizontal mirror's; twice the inference time).",
+        )
+        parser.add_argument(
             "--submission",
             type=str | None,
             default=None,
@@ -215,6 +232,140 @@ class PredictCLI(CheckpointCLI):
             default=None,
             help="CSV of video,frames: the frame count of each test video for per-video files.",
         )
+        media = "With --input: "
+        parser.add_argument(
+            "--input",
+            type=str | None,
+            default=None,
+            help="New media instead of the DataModule's frames: a video, a folder of videos, an "
+            "image or a folder of images (any names and sizes). Faces are detected, tracked and "
+            "aligned as Aff-Wild2's cropped_aligned faces (ferlit.evaluation.faces); --out gets "
+            "predictions.parquet/.csv (a row per frame and face) and a plot per video. The "
+            "--data.* and submission options are refused with it.",
+        )
+        parser.add_argument(
+            "--annotated_video",
+            type=bool,
+            default=False,
+            help=media + "also write an annotated copy of each medium into --out (boxes, track "
+            "ids and labels; annotated_<name>.mp4, or .png for a photo).",
+        )
+        parser.add_argument(
+            "--face_upsample",
+            type=int,
+            default=DEFAULT_UPSAMPLE,
+            help=media + "upsampling passes of dlib's HOG face detector (0: faces of 80 px and "
+            "more; 1: down to ~40 px, ~4x slower; at most 3).",
+        )
+        parser.add_argument(
+            "--face_min_score",
+            type=float,
+            default=DEFAULT_MIN_SCORE,
+            help=media + "detections scoring below are dropped (HOG's SVM margin; real faces "
+            "scored >= 0.91 and false detections <= 0.21 on the astronaut test frames).",
+        )
+        parser.add_argument(
+            "--face_max_side",
+            type=int | None,
+            default=DEFAULT_MAX_SIDE,
+            help=media + "frames whose longest side is larger are scaled down to it for "
+            "detection (landmarks use the full frame); null: never.",
+        )
+        parser.add_argument(
+            "--track_max_unseen",
+            type=int,
+            default=10,
+            help=media + "frames a face track survives without its face before a face there "
+            "starts a new track.",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        self.arguments = (
+            list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        )
+        super().parse_arguments(parser, args)
+
+    def given(self, group: str) -> list[str]:
+        """The options of ``group`` (``data``, ``trainer``) given on the command line or set to
+        another value than their default (by a --config file)."""
+        found = []
+        for token in self.arguments:
+            name = token[2:].split("=", 1)[0].rstrip("+") if token.startswith("--") else ""
+            if name == group or name.startswith(f"{group}."):
+                found.append(name)
+        defaults = self.parser.get_defaults()[group]
+        for key, value in self.config[group].items():
+            if value != defaults.get(key) and not any(
+                f == f"{group}.{key}" or f"{group}.{key}".startswith(f"{f}.") for f in found
+            ):
+                found.append(f"{group}.{key}")
+        return found
+
+    #: The options of --input alone.
+    MEDIA_OPTIONS = (
+        "annotated_video",
+        "face_upsample",
+        "face_min_score",
+        "face_max_side",
+        "track_max_unseen",
+    )
+
+    def before_instantiate_classes(self) -> None:
+        if self.parse_only:
+            return
+        if self.config.input is not None:
+            self.check_media_options()
+            return
+        defaults = self.parser.get_defaults()
+        for name in self.MEDIA_OPTIONS:
+            if self.config[name] != defaults[name] or any(
+                t == f"--{name}" or t.startswith(f"--{name}=") for t in self.arguments
+            ):
+                raise ConfigError(f"--{name}: only used with --input PATH (new media)")
+        super().before_instantiate_classes()
+
+    def check_media_options(self) -> None:
+        """With --input: the options that have no meaning for new media are refused, named."""
+        c = self.config
+        data = self.given("data")
+        if data:
+            raise ConfigError(
+                f"--{data[0]}: not used with --input (the frames come from --input, the model's "
+                "input size and classes from --ckpt_path); leave it out"
+            )
+        for name in ("submission", "test_list", "videos_dir", "frame_counts"):
+            if c[name] is not None:
+                raise ConfigError(
+                    f"--{name}: not used with --input (ABAW submission files are for the "
+                    "challenge's test videos); leave it out"
+                )
+        if c.submission_format != "auto":
+            raise ConfigError("--submission_format: not used with --input; leave it out")
+        if c.smooth == "auto":
+            raise ConfigError(
+                "--smooth auto: chooses the window on labelled frames, and --input has no "
+                "labels; give a window in frames (--smooth 15) or leave it out"
+            )
+        honoured = {"trainer.accelerator", "trainer.enable_progress_bar"}
+        trainer = [t for t in self.given("trainer") if t not in honoured]
+        if trainer:
+            raise ConfigError(
+                f"--{trainer[0]}: not used with --input (faces are predicted in this process "
+                "on one device; only --trainer.accelerator and --trainer.enable_progress_bar "
+                "apply); leave it out"
+            )
+        self.device = resolve_device(c.trainer.accelerator)
+        self.window = check_window(c.smooth)
+        self.kernels = smoothing_kernels(self.window, c.smooth_kernel)
+        check_media_outputs(c.out, c.input, c.overwrite)
+
+    def instantiate_classes(self) -> None:
+        """With --input: only the model (no DataModule, no Trainer: nothing of them is used)."""
+        if self.parse_only or self.config.input is None:
+            super().instantiate_classes()
+            return
+        self.datamodule = self.trainer = None
+        self.model = model_from_checkpoint(self.checkpoint, self.state)
 
     def check_before_reading(self) -> None:
         """Smoothing, output folders and submission options: refused before the frames are read
@@ -255,8 +406,11 @@ def submission_options(config) -> Any:
 
 def predict(args: list[str] | None = None) -> dict[str, Any] | None:
     """``python -m ferlit predict``; returns the ``metrics.json`` content (rank 0; None on the
-    other ranks)."""
+    other ranks), or with ``--input`` the media predictions table
+    (:mod:`ferlit.evaluation.media_predict`)."""
     cli = PredictCLI(args)
+    if cli.config.input is not None:
+        return predict_input(cli)
     config, data = cli.config, cli.datamodule
     unlabelled = config.data.frames_dir is not None
     auto_on_val = cli.window == "auto" and (unlabelled or config.data.predict_split != "val")
@@ -286,11 +440,51 @@ def predict(args: list[str] | None = None) -> dict[str, Any] | None:
             kernels=cli.kernels,
             auto_on_val=auto_on_val,
             submission=submission,
+            tta=config.tta,
         )
     )
+    cli.model.tta = config.tta
     cli.trainer.callbacks.append(writer)
     cli.trainer.predict(cli.model, datamodule=data, return_predictions=False)
     return writer.report
+
+
+def predict_input(cli: PredictCLI) -> Any:
+    """``python -m ferlit predict --input PATH``: detect, align, predict, smooth, write."""
+    from ferlit.evaluation.media import list_media
+
+    c = cli.config
+    table = predict_media(
+        cli.model,
+        c.input,
+        smooth=cli.window,
+        smooth_kernel=c.smooth_kernel,
+        upsample=c.face_upsample,
+        min_score=c.face_min_score,
+        max_side=c.face_max_side,
+        max_unseen=c.track_max_unseen,
+        device=cli.device,
+        progress=c.trainer.enable_progress_bar is not False,
+        tta=c.get("tta") or "none",
+    )
+    written = write_media_predictions(
+        table,
+        c.out,
+        cli.checkpoint.name,
+        list_media(c.input),
+        c.input,
+        annotated=c.annotated_video,
+        overwrite=c.overwrite,
+    )
+    faces = int(table["face"].sum())
+    Console().print(
+        f"{table['media'].nunique()} media, {table.drop_duplicates(['media', 'frame']).shape[0]} "
+        f"frames, {faces} faces in {int(table.loc[table['face']].drop_duplicates(['media', 'track']).shape[0])} "
+        f"tracks: {len(written)} files written to {c.out}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return table
 
 
 def validate(args: list[str] | None = None) -> dict[str, float] | None:
@@ -322,12 +516,10 @@ def print_scores(scores: dict[str, float], model: ExpressionModule, checkpoint: 
         f1 = scores[f"val/f1_{metric_key(name)}"]
         table.add_row(name, str(int(frames[c])), f"{f1:.4f}", f"{float(right[c]):.4f}")
     table.add_section()
-    rows = [("val/f1", "macro-F1"), ("val/acc", "accuracy"), ("val/loss", "loss")]
-    if not model.criterion_description.startswith("abaw2020"):
-        rows.append(("val/abaw2020", "0.67 F1 + 0.33 acc"))  # the paper's formula, to compare
-    rows.append(("val/criterion", "criterion"))
+    rows = summary_rows(model.val_criterion.challenge)
+    rows.insert(2, ("loss", "loss"))  # validation's own: the predict stage reports no loss
     for key, label in rows:
-        table.add_row(label, "", f"{scores[key]:.4f}", "")
+        table.add_row(label, "", f"{scores[f'val/{key}']:.4f}", "")
     console.print(table)
     console.print(f"criterion = {model.criterion_description}", soft_wrap=True, highlight=False)
     print(f"val/criterion {scores['val/criterion']!r}")
@@ -397,5 +589,9 @@ def main(argv: list[str] | None = None) -> Any:
         from ferlit.data.__main__ import main as data
 
         raise SystemExit(data(rest))
+    if stage == "export":
+        from ferlit.evaluation.export import main as export
+
+        return run_stage(export, rest)
     print(f"{usage()}\n\nerror: unknown stage {stage!r}", file=sys.stderr)
     raise SystemExit(2)

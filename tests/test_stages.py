@@ -48,7 +48,7 @@ def test_help_lists_the_stages():
     )
     assert result.returncode == 0
     stages = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("  ")]
-    assert stages == ["fit", "validate", "predict", "data"]
+    assert stages == ["fit", "validate", "predict", "data", "export"]
 
 
 def test_an_unknown_stage_is_refused(capsys):

@@ -5,6 +5,7 @@
     model = ferlit.load_model("runs/sample")          # a checkpoint file, or a run's log folder
     probs = ferlit.predict(model, faces)               # faces: uint8 RGB, (N, H, W, 3)
     labels = [model.class_names[i] for i in probs.argmax(1)]
+    table = ferlit.predict(model, "clip.mp4", smooth=15)  # media: a row per frame and face
 
 The checkpoint carries everything the model needs (weights, class names, input size and the
 input preprocessing it was trained with), so neither the data nor the weights file the run
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.core.saving import _load_state
 
 from ferlit.data.transforms import build_transform, to_chw_uint8
-from ferlit.errors import DataError, WeightsError
+from ferlit.errors import ConfigError, DataError, WeightsError
 from ferlit.models.checkpoints import load_checkpoint
-from ferlit.training.module import _FROM_CHECKPOINT, ExpressionModule
+from ferlit.training.module import _FROM_CHECKPOINT, ExpressionModule, check_tta
 from ferlit.training.runs import resolve_checkpoint
 
 
@@ -76,24 +78,65 @@ def load_model(
     file is read once, without running code (:func:`read_checkpoint`). The model has
     ``class_names`` (the order of :func:`predict`'s columns) and ``hparams.input_size``.
     """
+    path = checkpoint_file(checkpoint)
+    return model_from_checkpoint(path, read_checkpoint(path)).to(device)
+
+
+def checkpoint_file(checkpoint: str | os.PathLike[str]) -> Path:
+    """The ``.ckpt`` that ``checkpoint`` names: itself, or the best checkpoint of a run folder
+    (:func:`ferlit.training.runs.resolve_checkpoint`); a WeightsError when there is neither."""
     path = Path(checkpoint)
     if path.is_dir():
-        path = resolve_checkpoint(path)
-    elif not path.is_file():
+        return resolve_checkpoint(path)
+    if not path.is_file():
         raise WeightsError(
             f"{path}: no such checkpoint file or run folder; expected a .ckpt of python -m "
             "ferlit.fit or its log folder (e.g. runs/sample)"
         )
-    return model_from_checkpoint(path, read_checkpoint(path)).to(device)
+    return path
 
 
 @torch.no_grad()
-def predict(model: ExpressionModule, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N, C), float32, for uint8 RGB faces shaped (N, H, W, 3).
+def predict(
+    model: ExpressionModule | str | os.PathLike[str],
+    faces: np.ndarray | str | os.PathLike[str],
+    batch_size: int = 64,
+    tta: str = "none",
+    **media_options: Any,
+) -> np.ndarray | pd.DataFrame:
+    """The model's expressions for faces already cropped, or for the faces in new media.
+
+    ``model``: an ``ExpressionModule`` (:func:`load_model`) or a checkpoint / run folder (then
+    loaded here, on the CPU for faces, on a CUDA GPU when there is one for media).
+
+    * ``faces`` an array of uint8 RGB faces shaped (N, H, W, 3) (aligned as the training faces
+      were): returns their class probabilities (N, C), float32, in ``model.class_names`` order.
+    * ``faces`` a path (``str`` or ``os.PathLike``) of a video, a folder of videos, an image or a
+      folder of images: faces are detected, tracked and aligned in every frame and classified;
+      returns a ``pandas.DataFrame`` with a row per frame and face (media, frame, time_s, face,
+      track, box, landmarks, score, ``prob_<class>``, ``pred``, ``pred_name``, with smoothing
+      ``pred_smoothed``...), :func:`ferlit.evaluation.media_predict.predict_media`, whose
+      keyword arguments ``media_options`` are (``smooth``, ``smooth_kernel``, ``upsample``,
+      ``min_score``, ``max_side``, ``max_unseen``, ``device``, ``progress``). ``python -m ferlit
+      predict --input PATH`` writes the same table.
 
     Faces of another size than the model's ``input_size`` are resized first. Runs in batches of
     ``batch_size`` on the model's device, in eval mode (the model's mode is restored after).
+    ``tta="flip"`` averages each face's probabilities with its horizontal mirror's
+    (``ExpressionModule.probabilities``, as ``python -m ferlit predict --tta flip``).
     """
+    check_tta(tta)
+    if isinstance(faces, str | os.PathLike):
+        from ferlit.evaluation.media_predict import predict_media
+
+        return predict_media(model, faces, batch_size=batch_size, tta=tta, **media_options)
+    if media_options:
+        raise ConfigError(
+            f"{', '.join(media_options)}: options of media (a path as the second argument), "
+            "not of an array of faces"
+        )
+    if not isinstance(model, torch.nn.Module):
+        model = load_model(model)
     faces = np.asarray(faces)
     if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[-1] != 3:
         raise DataError(
@@ -113,7 +156,7 @@ def predict(model: ExpressionModule, faces: np.ndarray, batch_size: int = 64) ->
     model.eval()
     try:
         out = [
-            torch.softmax(model(torch.from_numpy(images[i : i + batch_size]).to(device)).float(), 1)
+            model.probabilities(torch.from_numpy(images[i : i + batch_size]).to(device), tta)
             .cpu()
             .numpy()
             for i in range(0, len(images), batch_size)

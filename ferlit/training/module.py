@@ -46,6 +46,15 @@ from ferlit.training.schedule import (
 #: preprocessing, so the weights file named by ``pretrained`` is not read (it may be long gone).
 _FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ferlit_from_checkpoint", default=False)
 
+#: Test-time augmentations of prediction (``--tta``): none, or the mean with the mirrored face.
+TTA = ("none", "flip")
+
+
+def check_tta(tta: str) -> None:
+    """Refuse a test-time augmentation that is not one of :data:`TTA`."""
+    if tta not in TTA:
+        raise ConfigError(f"--tta {tta}: expected one of {', '.join(TTA)}")
+
 
 class ExpressionModule(pl.LightningModule):
     """Frame-level expression classifier.
@@ -112,6 +121,9 @@ class ExpressionModule(pl.LightningModule):
         self.val_criterion = ExpressionCriterion(num_classes)
         self.val_loss = MeanMetric()
         self.last_val_scores: dict[str, float] = {}
+        #: Test-time augmentation of ``predict_step`` (:data:`TTA`): an option of prediction, not
+        #: of the model, so it is neither a hyperparameter nor saved in checkpoints.
+        self.tta = "none"
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -202,11 +214,25 @@ class ExpressionModule(pl.LightningModule):
 
     # -- prediction ----------------------------------------------------------------------------
 
+    def probabilities(self, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+        """Class probabilities (N x C, float32) of a batch of uint8 RGB faces (N x 3 x H x W).
+
+        ``tta="flip"``: test-time augmentation by the horizontal mirror, the mean of the face's
+        and its mirror's probabilities (a mirrored face shows the same expression; the
+        augmentation ``data.hflip`` trains with). ``"none"``: the face's alone.
+        """
+        check_tta(tta)
+        probs = torch.softmax(self(images).float(), dim=1)
+        if tta == "flip":
+            probs = (probs + torch.softmax(self(images.flip(-1)).float(), dim=1)) / 2
+        return probs
+
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Class probabilities of a batch, with the sample numbers that place each row in the
+        """Class probabilities of a batch (with test-time augmentation :attr:`tta`, set by
+        ``python -m ferlit predict --tta``), with the sample numbers that place each row in the
         split's FrameIndex (``python -m ferlit.evaluate`` reorders and gathers them by these)."""
         images, _, samples = batch
-        return {"sample": samples, "probs": torch.softmax(self(images).float(), dim=1)}
+        return {"sample": samples, "probs": self.probabilities(images, self.tta)}
 
     # -- optimizer ----------------------------------------------------------------------------
 

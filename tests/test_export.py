@@ -1,0 +1,176 @@
+"""``python -m ferlit export``: the ONNX and TorchScript files give the PyTorch model's
+probabilities from uint8 RGB faces, for any batch size, and carry their metadata.
+
+The checkpoint is a real 2-step fit of a narrow SE-ResNet-18 (32-pixel input, conftest's
+``train_and_save``) started from "VGGFace2 weights", so its input normalisation is BGR with the
+mean only: an export that left the normalisation out, or applied ImageNet's, would differ.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import timm
+import torch
+
+from ferlit.cli import main as ferlit_main
+from ferlit.evaluation import export as export_module
+from ferlit.evaluation.export import read_metadata
+from ferlit.expressions import EXPRESSIONS_7
+from ferlit.models import VGGFACE2, Normalize
+
+TINY = {"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}
+FAST = ("--benchmark_seconds", "0.05", "--benchmark_batch", "4")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, train_and_save):
+    """(checkpoint, trained module) of a run started from VGGFace2-style weights (BGR)."""
+    root = tmp_path_factory.mktemp("export")
+    weights = root / "senet50_ft_weight.pth"
+    torch.manual_seed(3)
+    torch.save(timm.create_model("seresnet18", num_classes=7, **TINY).state_dict(), weights)
+    path = root / "best.ckpt"
+    module = train_and_save(path, pretrained=str(weights))
+    weights.unlink()
+    return path, module
+
+
+def faces(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def expected(module, images: np.ndarray) -> np.ndarray:
+    """The trained module's probabilities, its BGR/mean normalisation applied here by hand."""
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        return torch.softmax(module.net.backbone(Normalize(VGGFACE2)(x)), 1).numpy()
+
+
+def export(*args: str):
+    return ferlit_main(["export", *args, *FAST])
+
+
+def test_onnx_export_matches_pytorch_for_batches_of_1_and_5(run, tmp_path, capsys):
+    path, module = run
+    out = tmp_path / "models" / "model.onnx"
+    report = export("--ckpt_path", str(path), "--format", "onnx", "--out", str(out))
+    printed = capsys.readouterr().out
+    assert "max |probability difference| to PyTorch" in printed
+    assert "faces/s" in printed and "onnxruntime" in printed
+    assert report["max_abs_diff"] <= 1e-4 and report["format"] == "onnx"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["faces"]
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    for n in (1, 5):
+        images = faces(n, seed=10 + n)
+        probs = session.run(None, {"faces": images})[0]
+        assert probs.shape == (n, 7) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, expected(module, images), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    # bookkeeping as predict's: the file is listed as ferlit's in its folder
+    manifest = json.loads((out.parent / ".ferlit-outputs.json").read_text())
+    assert "model.onnx" in manifest["files"]
+
+
+def test_torchscript_export_matches_pytorch_for_batches_of_1_and_5(run, tmp_path, capsys):
+    path, module = run
+    out = tmp_path / "model.pt"
+    export("--ckpt_path", str(path), "--format", "torchscript", "--out", str(out))
+    assert "torch.jit" in capsys.readouterr().out
+    loaded = torch.jit.load(str(out))
+    for n in (1, 5):
+        images = faces(n, seed=20 + n)
+        with torch.no_grad():
+            probs = loaded(torch.from_numpy(images)).numpy()
+        assert probs.shape == (n, 7)
+        np.testing.assert_allclose(probs, expected(module, images), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("form, name", [("onnx", "m.onnx"), ("torchscript", "m.pt")])
+def test_metadata_is_read_back(run, tmp_path, form, name):
+    path, _ = run
+    out = tmp_path / name
+    report = export_module.export(path, form, out, benchmark_seconds=0)
+    meta = read_metadata(out)
+    assert meta["classes"] == list(EXPRESSIONS_7)
+    assert meta["input_size"] == 32
+    assert meta["checkpoint"] == str(path)
+    assert meta["preprocessing"] == {
+        "channel_order": "BGR",
+        "mean": list(VGGFACE2.mean),
+        "std": [1.0, 1.0, 1.0],
+    }
+    assert report["classes"] == meta["classes"] and report["max_abs_diff"] <= 1e-4
+
+
+def test_a_bad_format_is_refused_naming_it(run, tmp_path, capsys):
+    path, _ = run
+    out = tmp_path / "m.tflite"
+    with pytest.raises(SystemExit) as exit_:
+        export("--ckpt_path", str(path), "--format", "tflite", "--out", str(out))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --format tflite: expected one of onnx, torchscript\n"
+    )
+    assert not out.exists()
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite_and_only_if_ferlit_wrote_it(
+    run, tmp_path, capsys
+):
+    path, _ = run
+    out = tmp_path / "model.onnx"
+    args = ("--ckpt_path", str(path), "--format", "onnx", "--out", str(out))
+    export(*args)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        export(*args)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: exists; choose another file or pass --overwrite\n"
+    )
+    first = out.stat().st_mtime_ns
+    export(*args, "--overwrite")
+    assert out.stat().st_mtime_ns >= first and read_metadata(out)["input_size"] == 32
+
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"my own model")
+    with pytest.raises(SystemExit):
+        export("--ckpt_path", str(path), "--format", "onnx", "--out", str(mine), "--overwrite")
+    assert "was not written by ferlit" in capsys.readouterr().err
+    assert mine.read_bytes() == b"my own model"
+
+    with pytest.raises(SystemExit):
+        export("--ckpt_path", str(path), "--format", "onnx", "--out", str(tmp_path))
+    assert capsys.readouterr().err == (
+        f"error: --out {tmp_path}: is a folder; expected a file name (model.onnx, model.pt)\n"
+    )
+
+
+def test_a_missing_checkpoint_is_named(tmp_path, capsys):
+    missing = tmp_path / "gone.ckpt"
+    with pytest.raises(SystemExit):
+        export("--ckpt_path", str(missing), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert capsys.readouterr().err.startswith(
+        f"error: {missing}: no such checkpoint file or run folder"
+    )
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_export_differing_from_pytorch_is_an_error_and_writes_nothing(
+    run, tmp_path, capsys, monkeypatch
+):
+    """Any difference fails a tolerance below 0: the refusal path, as a real mismatch takes it."""
+    path, _ = run
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(SystemExit):
+        export("--ckpt_path", str(path), "--format", "onnx", "--out", str(out))
+    err = capsys.readouterr().err
+    assert err.startswith("error: --format onnx: the exported model's probabilities differ")
+    assert f"nothing written to {out}" in err
+    assert not out.exists()
