@@ -25,13 +25,14 @@ from ferlit.expressions import EXPRESSIONS_7
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "per_class_f1.ipynb"
 
 
-def run_notebook(**parameters) -> dict:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+def run_notebook(path: Path = NOTEBOOK, **parameters) -> dict:
+    """The namespace after running the notebook at ``path`` with ``parameters``."""
+    notebook = nbformat.read(path, as_version=4)
     namespace: dict = {}
     for i, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
             continue
-        exec(compile(cell.source, f"{NOTEBOOK.name} cell {i}", "exec"), namespace)
+        exec(compile(cell.source, f"{path.name} cell {i}", "exec"), namespace)
         if "parameters" in cell.metadata.get("tags", []):
             namespace.update(parameters)
     return namespace
