@@ -284,3 +284,22 @@ def test_help_has_a_line_for_every_data_option(capsys):
     assert sorted(described) == sorted(options)
     assert [name for name in options if len(described[name]) < 20] == []
     assert described["hflip"].startswith("probability of a horizontal flip")
+
+
+def test_source_dirs_and_the_data_tools_datamodule(tiny_sample):
+    """source_dirs: the roots read (what run_info.json records); for_parts: the data tools'
+    DataModule, ExpW alone included (which fit refuses), folders given as paths."""
+    from pathlib import Path
+
+    affwild2, expw = Path(tiny_sample.affwild2_dir), Path(tiny_sample.expw_dir)
+    both = ExpressionDataModule(str(affwild2), str(expw))
+    assert both.source_dirs() == (affwild2, expw)
+    with pytest.raises(ConfigError, match=r"^data\.expw_dir is set but data\.affwild2_dir is not"):
+        ExpressionDataModule(expw_dir=str(expw))
+    alone = ExpressionDataModule.for_parts(None, expw, index_cache=False)
+    assert alone.source_dirs() == (None, expw)
+    assert (alone.part_names("train"), alone.part_names("val")) == (["expw"], [])
+    counts = tiny_sample.manifest["expw"]["class_counts"]
+    assert len(alone.part("expw")[1]) == sum(counts.values())
+    with pytest.raises(ConfigError, match=r"^data\.num_classes must be 7"):
+        ExpressionDataModule.for_parts(None, expw, num_classes=9)

@@ -252,8 +252,9 @@ class ExpressionDataModule(pl.LightningDataModule):
         if max_class_share is not None and not 0 < max_class_share <= 1:
             raise ConfigError(f"data.max_class_share must be in (0, 1], got {max_class_share}")
         check_box_overflow(expw_box_overflow, "data.expw_box_overflow")
-        # ``_parts_only`` (private: not a command-line option): the data tools (``python -m
-        # ferlit.data stats|pack``) read the parts of ExpW alone and never fit or validate.
+        # ``_parts_only`` (private: not a command-line option; :meth:`for_parts` sets it): the
+        # data tools (``python -m ferlit data stats|pack``) read the parts of ExpW alone and
+        # never fit or validate.
         if affwild2_dir is None and expw_dir is not None and packed_dir is None and not _parts_only:
             raise ConfigError(
                 "data.expw_dir is set but data.affwild2_dir is not: validation uses Aff-Wild2 val"
@@ -342,6 +343,27 @@ class ExpressionDataModule(pl.LightningDataModule):
 
     # -- data locations ------------------------------------------------------------------------
 
+    @classmethod
+    def for_parts(
+        cls,
+        affwild2_dir: str | os.PathLike | None,
+        expw_dir: str | os.PathLike | None,
+        **options,
+    ) -> ExpressionDataModule:
+        """A DataModule whose :meth:`part_names` and :meth:`part` the data tools read
+        (``python -m ferlit data stats|pack``): ExpW alone is accepted (fit refuses it:
+        validation is Aff-Wild2 val), and it is never fit. Folders may be paths; ``options``
+        are the other ``__init__`` arguments, checked as there (``ConfigError``)."""
+        for key in ("index_cache_dir", "packed_dir"):
+            if options.get(key) is not None:
+                options[key] = os.fspath(options[key])
+        return cls(
+            affwild2_dir=None if affwild2_dir is None else os.fspath(affwild2_dir),
+            expw_dir=None if expw_dir is None else os.fspath(expw_dir),
+            _parts_only=True,
+            **options,
+        )
+
     @property
     def uses_sample_data(self) -> bool:
         """No data folder, pack or frames folder given: ferlit's sample data is read."""
@@ -349,9 +371,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         given = (hp.affwild2_dir, hp.expw_dir, hp.packed_dir, hp.frames_dir)
         return all(option is None for option in given)
 
-    def _dirs(self) -> tuple[Path | None, Path | None]:
-        """The Aff-Wild2 and ExpW roots; the sample data (written if absent) when none is set.
-        Aff-Wild2 is None only for ExpW alone (``_parts_only``)."""
+    def source_dirs(self) -> tuple[Path | None, Path | None]:
+        """The Aff-Wild2 and ExpW roots read: the options as given, or the sample data's two
+        folders (written first if absent, ``FERLIT_SAMPLE_DIR``) when :attr:`uses_sample_data`.
+        A root is None when its option is unset: ExpW without ``expw_dir``, Aff-Wild2 only for
+        ExpW alone (:meth:`for_parts`). ``run_info.json``'s ``data`` section records them."""
         if self.uses_sample_data:
             from ferlit.data.sample import ensure_sample_data
 
@@ -385,7 +409,7 @@ class ExpressionDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Write the sample data when it is used and absent (once, before the processes start)."""
         if self.uses_sample_data:
-            self._dirs()
+            self.source_dirs()
 
     def setup(self, stage: str) -> None:
         """Index validation with training before the first step (every rank does, as each uses
@@ -463,11 +487,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         """The parts that make a stage, in the order of ``train_index`` / ``val_index``:
         "affwild2_train", "expw" (as packs name them), then one per ``train_sources`` entry
         (its reader's name, with "_<k>" when two entries share it or a built-in part has it);
-        "affwild2_val" for val (none for ExpW alone, ``_parts_only``)."""
+        "affwild2_val" for val (none for ExpW alone, :meth:`for_parts`)."""
         if stage not in ("train", "val"):
             raise ConfigError(f"stage must be 'train' or 'val', got {stage!r}")
         packed = self.hparams.packed_dir is not None
-        affwild2, expw = (None, None) if packed else self._dirs()
+        affwild2, expw = (None, None) if packed else self.source_dirs()
         if stage == "val":
             return ["affwild2_val"] if packed or affwild2 is not None else []
         parts = ["affwild2_train"] if self.hparams.use_affwild2_train else []
@@ -480,7 +504,7 @@ class ExpressionDataModule(pl.LightningDataModule):
     def _readers(self) -> dict[str, tuple[Reader, str]]:
         """Every part read from folders, as (its reader, the split the reader reads)."""
         hp = self.hparams
-        affwild2_dir, expw_dir = self._dirs()
+        affwild2_dir, expw_dir = self.source_dirs()
         readers: dict[str, tuple[Reader, str]] = {}
         if affwild2_dir is not None:
             affwild2 = AffWild2Reader(affwild2_dir, hp.num_classes, hp.affwild2_layout)

@@ -318,9 +318,9 @@ def pack(
     # The parts as a DataModule with these options reads them (its readers, its index cache).
     from ferlit.data.datamodule import ExpressionDataModule  # it imports this module
 
-    datamodule = ExpressionDataModule(
-        affwild2_dir=None if affwild2_dir is None else str(affwild2_dir),
-        expw_dir=None if expw_dir is None else str(expw_dir),
+    datamodule = ExpressionDataModule.for_parts(
+        affwild2_dir,
+        expw_dir,
         num_classes=num_classes,
         affwild2_layout=layout,
         expw_margin=expw_margin,
@@ -328,8 +328,7 @@ def pack(
         expw_box_overflow=expw_box_overflow,
         image_size=size,
         index_cache=index_cache,
-        index_cache_dir=None if index_cache_dir is None else str(index_cache_dir),
-        _parts_only=True,
+        index_cache_dir=index_cache_dir,
     )
     names = datamodule.part_names("train") + datamodule.part_names("val")
     readers: dict[str, Reader] = {}

@@ -108,15 +108,14 @@ def dataset_stats(
         raise ConfigError("no data: give an Aff-Wild2 folder, an ExpW folder, or both")
     check_box_overflow(expw_box_overflow)
     names = class_names(num_classes)
-    datamodule = ExpressionDataModule(
-        affwild2_dir=None if affwild2_dir is None else str(affwild2_dir),
-        expw_dir=None if expw_dir is None else str(expw_dir),
+    datamodule = ExpressionDataModule.for_parts(
+        affwild2_dir,
+        expw_dir,
         num_classes=num_classes,
         affwild2_layout=affwild2_layout,
         expw_min_confidence=expw_min_confidence,
         expw_box_overflow=expw_box_overflow,
         index_cache=False,
-        _parts_only=True,
     )
     splits: dict[str, dict[str, Any]] = {}
     indexes: dict[str, FrameIndex] = {}

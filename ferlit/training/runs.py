@@ -223,7 +223,7 @@ def data_folders(datamodule: Any) -> dict[str, str | None]:
     hp = datamodule.hparams
     folders = {key: hp.get(key) for key in ("affwild2_dir", "expw_dir", "packed_dir")}
     if getattr(datamodule, "uses_sample_data", False):
-        affwild2, expw = datamodule._dirs()
+        affwild2, expw = datamodule.source_dirs()
         folders.update(affwild2_dir=str(affwild2), expw_dir=str(expw), sample_data=True)
     return {k: os.path.realpath(v) if isinstance(v, str) else v for k, v in folders.items()}
 
