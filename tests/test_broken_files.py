@@ -508,13 +508,16 @@ def test_unreadable_annotation_folder_and_files_are_named_by_stats(
 def test_unreadable_annotation_folder_through_the_index_cache(tiny_sample, tmp_path, monkeypatch):
     import os
 
-    from ferlit.data.cache import cached_read_affwild2
+    from ferlit.data.cache import cached_index
+    from ferlit.data.readers.affwild2 import AffWild2Reader
     from ferlit.errors import DataError
 
     val = tiny_sample.affwild2_dir / "annotations" / "EXPR_Set" / "Validation_Set"
     permission_denied_for(monkeypatch, os, "scandir", lambda p: p == str(val))
     with pytest.raises(DataError, match=r"Validation_Set: cannot be listed \(Permission denied\)"):
-        cached_read_affwild2(tiny_sample.affwild2_dir, "val", progress=False, cache_dir=tmp_path)
+        cached_index(
+            AffWild2Reader(tiny_sample.affwild2_dir), "val", progress=False, cache_dir=tmp_path
+        )
     assert list(tmp_path.iterdir()) == []  # nothing cached of a read that failed
 
 

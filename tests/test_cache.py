@@ -15,8 +15,7 @@ import ferlit.data.readers.affwild2 as affwild2_reader
 import ferlit.data.readers.expw as expw_reader
 from ferlit.data.cache import (
     cache_file,
-    cached_read_affwild2,
-    cached_read_expw,
+    cached_index,
     default_cache_dir,
     entry_key,
 )
@@ -29,7 +28,14 @@ from ferlit.data.readers.affwild2 import (
     read_affwild2,
     write_annotation_file,
 )
-from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, read_expw, write_label_list
+from ferlit.data.readers.expw import (
+    IMAGES_DIR,
+    LABEL_FILE,
+    ExpWFace,
+    ExpWReader,
+    read_expw,
+    write_label_list,
+)
 from ferlit.errors import ConfigError, DataError, DataWarning
 
 
@@ -94,12 +100,12 @@ def later(path, seconds=5):
 
 def test_second_read_is_a_cache_hit_equal_to_the_reader(affwild2, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
-    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    first = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert same(first, read_affwild2(affwild2, "train", progress=False))
     assert [p.name.split("-")[0] for p in cache_dir.iterdir()] == ["affwild2"]
 
     no_rebuild(monkeypatch)
-    again = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    again = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert same(again, first)
     assert again.frames.tolist() == [1, 2, 4, 1, 3]
     assert again.labels.tolist() == [0, 4, 5, 6, 1]
@@ -108,31 +114,33 @@ def test_second_read_is_a_cache_hit_equal_to_the_reader(affwild2, tmp_path, monk
 
 def test_hit_keeps_the_root_as_spelled(affwild2, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
-    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     no_rebuild(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    relative = cached_read_affwild2("affwild2", "train", cache_dir=cache_dir, progress=False)
+    relative = cached_index(
+        AffWild2Reader("affwild2"), "train", cache_dir=cache_dir, progress=False
+    )
     assert relative.roots == ("affwild2",)
     assert relative.image_path(0) == os.path.join("affwild2", "cropped_aligned/a", "00001.jpg")
 
 
 def test_each_split_and_option_has_its_own_entry(affwild2, tmp_path):
     cache_dir = tmp_path / "cache"
-    train = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
-    val = cached_read_affwild2(affwild2, "val", cache_dir=cache_dir, progress=False)
-    eight = cached_read_affwild2(affwild2, "train", 8, cache_dir=cache_dir, progress=False)
+    train = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
+    val = cached_index(AffWild2Reader(affwild2), "val", cache_dir=cache_dir, progress=False)
+    eight = cached_index(AffWild2Reader(affwild2, 8), "train", cache_dir=cache_dir, progress=False)
     assert (len(train), len(val), eight.num_classes) == (5, 2, 8)
     assert len(list(cache_dir.iterdir())) == 3
 
 
 def test_changed_annotation_file_rebuilds(affwild2, tmp_path):
     cache_dir = tmp_path / "cache"
-    before = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    before = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     path = annotation_dir(affwild2, "abaw2020", "train") / "a.txt"
     write_annotation_file(path, [0, 4, -1, 3])  # same size, one label changed
     later(path)
 
-    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    after = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert before.labels.tolist() == [0, 4, 5, 6, 1]
     assert after.labels.tolist() == [0, 4, 3, 6, 1]
     assert len(list(cache_dir.iterdir())) == 1  # the stale entry is replaced, not kept
@@ -140,47 +148,56 @@ def test_changed_annotation_file_rebuilds(affwild2, tmp_path):
 
 def test_longer_annotation_file_rebuilds(affwild2, tmp_path):
     cache_dir = tmp_path / "cache"
-    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     add_video(affwild2, "b", [6, 6, 1, 2], [1, 3, 4])
-    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    after = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert after.frames.tolist() == [1, 2, 4, 1, 3, 4]
 
 
 def test_new_annotation_file_and_new_frame_image_rebuild(affwild2, tmp_path):
     cache_dir = tmp_path / "cache"
-    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     add_video(affwild2, "d", [3], [1])
-    assert len(cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)) == 6
+    assert (
+        len(cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False))
+        == 6
+    )
 
     (affwild2 / "cropped_aligned/b/00002.jpg").touch()  # b's frame 2 now has a face crop
     later(affwild2 / "cropped_aligned/b")
-    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    after = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert after.frames.tolist() == [1, 2, 4, 1, 2, 3, 1]
 
 
 def test_expw_hit_and_invalidation(expw, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
-    first = cached_read_expw(expw, min_confidence=50.0, cache_dir=cache_dir, progress=False)
+    first = cached_index(
+        ExpWReader(expw, min_confidence=50.0), "train", cache_dir=cache_dir, progress=False
+    )
     assert same(first, read_expw(expw, min_confidence=50.0, progress=False))
     assert first.skipped["low_confidence"] == 1
 
     with monkeypatch.context() as m:
         no_rebuild(m)
-        assert same(cached_read_expw(expw, min_confidence=50.0, cache_dir=cache_dir), first)
+        assert same(
+            cached_index(ExpWReader(expw, min_confidence=50.0), "train", cache_dir=cache_dir), first
+        )
 
     faces = [ExpWFace("y.jpg", 0, 0, 0, 40, 40, 90.0, 5)]
     write_label_list(expw / LABEL_FILE, faces)
-    after = cached_read_expw(expw, min_confidence=50.0, cache_dir=cache_dir, progress=False)
+    after = cached_index(
+        ExpWReader(expw, min_confidence=50.0), "train", cache_dir=cache_dir, progress=False
+    )
     assert after.labels.tolist() == [6]  # ExpW 5 surprise is ABAW 6
 
 
 def test_unreadable_entry_is_rebuilt(affwild2, tmp_path, caplog):
     cache_dir = tmp_path / "cache"
-    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    first = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     (entry,) = cache_dir.iterdir()
     entry.write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING, logger="ferlit.data.cache"):
-        again = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+        again = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert same(again, first)
     assert f"{entry} is unreadable" in caplog.text
     assert len(FrameIndex.load(entry)) == 5  # and written again
@@ -188,7 +205,9 @@ def test_unreadable_entry_is_rebuilt(affwild2, tmp_path, caplog):
 
 def test_cache_inside_the_data_folder_is_refused(affwild2):
     with pytest.raises(ConfigError, match=r"is inside the data folder .*affwild2; ferlit writes"):
-        cached_read_affwild2(affwild2, "train", cache_dir=affwild2 / ".cache", progress=False)
+        cached_index(
+            AffWild2Reader(affwild2), "train", cache_dir=affwild2 / ".cache", progress=False
+        )
 
 
 def test_missing_data_raises_the_readers_error(tmp_path):
@@ -196,7 +215,7 @@ def test_missing_data_raises_the_readers_error(tmp_path):
     (root / "cropped_aligned").mkdir(parents=True)
     (root / "annotations/EXPR_Set").mkdir(parents=True)
     with pytest.raises(DataError, match=r"Training_Set: missing; expected the train annotations"):
-        cached_read_affwild2(root, "train", cache_dir=tmp_path / "cache")
+        cached_index(AffWild2Reader(root), "train", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
 
 
@@ -248,27 +267,27 @@ def add_new_video(root, name, labels, frames_with_image, split="train"):
 def test_a_frame_added_in_the_new_frame_folder_rebuilds(affwild2, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
     add_new_video(affwild2, "n", [3, 2, 1], [1, 3])
-    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    first = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert first.group_names.tolist()[-1] == "cropped_aligned_new_50_vids/n"
     assert first.frames.tolist() == [1, 2, 4, 1, 3, 1, 3]
     with monkeypatch.context() as m:
         no_rebuild(m)
-        assert same(cached_read_affwild2(affwild2, "train", cache_dir=cache_dir), first)
+        assert same(cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir), first)
 
     (affwild2 / NEW_FRAMES_DIR / "n/00002.jpg").touch()  # n's frame 2 now has a face crop
     later(affwild2 / NEW_FRAMES_DIR / "n")
-    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    after = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert after.frames.tolist() == [1, 2, 4, 1, 3, 1, 2, 3]
     assert len(list(cache_dir.iterdir())) == 1
 
 
 def test_a_video_moved_to_the_new_frame_folder_rebuilds(affwild2, tmp_path):
     cache_dir = tmp_path / "cache"
-    cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     (affwild2 / NEW_FRAMES_DIR).mkdir()
     (affwild2 / "cropped_aligned/b").rename(affwild2 / NEW_FRAMES_DIR / "b")
 
-    after = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    after = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert after.group_names.tolist() == ["cropped_aligned/a", "cropped_aligned_new_50_vids/b"]
     assert after.image_path(4) == str(affwild2 / NEW_FRAMES_DIR / "b/00003.jpg")
 
@@ -277,11 +296,11 @@ def test_a_video_without_images_warns_again_on_a_cache_hit(affwild2, tmp_path, m
     cache_dir = tmp_path / "cache"
     add_video(affwild2, "e", [1, 1], [])
     with pytest.warns(DataWarning, match=r"Training_Set/e.txt: video e has annotated frames"):
-        cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+        cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
 
     no_rebuild(monkeypatch)
     with pytest.warns(DataWarning) as warned:
-        index = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+        index = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     assert index.skipped["no_image_videos"] == 1
     assert [str(w.message) for w in warned] == [
         f"{affwild2}: 1 video(s) of the Aff-Wild2 train split have annotated frames but no image "
@@ -302,7 +321,7 @@ def test_nested_frames_stop_the_cached_read_and_the_datamodule(tmp_path):
     )
 
     with pytest.raises(DataError, match=re.escape(cause)):
-        cached_read_affwild2(root, "train", cache_dir=tmp_path / "cache", progress=False)
+        cached_index(AffWild2Reader(root), "train", cache_dir=tmp_path / "cache", progress=False)
     assert not (tmp_path / "cache").exists()
     dm = ExpressionDataModule(affwild2_dir=str(root), index_cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError, match=r"the train split keeps no frame: .*" + re.escape(cause)):
@@ -321,7 +340,7 @@ def read_warning_free(affwild2, cache_dir):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        index = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+        index = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     return index, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
 
 
@@ -366,7 +385,7 @@ def test_a_full_disk_leaves_no_half_written_entry(affwild2, tmp_path, monkeypatc
     import ferlit.data.index
 
     cache_dir = tmp_path / "cache"
-    first = cached_read_affwild2(affwild2, "train", cache_dir=cache_dir, progress=False)
+    first = cached_index(AffWild2Reader(affwild2), "train", cache_dir=cache_dir, progress=False)
     (entry,) = cache_dir.iterdir()
     old = entry.read_bytes()
     later(annotation_dir(affwild2, "abaw2020", "train") / "a.txt")  # the entry must be rewritten
@@ -418,7 +437,7 @@ def test_ferlit_cache_dir_that_is_a_file_warns_for_expw_too(expw, tmp_path, monk
     monkeypatch.setenv("FERLIT_CACHE_DIR", str(blocker))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        index = cached_read_expw(expw, progress=False)
+        index = cached_index(ExpWReader(expw), "train", progress=False)
     assert same(index, read_expw(expw, progress=False))
     assert [str(w.message) for w in caught if issubclass(w.category, DataWarning)] == [
         f"index cache folder {blocker}: cannot write to it (File exists); going on without the "

@@ -10,7 +10,7 @@ import pytest
 
 from ferlit.data.images import load_face
 from ferlit.data.index import BOXED_IMAGE
-from ferlit.data.readers.expw import ExpWFace, read_expw, write_label_list
+from ferlit.data.readers.expw import ExpWFace, ExpWReader, read_expw, write_label_list
 from ferlit.errors import ConfigError, DataError
 
 GREY = (128, 128, 128)
@@ -285,15 +285,15 @@ def test_options_are_checked(tmp_path, expw):
 
 
 def test_image_sizes_come_from_the_headers_and_survive_the_cache(tmp_path, expw):
-    from ferlit.data.cache import cached_read_expw
+    from ferlit.data.cache import cached_index
 
     index = read_expw(tmp_path)
     assert index.group_sizes.tolist() == [[64, 48], [32, 32]]  # a.jpg, b.jpg: width, height
     assert index.image_size(0) == (32, 32)
 
     cache = tmp_path.parent / f"{tmp_path.name}-cache"
-    cached_read_expw(tmp_path, cache_dir=cache)
-    again = cached_read_expw(tmp_path, cache_dir=cache)
+    cached_index(ExpWReader(tmp_path), "train", cache_dir=cache)
+    again = cached_index(ExpWReader(tmp_path), "train", cache_dir=cache)
     assert len(list(cache.glob("*.npz"))) == 1
     assert np.array_equal(again.group_sizes, index.group_sizes)
 

@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 
-from ferlit.data.cache import cached_read_affwild2
+from ferlit.data.cache import cached_index
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.readers.affwild2 import annotation_dir, write_annotation_file
+from ferlit.data.readers.affwild2 import AffWild2Reader, annotation_dir, write_annotation_file
 from ferlit.data.stats import dataset_stats
 from ferlit.errors import ConfigError, DataError, DataWarning
 
@@ -93,14 +93,20 @@ def test_stats_report_the_videos_in_both_splits(overlapping):
 def test_a_cache_reached_through_a_link_into_the_data_is_refused(tmp_path, overlapping):
     (tmp_path / "cache-link").symlink_to(overlapping / "annotations")  # cache inside the data
     with pytest.raises(ConfigError, match=r"cache-link/index is inside the data folder .*affwild2"):
-        cached_read_affwild2(
-            overlapping, "train", progress=False, cache_dir=tmp_path / "cache-link" / "index"
+        cached_index(
+            AffWild2Reader(overlapping),
+            "train",
+            progress=False,
+            cache_dir=tmp_path / "cache-link" / "index",
         )
     # the other way round: the data reached through a link, the cache inside its real folder
     (tmp_path / "data-link").symlink_to(overlapping)
     with pytest.raises(ConfigError, match=r"is inside the data folder .*data-link; ferlit writes"):
-        cached_read_affwild2(
-            tmp_path / "data-link", "train", progress=False, cache_dir=overlapping / ".cache"
+        cached_index(
+            AffWild2Reader(tmp_path / "data-link"),
+            "train",
+            progress=False,
+            cache_dir=overlapping / ".cache",
         )
     assert not (overlapping / "annotations" / "index").exists()
 

@@ -38,9 +38,7 @@ from typing import Any
 
 from ferlit.data import index
 from ferlit.data.index import FrameIndex
-from ferlit.data.readers.affwild2 import AffWild2Reader
 from ferlit.data.readers.base import Reader
-from ferlit.data.readers.expw import ExpWReader
 from ferlit.errors import ConfigError, DataWarning
 
 log = logging.getLogger(__name__)
@@ -101,31 +99,6 @@ def entry_key(reader: Reader, split: str) -> dict[str, Any] | None:
         **key,
         "code": _code_hash(module),
     }
-
-
-def cached_read_affwild2(
-    affwild2_dir: str | os.PathLike,
-    split: str,
-    num_classes: int = 7,
-    layout: str | None = None,
-    progress: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-) -> FrameIndex:
-    """``read_affwild2`` through the cache (:func:`cached_index` of an ``AffWild2Reader``)."""
-    reader = AffWild2Reader(affwild2_dir, num_classes, layout)
-    return cached_index(reader, split, cache_dir, progress)
-
-
-def cached_read_expw(
-    expw_dir: str | os.PathLike,
-    num_classes: int = 7,
-    min_confidence: float | None = None,
-    progress: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-) -> FrameIndex:
-    """``read_expw`` through the cache (:func:`cached_index` of an ``ExpWReader``)."""
-    reader = ExpWReader(expw_dir, num_classes, min_confidence)
-    return cached_index(reader, "train", cache_dir, progress)
 
 
 def cache_file(cache_dir: str | os.PathLike, key: dict[str, Any]) -> Path:
