@@ -367,26 +367,29 @@ def pack(
 
     if (out / MANIFEST).is_file():
         existing = Pack.open(out)
-        _refuse_changed_sources(out, existing.manifest, indexes, roots, sources)
-        if _plan_of(existing.manifest) != _as_recorded(plan, existing.manifest):
-            raise DataError(
-                f"{out}: already holds a complete pack of other data or options "
-                f"({_differences(_plan_of(existing.manifest), plan)}); choose another --out"
-            )
+        _refuse_other_pack(
+            out,
+            existing.manifest,
+            plan,
+            (indexes, roots, sources),
+            "already holds a complete pack of other data or options",
+            "; choose another --out",
+        )
         return existing
     if out.exists():
         raise DataError(f"{out}: exists and is not a ferlit pack; choose another --out")
 
     partial = _partial_dir(out)
     if (partial / MANIFEST).is_file():  # killed after the manifest, before the final rename
-        finished = Pack.open(partial)
-        _refuse_changed_sources(partial, finished.manifest, indexes, roots, sources)
-        if _plan_of(finished.manifest) != _as_recorded(plan, finished.manifest):
-            raise DataError(
-                f"{partial}: a complete pack of other data or options "
-                f"({_differences(_plan_of(finished.manifest), plan)}), not yet renamed to {out}; "
-                "pack with its options to finish it, or delete it to start over"
-            )
+        _refuse_other_pack(
+            partial,
+            Pack.open(partial).manifest,
+            plan,
+            (indexes, roots, sources),
+            "a complete pack of other data or options",
+            f", not yet renamed to {out}; pack with its options to finish it, or delete it to "
+            "start over",
+        )
         _finish(partial, out)
         warnings.warn(
             f"{partial}: the pack was complete but not yet renamed (interrupted at its last "
@@ -403,14 +406,14 @@ def pack(
                 f"{partial / PLAN}: unreadable ({e}); {partial} is not a resumable pack, "
                 "delete it to pack again"
             ) from None
-        if isinstance(started, dict):
-            _refuse_changed_sources(partial, started, indexes, roots, sources)
-        if started != _as_recorded(plan, started):
-            raise DataError(
-                f"{partial}: an interrupted pack of other data or options "
-                f"({_differences(started, plan)}); pack with the same options to resume it, or "
-                "delete it to start over"
-            )
+        _refuse_other_pack(
+            partial,
+            started,
+            plan,
+            (indexes, roots, sources),
+            "an interrupted pack of other data or options",
+            "; pack with the same options to resume it, or delete it to start over",
+        )
     else:
         _start(partial, plan, indexes, sources)
 
@@ -726,6 +729,25 @@ def check_pack_sources(pack: Pack) -> str | None:
         if what is not None:
             return f"{pack.root}: the images of its {part} changed since they were packed ({what})"
     return None
+
+
+def _refuse_other_pack(
+    folder: Path,
+    recorded: Any,
+    plan: dict[str, Any],
+    data: tuple[dict[str, FrameIndex], dict[str, str], dict[str, tuple[np.ndarray, np.ndarray]]],
+    what: str,
+    advice: str,
+) -> None:
+    """Refuse the pack or partial pack in ``folder`` whose recorded plan (its manifest, or the
+    ``plan.json`` of an interrupted one) is not ``plan``: made from images changed since
+    (:func:`_refuse_changed_sources`; ``data`` is its indexes, roots and sources), or of other
+    data or options: ``DataError`` "<folder>: <what> (differs in <keys>)<advice>"."""
+    recorded_plan = _plan_of(recorded) if isinstance(recorded, dict) else {}
+    if recorded_plan:
+        _refuse_changed_sources(folder, recorded_plan, *data)
+    if recorded_plan != _as_recorded(plan, recorded):
+        raise DataError(f"{folder}: {what} ({_differences(recorded_plan, plan)}){advice}")
 
 
 def _as_recorded(plan: dict[str, Any], recorded: Any) -> dict[str, Any]:
