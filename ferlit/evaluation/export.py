@@ -162,13 +162,16 @@ def to_torchscript(classifier: FaceClassifier, example: torch.Tensor, meta: dict
 class Runner:
     """The exported model, loaded from its bytes, as a function of uint8 faces -> probabilities."""
 
-    def __init__(self, form: str, data: bytes) -> None:
+    def __init__(self, form: str, data: bytes, threads: int = 0) -> None:
         self.form = form
         if form == "onnx":
             import onnxruntime
 
-            self.session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-            threads = self.session.get_session_options().intra_op_num_threads
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            self.session = onnxruntime.InferenceSession(
+                data, options, providers=["CPUExecutionProvider"]
+            )
             self.engine = f"onnxruntime {onnxruntime.__version__} on CPU, " + (
                 f"{threads} threads" if threads else f"its default threads ({os.cpu_count()} CPUs)"
             )
@@ -176,6 +179,8 @@ class Runner:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+            if threads:
+                torch.set_num_threads(threads)
             self.engine = f"torch.jit {torch.__version__} on CPU, {torch.get_num_threads()} threads"
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
@@ -219,13 +224,18 @@ def export(
     overwrite: bool = False,
     benchmark_batch: int = 32,
     benchmark_seconds: float = 3.0,
+    threads: int = 0,
 ) -> dict[str, Any]:
     """Export the model of a checkpoint (a ``.ckpt`` or a run folder) to ``out``; returns the
-    report printed (``max_abs_diff``, ``faces_per_second``, the metadata...)."""
+    report printed (``max_abs_diff``, ``faces_per_second``, the metadata...). ``threads``: the
+    CPU threads of the check and the timing (0: the runtime's default; TorchScript's setting is
+    this process's ``torch.set_num_threads``)."""
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: expected one of {', '.join(FORMATS)}")
     if benchmark_batch < 1:
         raise ConfigError(f"--benchmark_batch {benchmark_batch}: expected a positive number")
+    if threads < 0:
+        raise ConfigError(f"--threads {threads}: expected 0 (the runtime's default) or more")
     if not benchmark_seconds >= 0:
         raise ConfigError(f"--benchmark_seconds {benchmark_seconds}: expected 0 or more")
     out = Path(out)
@@ -238,7 +248,7 @@ def export(
     example = torch.from_numpy(check_faces(size, 2, seed=1))
     with torch.no_grad():
         data = (to_onnx if format == "onnx" else to_torchscript)(classifier, example, meta)
-    runner = Runner(format, data)
+    runner = Runner(format, data, threads)
     difference = check_export(runner, classifier, check_faces(size))
     print(
         f"{format} export of {checkpoint}: max |probability difference| to PyTorch "
@@ -330,6 +340,12 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="Seconds to time the export for (3; 0 = no timing).",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for checking and timing (0 = onnxruntime's or torch's default).",
     )
     return p
 
