@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 
 class FerlitError(ValueError):
@@ -82,6 +82,13 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def listed(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` joined by commas, then "and N more" for the rest: a long
+    list of videos or files named in one message without flooding the terminal."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class TrainingDiverged(FerlitError):

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from ferlit.data.index import FrameIndex
-from ferlit.errors import ConfigError, DataError, data_warnings_as_lines, quiet_closed_stdout
+from ferlit.errors import (
+    ConfigError,
+    DataError,
+    data_warnings_as_lines,
+    listed,
+    quiet_closed_stdout,
+)
 from ferlit.evaluation.smoothing import KERNELS
 from ferlit.evaluation.submission import find_video, read_frame_counts, read_test_list
 from ferlit.evaluation.writer import OUTPUTS
@@ -163,13 +169,12 @@ def check_submission_coverage(config, index: FrameIndex, form: str | None) -> No
     np.maximum.at(highest, index.groups, index.frames)
     faces = dict(zip(videos.tolist(), highest.tolist(), strict=True))
     if form == "single_file":
-        listed = dict.fromkeys(read_test_list(config.test_list)[0].tolist())
-        missing = [video for video in listed if video not in faces]
+        test_videos = dict.fromkeys(read_test_list(config.test_list)[0].tolist())
+        missing = [video for video in test_videos if video not in faces]
         if missing:
             raise DataError(
-                f"{config.test_list}: video {', '.join(missing[:5])}"
-                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                + " listed but without any face image to predict; check --data.frames_dir holds "
+                f"{config.test_list}: video {listed(missing)} listed but without any face image "
+                "to predict; check --data.frames_dir holds "
                 + ("their folders" if len(missing) > 1 else "its folder")
             )
     elif config.frames_dir is not None and config.frame_counts:
@@ -177,9 +182,8 @@ def check_submission_coverage(config, index: FrameIndex, form: str | None) -> No
         missing = sorted(video for video in faces if video not in counts)
         if missing:
             raise DataError(
-                f"{config.frame_counts}: no frame count for video {', '.join(missing[:5])}"
-                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                + " of --data.frames_dir"
+                f"{config.frame_counts}: no frame count for video {listed(missing)} of "
+                "--data.frames_dir"
             )
         for video, frame in faces.items():
             if frame > counts[video]:

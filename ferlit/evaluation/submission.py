@@ -31,7 +31,7 @@ from rich.progress import track
 
 from ferlit.data.index import FrameIndex
 from ferlit.data.readers.affwild2 import _read_annotation_file, write_annotation_file
-from ferlit.errors import DataError
+from ferlit.errors import DataError, listed
 from ferlit.expressions import EXPRESSIONS_8
 from ferlit.io import atomic_write, claim_outputs, read_text
 
@@ -115,10 +115,7 @@ def write_submission(
     names, codes = np.unique(videos, return_inverse=True)
     unknown = [v for v in names.tolist() if v not in num_frames]
     if unknown:
-        raise DataError(
-            f"no frame count for video {', '.join(unknown[:5])}"
-            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        )
+        raise DataError(f"no frame count for video {listed(unknown)}")
     out_dir = Path(out_dir)
     claim_outputs(out_dir, [f"{video}.txt" for video in names.tolist()])
     written = []

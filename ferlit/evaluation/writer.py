@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ferlit.data.index import FrameIndex
-from ferlit.errors import DataError
+from ferlit.errors import DataError, listed
 from ferlit.evaluation.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
 from ferlit.evaluation.predictions import (
     criterion_of,
@@ -346,8 +346,7 @@ def write_submission_files(
         missing = sorted(set(videos) - set(num_frames))
         if missing:
             raise DataError(
-                f"{submission.frame_counts}: no frame count for video {', '.join(missing[:5])}"
-                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                f"{submission.frame_counts}: no frame count for video {listed(missing)}"
             )
         faceless = sorted(set(num_frames) - set(videos))
         if faceless:  # no label to fill their files with: said, not silently left out
