@@ -178,29 +178,20 @@ def git_commit(folder: Path) -> dict[str, Any] | None:
 
     None too when ``folder``'s ``__init__.py`` is not tracked there: ferlit installed into a
     virtual environment inside another project's repository is not at that project's commit.
+    Each git call may take 5 seconds at most (a hung network file system does not stall the run).
     """
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        command = ["git", "-C", str(folder), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=5)
+
     try:
-        tracked = subprocess.run(
-            ["git", "-C", str(folder), "ls-files", "--error-unmatch", "__init__.py"],
-            capture_output=True,
-            timeout=5,
-        )
-        if tracked.returncode != 0:
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
             return None
-        head = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None
-        status = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": head.stdout.strip(), "modified": bool(status.stdout.strip())}
