@@ -347,3 +347,12 @@ def test_a_gpu_asked_for_without_one_is_refused(checkpoint, one_face_video, tmp_
         "error: --trainer.accelerator gpu: no CUDA GPU is visible to this process; use "
         "--trainer.accelerator cpu or auto\n"
     )
+
+
+def test_detection_in_worker_processes_gives_the_same_table(checkpoint, one_face_video):
+    model = ferlit.load_model(checkpoint)
+    alone = predict_media(model, one_face_video[0], smooth=3, progress=False)
+    pooled = predict_media(model, one_face_video[0], smooth=3, progress=False, workers=2)
+    pd.testing.assert_frame_equal(pooled, alone)
+    with pytest.raises(ConfigError, match="--face_workers: expected 0"):
+        predict_media(model, one_face_video[0], workers=-1)

@@ -1,0 +1,76 @@
+"""Face detection in worker processes, for ``predict --input --face_workers N``.
+
+dlib's HOG detector runs on one core (~7 frames/s at 640 x 480, :mod:`ferlit.evaluation.faces`),
+while a GPU classifies hundreds of faces a second: on a machine with more cores, N processes
+detect about N times the frames per second. Workers receive frames and return their faces; the
+calling process keeps decoding, tracking and alignment, in frame order, through
+:func:`ferlit.evaluation.faces.faces_in_media` (:class:`HandedDetections`), so the results are
+those of detecting in one process.
+
+This module imports only what detection needs: a worker process imports it, not the model's
+libraries (torch, Lightning), which cost seconds per process to import.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+from collections.abc import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+#: How workers start: ``forkserver`` (a clean server process forks them: nothing of the caller's
+#: threads, CUDA or OpenMP state is inherited, and modules imported once) where the platform has
+#: it, else ``spawn``. Never a plain ``fork`` of a process that holds torch.
+START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+#: Frames in flight per worker: enough to keep every worker busy, few enough that memory stays
+#: bounded on long videos (a 1080p frame is 6 MB).
+FRAMES_PER_WORKER = 4
+
+_WORKER_DETECTOR = None
+
+
+def _start_worker(upsample: int, min_score: float, max_side: int | None) -> None:
+    """A detection process: its own detector (dlib's is not shared between threads)."""
+    global _WORKER_DETECTOR
+    from ferlit.evaluation.faces import FaceDetector
+
+    cv2.setNumThreads(1)
+    _WORKER_DETECTOR = FaceDetector(upsample, min_score, max_side)
+
+
+def _detect_in_worker(rgb: np.ndarray) -> list:
+    return _WORKER_DETECTOR(rgb)
+
+
+class HandedDetections:
+    """Faces detected by worker processes, handed to
+    :func:`ferlit.evaluation.faces.faces_in_media` in frame order, which tracks and aligns them
+    as for its own detector: :meth:`frames` yields each frame once its faces are known, and the
+    call that follows (this object as the detector) returns them."""
+
+    def __init__(self) -> None:
+        self._faces: list = []
+
+    def __call__(self, rgb: np.ndarray) -> list:
+        return self._faces
+
+    def frames(self, frames: Iterable, settings: tuple, workers: int) -> Iterator:
+        """``frames`` (:class:`ferlit.evaluation.media.MediaFrame`) with their faces detected
+        ahead by ``workers`` processes, each with a ``FaceDetector(*settings)``, at most
+        :data:`FRAMES_PER_WORKER` frames a worker in flight."""
+        context = multiprocessing.get_context(START_METHOD)
+        with context.Pool(workers, _start_worker, settings) as pool:
+            pending: collections.deque = collections.deque()
+            for frame in frames:
+                pending.append((frame, pool.apply_async(_detect_in_worker, (frame.rgb,))))
+                if len(pending) >= FRAMES_PER_WORKER * workers:
+                    yield self._hand(*pending.popleft())
+            while pending:
+                yield self._hand(*pending.popleft())
+
+    def _hand(self, frame, result):
+        self._faces = result.get()
+        return frame
