@@ -117,8 +117,8 @@ def predict(
       track, box, landmarks, score, ``prob_<class>``, ``pred``, ``pred_name``, with smoothing
       ``pred_smoothed``...), :func:`ferlit.evaluation.media_predict.predict_media`, whose
       keyword arguments ``media_options`` are (``smooth``, ``smooth_kernel``, ``upsample``,
-      ``min_score``, ``max_side``, ``max_unseen``, ``device``, ``progress``). ``python -m ferlit
-      predict --input PATH`` writes the same table.
+      ``min_score``, ``max_side``, ``max_unseen``, ``workers``, ``device``, ``progress``).
+      ``python -m ferlit predict --input PATH`` writes the same table.
 
     Faces of another size than the model's ``input_size`` are resized first. Runs in batches of
     ``batch_size`` on the model's device, in eval mode (the model's mode is restored after).
