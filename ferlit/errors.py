@@ -1,4 +1,6 @@
-"""The one error type for bad input, so that users see what is wrong and where, not a traceback."""
+"""The error types for bad input, so that users see what is wrong and where, not a traceback,
+and what their messages share: :func:`quote` (file content, cut at ``QUOTE_LIMIT``
+characters) and :func:`listed` (the first names of a long list)."""
 
 from __future__ import annotations
 

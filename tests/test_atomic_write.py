@@ -93,3 +93,17 @@ def test_only_dead_writers_temporaries_of_the_same_file_are_removed(writer, tmp_
         (tmp_path / name).write_text("mine")
     assert remove_stale_temporaries(path) == [stale]
     assert sorted(os.listdir(tmp_path)) == sorted([live, other, *users])
+
+
+def test_write_json_is_indented_ends_in_a_newline_and_refuses_before_writing(tmp_path):
+    from ferlit.errors import listed
+    from ferlit.io import write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"f1": 0.5, "classes": ["Neutral"]})
+    assert path.read_text() == '{\n  "f1": 0.5,\n  "classes": [\n    "Neutral"\n  ]\n}\n'
+    with pytest.raises(TypeError):
+        write_json(path, {"f1": object()})  # not JSON: the old file stays, no temporary left
+    assert path.read_text().startswith('{\n  "f1": 0.5') and os.listdir(tmp_path) == [path.name]
+    assert listed(["a", "b"]) == "a, b"
+    assert listed([f"v{k}" for k in range(8)]) == "v0, v1, v2, v3, v4 and 3 more"

@@ -244,3 +244,19 @@ def test_per_class_scores_table():
     }
     assert table["b"] == {"f1": pytest.approx(2 / 3), "precision": 0.5, "recall": 1.0, "support": 1}
     assert isinstance(table["a"]["support"], int) and isinstance(table["b"]["f1"], float)
+
+
+def test_summary_rows_show_the_2020_formula_beside_another_challenges_criterion():
+    from ferlit.metrics import summary_rows
+
+    assert summary_rows("abaw2020") == [
+        ("f1", "macro-F1"),
+        ("acc", "accuracy"),
+        ("criterion", "criterion (abaw2020)"),
+    ]
+    assert summary_rows("abaw2022")[2:] == [
+        ("abaw2020", "0.67 F1 + 0.33 acc"),
+        ("criterion", "criterion (abaw2022)"),
+    ]
+    with pytest.raises(ValueError, match="challenge must be one of abaw2020, abaw2022"):
+        summary_rows("abaw2019")
