@@ -313,6 +313,7 @@ def test_video_notebook_is_committed_without_outputs():
 def test_video_notebook_shows_the_table_and_the_plot(checkpoint, tmp_path):
     """12 frames: the face alone in 1-4, with its mirror from frame 5, none in frame 7."""
     from matplotlib.figure import Figure
+
     from tests.test_notebook import run_notebook
 
     ns = run_notebook(VIDEO_NOTEBOOK, CHECKPOINT=str(checkpoint), FRAMES=12, WORK=str(tmp_path))
