@@ -3,6 +3,7 @@
     python -m ferlit fit --config experiments/sample.yaml          # train
     python -m ferlit validate --ckpt_path runs/sample              # score the validation split
     python -m ferlit predict --ckpt_path runs/sample --out runs/sample-eval --smooth auto
+    python -m ferlit predict --ckpt_path runs/sample --input clip.mp4 --out clip-eval --smooth 15
     python -m ferlit data stats --data.affwild2_dir /data/Aff-Wild2
     python -m ferlit export --ckpt_path runs/sample --format onnx --out sample.onnx
 
@@ -14,7 +15,9 @@ checkpoint's (weights, options and input preprocessing) and the data options def
 it was trained with, so only what differs is given (on another machine, the data's path).
 ``predict`` is the evaluation: Lightning's predict stage on the same DataModule and Trainer,
 written by :class:`ferlit.evaluation.writer.EvaluationWriter` (``python -m ferlit.evaluate`` is
-a translation of its older spellings).
+a translation of its older spellings). ``predict --input PATH`` instead runs the model on new
+videos or photos (:mod:`ferlit.evaluation.media_predict`: faces detected, tracked and aligned,
+a row per frame and face), without the DataModule or the Trainer.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ from ferlit.training.runs import resolve_checkpoint
 STAGES = {
     "fit": "train a model (python -m ferlit.fit)",
     "validate": "score a checkpoint on the validation split and print the scores",
-    "predict": "evaluate a checkpoint: predictions, metrics.json, plots, ABAW submission files",
+    "predict": "evaluate a checkpoint: predictions, metrics.json, plots, ABAW submission files "
+    "(--input PATH: new videos or photos)",
     "data": "data tools: synth, stats, pack, check (python -m ferlit.data)",
     "export": "a checkpoint's model as one ONNX or TorchScript file (normalisation included)",
 }
