@@ -27,7 +27,7 @@ from ferlit.evaluation.evaluate import check_destinations
 from ferlit.evaluation.evaluate import main as evaluate_main
 from ferlit.evaluation.submission import write_single_file, write_submission
 from ferlit.evaluation.writer import write_outputs
-from ferlit.io import OUTPUTS_MANIFEST, atomic_write, outputs_written
+from ferlit.io import OUTPUTS_MANIFEST, atomic_write, outputs_written, write_json
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -231,7 +231,7 @@ WRITERS = {
         {"splits": {"val": {"class_counts": {"Neutral": 1}, "samples": 1}}}, out / "plot.png"
     ),
     "index": _index,
-    "pack record": lambda out, _: packed._write_json(out / "progress.json", {"expw": [0]}),
+    "pack record": lambda out, _: write_json(out / "progress.json", {"expw": [0]}),
     "sample data": lambda out, _: write_sample_data(out / "sample", scale=0.05, progress=False),
 }
 
