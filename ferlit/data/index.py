@@ -9,7 +9,7 @@ sample is a row across a handful of numpy arrays, and file names are stored once
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -176,19 +176,34 @@ class FrameIndex:
 
     def subset(self, keep: np.ndarray) -> FrameIndex:
         """The samples selected by a boolean mask or an index array (the group table is kept)."""
-        return FrameIndex(
-            roots=self.roots,
-            num_classes=self.num_classes,
-            labels=self.labels[keep],
-            groups=self.groups[keep],
-            frames=self.frames[keep],
-            boxes=self.boxes[keep],
-            lines=self.lines[keep],
-            group_names=self.group_names,
-            group_roots=self.group_roots,
-            group_kinds=self.group_kinds,
-            group_sources=self.group_sources,
-            group_sizes=self.group_sizes,
+        return self.with_rows(
+            self.labels[keep],
+            self.groups[keep],
+            self.frames[keep],
+            self.lines[keep],
+            self.boxes[keep],
+        )
+
+    def with_rows(
+        self,
+        labels: np.ndarray,
+        groups: np.ndarray,
+        frames: np.ndarray,
+        lines: np.ndarray,
+        boxes: np.ndarray | None = None,
+    ) -> FrameIndex:
+        """Other samples (parallel arrays of one length N; ``groups`` are rows of this index's
+        group table) over this index's roots, classes, group table and skipped counts, cast to
+        the compact dtypes; ``boxes`` None: -1 (no box, as for Aff-Wild2 frames)."""
+        return replace(
+            self,
+            labels=np.asarray(labels, np.int8),
+            groups=np.asarray(groups, np.int32),
+            frames=np.asarray(frames, np.int32),
+            boxes=np.full((len(labels), 4), -1, np.int32)
+            if boxes is None
+            else np.asarray(boxes, np.int32),
+            lines=np.asarray(lines, np.int32),
             skipped=dict(self.skipped),
         )
 

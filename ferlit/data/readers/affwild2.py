@@ -669,17 +669,9 @@ class AffWild2Reader(Reader):
         if not frames_parts:
             return None
         frames = np.concatenate(frames_parts)
-        return FrameIndex(
-            roots=index.roots,
-            num_classes=index.num_classes,
-            labels=np.concatenate(labels_parts).astype(np.int8),
-            groups=np.concatenate(groups_parts).astype(np.int32),
-            frames=frames.astype(np.int32),
-            boxes=np.full((len(frames), 4), -1, np.int32),
-            lines=(frames + 1).astype(np.int32),  # frame k is line k + 1 (after the header)
-            group_names=index.group_names,
-            group_roots=index.group_roots,
-            group_kinds=index.group_kinds,
-            group_sources=index.group_sources,
-            skipped=dict(index.skipped),
+        return index.with_rows(
+            labels=np.concatenate(labels_parts),
+            groups=np.concatenate(groups_parts),
+            frames=frames,
+            lines=frames + 1,  # frame k is line k + 1 (after the header)
         )
