@@ -181,3 +181,13 @@ def test_an_export_differing_from_pytorch_is_an_error_and_writes_nothing(
     assert err.startswith("error: --format onnx: the exported model's probabilities differ")
     assert f"nothing written to {out}" in err
     assert not out.exists()
+
+
+def test_a_run_folder_exports_its_best_checkpoint(run, tmp_path):
+    path, _ = run
+    best = tmp_path / "runs" / "demo" / "version_0" / "checkpoints" / "best-step0000002.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(path.read_bytes())
+    out = tmp_path / "demo.onnx"
+    report = export_module.export(tmp_path / "runs" / "demo", "onnx", out, benchmark_seconds=0)
+    assert report["checkpoint"] == str(best) == read_metadata(out)["checkpoint"]
