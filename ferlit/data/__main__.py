@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from ferlit.cli_values import PARSER_MODE
 from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.data.sample import write_sample_data
 from ferlit.errors import (
@@ -123,8 +124,10 @@ def experiment_data(path: str | os.PathLike, used: tuple[str, ...]) -> dict[str,
     (a parent ``config:``, groups given as file names, dotted keys) reads as fit reads it, and a
     file fit refuses (a key that is no option, a value of the wrong type) is refused here with
     fit's message and exit status 2."""
+    from ferlit.cli import stage_arguments_given
     from ferlit.fit import main as fit
 
+    stage_arguments_given()  # fit is given the file while sys.argv holds this command's line
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "no such file"
@@ -385,10 +388,20 @@ def _workers_argument(parser: ArgumentParser) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m ferlit.data", description=__doc__.split("\n\n")[0])
+    # allow_abbrev: options matched whole (a unique prefix would stand for an option unseen)
+    parser = ArgumentParser(
+        prog="python -m ferlit.data",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        parser_mode=PARSER_MODE,
+    )
     commands = parser.add_subcommands(dest="command")
 
-    synth = ArgumentParser(description="Write <out>/affwild2, <out>/expw and <out>/manifest.json.")
+    synth = ArgumentParser(
+        allow_abbrev=False,
+        parser_mode=PARSER_MODE,
+        description="Write <out>/affwild2, <out>/expw and <out>/manifest.json.",
+    )
     synth.add_argument("--out", type=str, required=True, help="a new or empty folder")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     synth.add_argument(
@@ -399,7 +412,9 @@ def build_parser() -> ArgumentParser:
     )
 
     stats = ArgumentParser(
-        description="Train is Aff-Wild2 train + ExpW, val is Aff-Wild2 val (as in the paper)."
+        allow_abbrev=False,
+        parser_mode=PARSER_MODE,
+        description="Train is Aff-Wild2 train + ExpW, val is Aff-Wild2 val (as in the paper).",
     )
     _data_arguments(stats, "stats")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
@@ -412,8 +427,10 @@ def build_parser() -> ArgumentParser:
     )
 
     pack = ArgumentParser(
+        allow_abbrev=False,
+        parser_mode=PARSER_MODE,
         description="Write <out>/<part>/frames.npy and index.npz per part and <out>/manifest.json "
-        "last; an interrupted pack resumes when run again with the same options."
+        "last; an interrupted pack resumes when run again with the same options.",
     )
     _data_arguments(pack, "pack")
     pack.add_argument("--out", type=str, required=True, help="the pack's folder")
@@ -425,11 +442,13 @@ def build_parser() -> ArgumentParser:
     )
 
     check = ArgumentParser(
+        allow_abbrev=False,
+        parser_mode=PARSER_MODE,
         description="Decode every .jpg/.jpeg/.png under the folders given (hidden names, "
         "starting with '.', passed over and counted), once, and list the "
         "missing, empty, truncated or undecodable ones with the reason; exit status 1 if any is "
         "damaged, 0 if none. Training skips damaged images (data.strict_images: false); "
-        "validation and evaluation stop on them."
+        "validation and evaluation stop on them.",
     )
     _data_arguments(check, "check")
     _workers_argument(check)
