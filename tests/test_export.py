@@ -124,6 +124,13 @@ def test_a_bad_format_or_thread_count_is_refused_naming_it(run, tmp_path, capsys
     assert capsys.readouterr().err == (
         "error: --threads -1: expected 0 (the runtime's default) or more\n"
     )
+    with pytest.raises(SystemExit) as exit_:
+        ferlit_main(["export", "--format", "onnx"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: the following arguments are required: --ckpt_path, --out (python -m ferlit "
+        "export --help lists the options)\n"
+    )
 
 
 def test_an_existing_out_is_replaced_only_with_overwrite_and_only_if_ferlit_wrote_it(

@@ -317,8 +317,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusals are ConfigErrors: ``error: <message>``, exit 2, as every stage."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (python -m ferlit export --help lists the options)")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m ferlit export",
         description="export: the model of a checkpoint as ONNX or TorchScript, input "
         "normalisation included (uint8 RGB faces N x S x S x 3 in, probabilities N x C out); "
