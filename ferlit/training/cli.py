@@ -84,6 +84,8 @@ from ferlit.training.runs import (
 from ferlit.training.schedule import check_model_options, check_schedule
 
 RICH_PROGRESS_BAR = "lightning.pytorch.callbacks.RichProgressBar"
+# fit's: one bar over the run in optimizer steps, the latest and best val/criterion beside it.
+STEP_PROGRESS_BAR = "ferlit.training.callbacks.progress.StepProgressBar"
 # Below this, model.lr_backbone is a fine-tuning rate (the paper's 1e-6 on VGGFace2 weights):
 # a randomly initialised backbone barely moves at it (experiments/sample.yaml trains one from
 # scratch at 0.05).
@@ -121,6 +123,41 @@ class WholeStepEpochs(pl.Callback):
             )
 
 
+def given_config_files(args: list[str] | None) -> list[str]:
+    """The files given as ``--config FILE``, ``--config=FILE`` or ``-c FILE`` in ``args``."""
+    given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+    files = [b for a, b in zip(given, given[1:], strict=False) if a in ("--config", "-c")]
+    return files + [a.split("=", 1)[1] for a in given if a.startswith("--config=")]
+
+
+def check_parent_configs(path: str | os.PathLike, seen: frozenset[str] = frozenset()) -> None:
+    """A ``config:`` key in an experiment file (and in its parents) names ONE parent file.
+
+    jsonargparse reads a string there as a parent file but keeps any other value as it is: a list
+    (``config: [a.yaml, b.yaml]``) was silently ignored, parents and all, and a number or a
+    mapping ended in an ``AttributeError`` traceback. Refused here, naming the file; a missing
+    parent, a folder or a loop is left to jsonargparse, whose messages say so."""
+    path = os.fspath(path)
+    if path in seen or not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # reported by the parser (FerlitCLI.parse_arguments, jsonargparse)
+    if not isinstance(loaded, dict) or "config" not in loaded:
+        return
+    parent = loaded["config"]
+    if not isinstance(parent, str):
+        raise ConfigError(
+            f"{path}: config: {parent!r}: expected the path of one parent experiment file "
+            "(relative to this file), e.g. config: cafarelli2020.yaml"
+        )
+    if not os.path.isabs(parent):
+        parent = os.path.join(os.path.dirname(path), parent)
+    check_parent_configs(parent, seen | {path})
+
+
 class StageCLI(LightningCLI):
     """What the LightningCLI of every stage shares (``fit`` here; ``validate`` and ``predict`` in
     :mod:`ferlit.cli`): a value ``None`` is null, a Trainer value Lightning refuses is a
@@ -136,19 +173,29 @@ class StageCLI(LightningCLI):
         except (ValueError, MisconfigurationException) as error:
             raise ConfigError(f"trainer options: {error}") from None
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Parse, after checking the ``config:`` parents of every ``--config`` file given."""
+        if not isinstance(args, dict | Namespace):
+            for path in given_config_files(args):
+                check_parent_configs(path)
+        super().parse_arguments(parser, args)
+
     def init_parser(self, **kwargs) -> LightningArgumentParser:
-        """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``)."""
-        return super().init_parser(**{"parser_mode": PARSER_MODE, **kwargs})
+        """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``).
+
+        Options are matched whole: argparse's default, a unique prefix standing for an option,
+        let a typo such as ``--trainer.max_step 3`` set ``trainer.max_steps`` unseen."""
+        return super().init_parser(**{"parser_mode": PARSER_MODE, "allow_abbrev": False, **kwargs})
 
 
-def with_progress_bar(config: Namespace) -> None:
-    """Add Lightning's rich progress bar to ``trainer.callbacks`` unless the bar is off or the
-    user chose another."""
+def with_progress_bar(config: Namespace, class_path: str = RICH_PROGRESS_BAR) -> None:
+    """Add a rich progress bar (``class_path``: Lightning's, or fit's :data:`STEP_PROGRESS_BAR`)
+    to ``trainer.callbacks`` unless the bar is off or the user chose another."""
     callbacks = config.trainer.callbacks or []
     if config.trainer.enable_progress_bar is not False and not any(
         "ProgressBar" in str(c.get("class_path", "")) for c in callbacks
     ):
-        config.trainer.callbacks = [*callbacks, Namespace(class_path=RICH_PROGRESS_BAR)]
+        config.trainer.callbacks = [*callbacks, Namespace(class_path=class_path)]
 
 
 class FerlitCLI(StageCLI):
@@ -169,10 +216,8 @@ class FerlitCLI(StageCLI):
         else:
             given = [str(a) for a in (sys.argv[1:] if args is None else args)]
             keys = [a[2:].split("=")[0].split(".")[0] for a in given if a.startswith("--")]
-        for i, arg in enumerate(given):
-            path = given[i + 1] if arg == "--config" and i + 1 < len(given) else None
-            path = arg.split("=", 1)[1] if arg.startswith("--config=") else path
-            if path is not None and os.path.isfile(path):
+        for path in given_config_files(given):
+            if os.path.isfile(path):
                 try:
                     text = Path(path).read_bytes().decode("utf-8")
                 except UnicodeDecodeError as e:  # jsonargparse lets this one out as a traceback
@@ -289,7 +334,7 @@ class FerlitCLI(StageCLI):
                 file=sys.stderr,
             )
         config.checkpoint.dirpath = sweep_checkpoint_dir(config.checkpoint.dirpath)
-        with_progress_bar(config)
+        with_progress_bar(config, STEP_PROGRESS_BAR)
         data = config.data
         if data.affwild2_dir is None and data.expw_dir is None and data.packed_dir is None:
             from ferlit.data.sample import default_sample_dir
@@ -433,7 +478,10 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                 },
                 "callbacks": [BestValidationSummary(), WandbValidation(), Preemption()],
             },
-            parser_kwargs={"description": __doc__.split("\n\n")[0]},
+            parser_kwargs={
+                "prog": "python -m ferlit fit",  # not __main__.py / fit.py in its messages
+                "description": __doc__.split("\n\n")[0],
+            },
         )
         if run:
             check_run_folders(cli.trainer)

@@ -62,7 +62,9 @@ class BestValidation:
 
 
 class BestValidationSummary(pl.Callback):
-    """Remembers the validation with the best ``val/criterion`` and reports it at the end.
+    """Remembers the validation with the best ``val/criterion``, prints one line after each
+    validation (:func:`~ferlit.training.callbacks.progress.validation_line`: step, score,
+    macro-F1, accuracy, best so far) and reports the best at the end.
 
     The paper keeps the checkpoint with the best validation criterion; the user wants to see, at
     the end of a run, that score, the optimizer step it came from, and its per-class F1 — written
@@ -107,6 +109,17 @@ class BestValidationSummary(pl.Callback):
         if trainer.sanity_checking or not getattr(pl_module, "last_val_scores", None):
             return
         self.tracker.update(trainer.global_step, pl_module.last_val_scores)
+        if trainer.is_global_zero:
+            from ferlit.training.callbacks.progress import validation_line  # it imports this
+
+            line = validation_line(
+                trainer.global_step,
+                pl_module.last_val_scores,
+                self.tracker.best[self.monitor],
+                self.tracker.best_step,
+                self.monitor,
+            )
+            print(line, flush=True)
 
     @property
     def history(self) -> list[tuple[int, float]]:
