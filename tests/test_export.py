@@ -131,6 +131,11 @@ def test_a_bad_format_or_thread_count_is_refused_naming_it(run, tmp_path, capsys
         "error: the following arguments are required: --ckpt_path, --out (python -m ferlit "
         "export --help lists the options)\n"
     )
+    with pytest.raises(SystemExit):  # no option prefixes
+        export("--ckpt", str(path), "--format", "onnx", "--out", str(out))
+    assert capsys.readouterr().err.startswith(
+        "error: the following arguments are required: --ckpt_path"
+    )
 
 
 def test_an_existing_out_is_replaced_only_with_overwrite_and_only_if_ferlit_wrote_it(

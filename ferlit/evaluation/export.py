@@ -327,6 +327,7 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m ferlit export",
+        allow_abbrev=False,  # --ckpt is not --ckpt_path: a prefix is refused, as by every stage
         description="export: the model of a checkpoint as ONNX or TorchScript, input "
         "normalisation included (uint8 RGB faces N x S x S x 3 in, probabilities N x C out); "
         "checked against PyTorch and timed on the CPU.",
