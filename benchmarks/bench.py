@@ -558,6 +558,7 @@ def build_parser() -> ArgumentParser:
     """The bench's options, in the spelling of every ferlit command (jsonargparse)."""
     parser = ArgumentParser(
         prog="python benchmarks/bench.py",
+        allow_abbrev=False,  # options matched whole: --work is no --work_dir
         description="Measure loader throughput, index build and load, and training-step speed "
         "on this machine, on data generated in a temporary folder.",
     )

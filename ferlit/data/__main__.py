@@ -205,14 +205,28 @@ def _synth(args: Namespace, given: set[str]) -> None:
 
 def _stats(args: Namespace, given: set[str]) -> None:
     data = args.data
-    _refuse_expw_options_without_expw(data, given)
-    affwild2_dir = _folder("--data.affwild2_dir", data.affwild2_dir)
-    expw_dir = _folder("--data.expw_dir", data.expw_dir)
     from ferlit.data.stats import check_plot_path, dataset_stats, plot_stats, print_stats
 
     if args.plot is not None:
         check_plot_path(args.plot)  # before indexing, which takes minutes at full scale
+    if data.affwild2_dir is None and data.expw_dir is None:  # as fit does: the sample data
+        from rich.console import Console
 
+        from ferlit.data.sample import default_sample_dir, ensure_sample_data
+
+        Console(stderr=True).print(
+            f"[bold]No data given[/]: counting ferlit's sample data at {default_sample_dir()} "
+            "(drawn faces, not Aff-Wild2; set --data.affwild2_dir / --data.expw_dir for real "
+            "data)",
+            soft_wrap=True,
+        )
+        sample = ensure_sample_data(progress=not args.json)
+        data.affwild2_dir, data.expw_dir = str(sample.affwild2_dir), str(sample.expw_dir)
+    else:
+        sample = None
+    _refuse_expw_options_without_expw(data, given)
+    affwild2_dir = _folder("--data.affwild2_dir", data.affwild2_dir)
+    expw_dir = _folder("--data.expw_dir", data.expw_dir)
     stats = dataset_stats(
         affwild2_dir,
         expw_dir,
@@ -222,6 +236,8 @@ def _stats(args: Namespace, given: set[str]) -> None:
         progress=not args.json,
         expw_box_overflow=data.expw_box_overflow,
     )
+    if sample is not None:  # the JSON and the plot say the counts are of drawn faces
+        stats["sample_data"] = str(sample.root)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:

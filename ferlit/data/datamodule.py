@@ -263,6 +263,11 @@ class ExpressionDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.predict_split must be 'val' or 'train', got {predict_split!r}")
         if frames_dir is not None:  # the folders themselves are read when predicting
             FramesDirReader(frames_dir, num_classes)
+            if predict_split != "val":  # accepted and ignored otherwise
+                raise ConfigError(
+                    f"data.predict_split {predict_split}: predict reads data.frames_dir, not an "
+                    "Aff-Wild2 split; give one of the two"
+                )
         self._sources = self._source_readers(train_sources, num_classes)
         if self._sources and packed_dir is not None:
             raise ConfigError(
@@ -270,6 +275,11 @@ class ExpressionDataModule(pl.LightningDataModule):
                 "Aff-Wild2 and ExpW faces it packed; train from the data folders, or leave "
                 "data.train_sources unset"
             )
+        for k, entry in enumerate(train_sources or []):  # every entry's reader and options right
+            if not os.path.exists(entry["root"]):  # else the reader's own OSError, mid-setup
+                raise ConfigError(
+                    f"data.train_sources[{k}].root {entry['root']}: no such file or folder"
+                )
         self.save_hyperparameters(ignore=["_parts_only"])
         s = augment_strength
         self.augmentation = (
@@ -415,10 +425,16 @@ class ExpressionDataModule(pl.LightningDataModule):
         """Index validation with training before the first step (every rank does, as each uses
         both): a validation layout that yields nothing stops the run here, not after an epoch
         (``read_affwild2``), even with ``trainer.num_sanity_val_steps`` 0."""
+        stage = getattr(stage, "value", stage)  # Lightning's TrainerFn.FITTING -> "fit"
         if stage in ("fit", "validate") and self.hparams.frames_dir is not None:
             raise ConfigError(
                 f"data.frames_dir is set: its unlabelled faces are for predict only; {stage} "
                 "reads the Aff-Wild2 splits (leave data.frames_dir unset)"
+            )
+        if stage in ("fit", "validate") and self.hparams.predict_split != "val":
+            raise ConfigError(  # accepted and ignored otherwise
+                f"data.predict_split {self.hparams.predict_split}: the split predict reads; "
+                f"{stage} validates on Aff-Wild2 val (leave data.predict_split unset)"
             )
         if stage == "fit":
             self.train_index, self.val_index  # noqa: B018 (the properties build the indexes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import traceback
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -112,6 +113,16 @@ def reader_class(name_or_path: str, option: str = "reader") -> type[Reader]:
         raise ConfigError(
             f"{option}: cannot import {module_name!r} for reader {name_or_path!r} ({e}); "
             f"expected {known}"
+        ) from None
+    except Exception as e:  # the reader's own module fails as it runs (SyntaxError, any raise)
+        if isinstance(e, SyntaxError) and e.filename:
+            where = f"{e.filename}:{e.lineno}"
+        else:
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            where = f"{frame.filename}:{frame.lineno}"
+        raise ConfigError(
+            f"{option}: importing {module_name!r} for reader {name_or_path!r} raised "
+            f"{type(e).__name__} at {where}: {e}"
         ) from None
     cls = getattr(module, attribute, None)
     if cls is None:
