@@ -15,6 +15,7 @@ from PIL import Image
 from ferlit.data.__main__ import main
 from ferlit.data.readers.affwild2 import annotation_dir, frame_file, write_annotation_file
 from ferlit.data.readers.expw import IMAGES_DIR, LABEL_FILE, ExpWFace, write_label_list
+from ferlit.data.stats import stats_figure
 
 REASONS = (
     "unannotated",
@@ -192,10 +193,57 @@ def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert (
         capsys.readouterr().err == f"error: --data.affwild2_dir {missing}: folder does not exist\n"
     )
-    assert main(["stats"]) == 2
-    assert capsys.readouterr().err == (
-        "error: no data: give an Aff-Wild2 folder, an ExpW folder, or both\n"
+
+
+def test_stats_without_folders_counts_the_sample_data_and_says_so(
+    tiny_sample, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As fit does with no data configured: the sample data (FERLIT_SAMPLE_DIR), named; the
+    small copy stands for the full-size one ``ensure_sample_data`` would write."""
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(tiny_sample.root))
+    monkeypatch.setattr("ferlit.data.sample.ensure_sample_data", lambda progress: tiny_sample)
+    assert main(["stats", "--json"]) == 0
+    out, err = capsys.readouterr()
+    stats = json.loads(out)
+    assert f"No data given: counting ferlit's sample data at {tiny_sample.root}" in " ".join(
+        err.split()
     )
+    assert stats["sample_data"] == str(tiny_sample.root)
+    manifest = tiny_sample.manifest
+    assert stats["splits"]["val"]["samples"] == manifest["affwild2"]["val"]["samples"]
+    assert stats["splits"]["train"]["sources"]["expw"]["samples"] == manifest["expw"]["samples"]
+    figure = stats_figure(stats)
+    assert figure.axes[0].get_title().endswith("- ferlit sample data (drawn faces)")
+
+
+def test_stats_titles_name_the_sources_given(tiny, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    affwild2, expw = tiny
+    assert main(["stats", "--data.affwild2_dir", str(affwild2)]) == 0
+    out = capsys.readouterr().out
+    assert "train (Aff-Wild2 train)" in out and "ExpW" not in out
+    stats = run_json(capsys, "--data.expw_dir", str(expw))
+    assert [ax.get_title() for ax in stats_figure(stats).axes] == ["train (ExpW): 3 samples"]
+
+
+def test_stats_plot_splits_train_by_source_with_shares(tiny, capsys) -> None:
+    affwild2, expw = tiny
+    stats = run_json(capsys, "--data.affwild2_dir", str(affwild2), "--data.expw_dir", str(expw))
+    train, val = stats_figure(stats).axes
+    assert train.get_title() == "train (Aff-Wild2 train + ExpW): 12 samples"
+    assert val.get_title() == "val (Aff-Wild2 val): 2 samples"
+    assert [t.get_text() for t in train.get_legend().get_texts()] == [
+        "Aff-Wild2: 9",
+        "ExpW: 3",
+    ]
+    affwild2_bars, expw_bars = train.containers[:2]
+    happiness = CLASSES.index("Happiness")
+    # 2 Aff-Wild2 frames, 1 ExpW face on top of them: 3 of 12 = 25.0% (test_stats_table's row)
+    assert affwild2_bars[happiness].get_height() == 2
+    assert (expw_bars[happiness].get_y(), expw_bars[happiness].get_height()) == (2, 1)
+    labels = [t.get_text() for t in train.texts]
+    assert labels[happiness] == "3\n25.0%"
+    assert val.get_legend() is None
 
 
 def test_missing_folder_from_the_shell(tmp_path: Path) -> None:

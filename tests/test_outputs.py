@@ -167,7 +167,8 @@ def test_a_damaged_outputs_list_is_refused(tmp_path):
 
 
 def test_stats_plot_replaces_its_own_plot_but_not_a_users_file(tmp_path, capsys):
-    stats = {"splits": {"train": {"class_counts": {"Neutral": 3, "Anger": 1}, "samples": 4}}}
+    counts = {"class_counts": {"Neutral": 3, "Anger": 1}, "samples": 4}
+    stats = {"splits": {"train": {**counts, "sources": {"affwild2": counts}}}}
     plot = tmp_path / "dist.png"
     plot_stats(stats, plot)
     plot_stats(stats, plot, log=True)  # ferlit's own plot: replaced

@@ -36,7 +36,8 @@ VIDEOS_KEY = "no_image_videos"
 SOURCE_NAMES = {"affwild2": "Aff-Wild2", "expw": "ExpW"}
 #: The data set (a key of ``SOURCE_NAMES``) of each DataModule part stats counts.
 PART_SOURCES = {"affwild2_train": "affwild2", "affwild2_val": "affwild2", "expw": "expw"}
-SPLIT_TITLES = {"train": "train (Aff-Wild2 train + ExpW)", "val": "val (Aff-Wild2 val)"}
+#: Bar colours of each source's segment in :func:`stats_figure`.
+SOURCE_COLORS = {"affwild2": "tab:blue", "expw": "tab:green"}
 SKIP_NAMES = {
     "unannotated": "unannotated (-1)",
     "no_image": "no image",
@@ -52,6 +53,16 @@ SKIP_NAMES = {
 OVERLAP_KEY = "videos_in_both_splits"
 #: Kept ExpW faces whose box runs past the image edge, by what ``data.expw_box_overflow`` does.
 BOX_KEYS = {"clip": "box_clipped", "pad": "box_padded"}
+
+
+def split_title(split: str, sources: dict[str, Any]) -> str:
+    """A split's title naming the sources counted in it: ``train (Aff-Wild2 train + ExpW)``,
+    ``train (Aff-Wild2 train)`` when only Aff-Wild2 was given, ``train (ExpW)``, ``val
+    (Aff-Wild2 val)``."""
+    names = [
+        SOURCE_NAMES[source] + (f" {split}" if source == "affwild2" else "") for source in sources
+    ]
+    return f"{split} ({' + '.join(names)})"
 
 
 def index_stats(index: FrameIndex, box_overflow: str | None = None) -> dict[str, Any]:
@@ -159,7 +170,7 @@ def split_table(split: str, entry: dict[str, Any], weights: dict[str, float] | N
     """A split's class counts and skips per source, with totals, shares and (train) weights."""
     sources = entry["sources"]
     several = len(sources) > 1
-    table = Table(title=SPLIT_TITLES[split], title_justify="left")
+    table = Table(title=split_title(split, sources), title_justify="left")
     table.add_column("")
     for source in sources:
         table.add_column(SOURCE_NAMES[source], justify="right")
@@ -234,27 +245,53 @@ def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> None:
         )
 
 
-def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False) -> None:
-    """Bar charts of the class distribution of each split (the paper's Figures 1 and 2), with
-    the count on each bar; ``log`` puts the counts on a log axis, where rare classes stay
-    visible next to Neutral. The path is checked first (:func:`check_plot_path`)."""
-    check_plot_path(path, "plot path")
+def stats_figure(stats: dict[str, Any], log: bool = False) -> Figure:
+    """Bar charts of the class distribution of each split (the paper's Figures 1 and 2): one
+    bar segment per source (Aff-Wild2, ExpW: the train split merges both), labelled with the
+    class's count and its share of the split; ``log`` puts the counts on a log axis, where rare
+    classes stay visible next to Neutral. Titles name the sources counted (:func:`split_title`)
+    and say when the data is ferlit's drawn sample data."""
     splits = stats["splits"]
     fig = Figure(figsize=(5.5 * len(splits), 4.2), layout="constrained")
     axes = fig.subplots(1, len(splits), squeeze=False)[0]
     for ax, (split, entry) in zip(axes, splits.items(), strict=True):
         names = list(entry["class_counts"])
-        counts = np.asarray(list(entry["class_counts"].values()))
-        bars = ax.bar(names, counts, color="tab:blue" if split == "train" else "tab:orange")
-        ax.bar_label(bars, labels=[f"{c:,}" for c in counts], fontsize=8)
-        ax.set_title(f"{SPLIT_TITLES[split]}: {entry['samples']:,} samples")
+        bottom = np.zeros(len(names), dtype=np.int64)
+        bars = None
+        for source, part in entry["sources"].items():
+            values = np.asarray([part["class_counts"][n] for n in names], dtype=np.int64)
+            bars = ax.bar(
+                names,
+                values,
+                bottom=bottom,
+                color=SOURCE_COLORS[source],
+                label=f"{SOURCE_NAMES[source]}: {part['samples']:,}",
+            )
+            bottom += values
+        kept = max(entry["samples"], 1)
+        labels = [f"{c:,}\n{100 * c / kept:.1f}%" for c in bottom]
+        ax.bar_label(bars, labels=labels, fontsize=7)
+        sample = " - ferlit sample data (drawn faces)" if stats.get("sample_data") else ""
+        ax.set_title(
+            f"{split_title(split, entry['sources'])}: {entry['samples']:,} samples{sample}",
+            fontsize=9,
+        )
         ax.set_ylabel("samples (log scale)" if log else "samples")
-        ax.margins(y=0.08)
+        ax.margins(y=0.15)
+        if len(entry["sources"]) > 1:
+            ax.legend(fontsize=8, title="source", title_fontsize=8)
         if log:
             ax.set_yscale("log")
             ax.set_ylim(bottom=1)
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=35)
+    return fig
+
+
+def plot_stats(stats: dict[str, Any], path: str | os.PathLike, log: bool = False) -> None:
+    """Write :func:`stats_figure` to ``path``, checked first (:func:`check_plot_path`)."""
+    check_plot_path(path, "plot path")
+    fig = stats_figure(stats, log)
     path = Path(path)
     try:
         claim_outputs(path.parent, [path.name])  # a later plot may replace it, nothing else
