@@ -206,8 +206,13 @@ def test_interrupted_pack_is_detected_and_resumed(tiny_sample, tmp_path, monkeyp
 
 def test_datamodule_refuses_a_pack_of_other_options(packed_sample):
     out, _ = packed_sample
-    with pytest.raises(ConfigError, match=rf"data.image_size is 112 but .* packed with {SIZE}"):
+    with pytest.raises(ConfigError) as refused:
         _ = ExpressionDataModule(packed_dir=str(out.root)).train_index
+    assert str(refused.value) == (
+        f"data.image_size is 112 but {out.root} was packed with {SIZE}; train with "
+        f"--model.input_size {SIZE} (fit sets data.image_size from it), or pack again with "
+        "--data.image_size 112"
+    )
     with pytest.raises(ConfigError, match=r"data.expw_margin is 0.0 but .* packed with 0.1"):
         _ = ExpressionDataModule(packed_dir=str(out.root), image_size=SIZE).train_index
     with pytest.raises(

@@ -481,6 +481,14 @@ class ExpressionDataModule(pl.LightningDataModule):
                     m["affwild2_layout"],
                 ),
             ):
+                if value != packed and option == "image_size":
+                    # fit links data.image_size to model.input_size (a --data.image_size is
+                    # refused there); validate and predict take it from the checkpoint
+                    raise ConfigError(
+                        f"data.image_size is {value} but {hp.packed_dir} was packed with "
+                        f"{packed}; train with --model.input_size {packed} (fit sets "
+                        f"data.image_size from it), or pack again with --data.image_size {value}"
+                    )
                 if value != packed:
                     raise ConfigError(
                         f"data.{option} is {value!r} but {hp.packed_dir} was packed with "
