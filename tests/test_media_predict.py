@@ -316,7 +316,14 @@ def test_video_notebook_shows_the_table_and_the_plot(checkpoint, tmp_path):
 
     from tests.test_notebook import run_notebook
 
-    ns = run_notebook(VIDEO_NOTEBOOK, CHECKPOINT=str(checkpoint), FRAMES=12, WORK=str(tmp_path))
+    ns = run_notebook(
+        VIDEO_NOTEBOOK,
+        ("table", "tracks", "figure"),
+        tmp_path,
+        CHECKPOINT=str(checkpoint),
+        FRAMES=12,
+        WORK=str(tmp_path),
+    )
     table = ns["table"]
     assert (tmp_path / "astronaut.avi").is_file()
     assert table.drop_duplicates("frame")["frame"].tolist() == list(range(1, 13))

@@ -1,11 +1,15 @@
-"""notebooks/per_class_f1.ipynb runs headless on a predictions file and shows the right numbers.
+"""notebooks/per_class_f1.ipynb runs in a Jupyter kernel on a predictions file, shows the right
+numbers and shows its figures as images.
 
-Neither nbclient nor a Jupyter kernel is a dependency: the code cells are executed in order in one
-namespace, the cell tagged ``parameters`` followed by the test's own values (as papermill does).
+The notebooks run as a user runs them: through nbclient in an IPython kernel (ipykernel; the
+``dev`` extra), the cell tagged ``parameters`` followed by a cell setting the test's own values
+(as papermill does). A figure cell that prints ``<Figure size ...>`` instead of an image fails
+(:func:`assert_figures_shown`); the values a test checks come back pickled from the kernel.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import cv2
@@ -13,11 +17,12 @@ import nbformat
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 from sklearn.metrics import f1_score
 
 import ferlit
 from ferlit.data.readers.affwild2 import FRAMES_DIR, read_affwild2
-from ferlit.errors import DataError
 from ferlit.evaluation.predictions import predictions_frame, sample_predictions_path
 from ferlit.evaluation.smoothing import smooth_predictions
 from ferlit.expressions import EXPRESSIONS_7
@@ -25,17 +30,45 @@ from ferlit.expressions import EXPRESSIONS_7
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "per_class_f1.ipynb"
 
 
-def run_notebook(path: Path = NOTEBOOK, **parameters) -> dict:
-    """The namespace after running the notebook at ``path`` with ``parameters``."""
+def figure_cells(notebook) -> list:
+    """The code cells that make a figure: those calling a ``*_figure(...)`` function."""
+    return [c for c in notebook.cells if c.cell_type == "code" and "_figure(" in c.source]
+
+
+def assert_figures_shown(notebook) -> None:
+    """Each figure cell's outputs hold a PNG image (display_data or the cell's result), not just
+    the text ``<Figure size ...>`` a kernel prints for a figure it cannot render."""
+    cells = figure_cells(notebook)
+    assert cells
+    for cell in cells:
+        kinds = [(o.output_type, sorted(o.get("data", {}))) for o in cell.outputs if "data" in o]
+        assert any("image/png" in data for _, data in kinds), (
+            f"no image from the cell\n{cell.source}\noutputs: {kinds}"
+        )
+
+
+def run_notebook(path: Path, names: tuple[str, ...], tmp_path: Path, **parameters) -> dict:
+    """Run the notebook at ``path`` in a fresh kernel with ``parameters`` and return the kernel's
+    variables ``names`` (pickled there, read here); its figure cells must have shown images.
+
+    Raises nbclient's ``CellExecutionError`` (``.ename``, ``.evalue``) when a cell raises."""
     notebook = nbformat.read(path, as_version=4)
-    namespace: dict = {}
-    for i, cell in enumerate(notebook.cells):
-        if cell.cell_type != "code":
-            continue
-        exec(compile(cell.source, f"{path.name} cell {i}", "exec"), namespace)
-        if "parameters" in cell.metadata.get("tags", []):
-            namespace.update(parameters)
-    return namespace
+    at = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    values = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    notebook.cells.insert(at + 1, nbformat.v4.new_code_cell(values))
+    out = tmp_path / f"{path.stem}.pickle"
+    notebook.cells.append(
+        nbformat.v4.new_code_cell(
+            f"import pickle\nwith open({str(out)!r}, 'wb') as file:\n"
+            f"    pickle.dump({{n: globals()[n] for n in {list(names)!r}}}, file)"
+        )
+    )
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
+    ).execute()
+    assert_figures_shown(notebook)
+    with open(out, "rb") as file:
+        return pickle.load(file)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +104,16 @@ def test_notebook_is_committed_without_outputs():
 
 
 def test_notebook_runs_and_shows_the_scores_of_the_predictions(
-    predictions_file, checkpoint, tiny_sample
+    predictions_file, checkpoint, tiny_sample, tmp_path
 ):
     windows = (1, 3, 9)
     faces_dir = sorted((Path(tiny_sample.affwild2_dir) / FRAMES_DIR).iterdir())[0]
+    names = ("predictions", "table", "scores", "sweep", "videos", "model_probs")
+    names += ("confusion", "f1_figure", "sweep_figure")
     ns = run_notebook(
+        NOTEBOOK,
+        names,
+        tmp_path,
         PREDICTIONS=str(predictions_file),
         WINDOWS=windows,
         CHECKPOINT=str(checkpoint),
@@ -131,5 +169,7 @@ def test_notebook_default_is_the_sample_runs_predictions(tmp_path):
     assert (
         sample_predictions_path() == NOTEBOOK.parent.parent / "runs/sample-eval/predictions.parquet"
     )
-    with pytest.raises(DataError, match="no predictions file; write one with python -m ferlit"):
-        run_notebook(PREDICTIONS=str(tmp_path / "missing.parquet"))
+    with pytest.raises(CellExecutionError) as error:
+        run_notebook(NOTEBOOK, (), tmp_path, PREDICTIONS=str(tmp_path / "missing.parquet"))
+    assert error.value.ename == "DataError"
+    assert "no predictions file; write one with python -m ferlit" in error.value.evalue

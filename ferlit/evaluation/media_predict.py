@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ferlit.errors import ConfigError
 from ferlit.evaluation.detection_pool import HandedDetections
 from ferlit.evaluation.faces import DEFAULT_MAX_SIDE, DEFAULT_MIN_SCORE, DEFAULT_UPSAMPLE
+from ferlit.evaluation.plots import PlotFigure
 from ferlit.evaluation.smoothing import check_kernel, check_window, smooth_probabilities
 from ferlit.expressions import metric_key
 from ferlit.io import (
@@ -335,7 +336,7 @@ def expression_figure(
     times = times[~times.index.duplicated()].reindex(numbers)
     use_time = bool(times.notna().all())
     x = times.to_numpy() if use_time else numbers
-    fig = Figure(figsize=(8.0, 0.6 + 2.3 * max(len(shown), 1)), layout="constrained")
+    fig = PlotFigure(figsize=(8.0, 0.6 + 2.3 * max(len(shown), 1)), layout="constrained")
     kind = f"smoothed (W={window} frames)" if smoothed else "raw"
     extra = f"; {len(shown)} of {len(tracks)} tracks" if len(tracks) > len(shown) else ""
     fig.suptitle(f"{media}: expression over time, {kind}{extra}\nmodel {checkpoint}", fontsize=9)

@@ -1,11 +1,12 @@
 """Figures of an evaluation, shared by ``python -m ferlit.evaluate`` and the notebooks.
 
-Each function returns a ``matplotlib.figure.Figure`` built without pyplot, so it works the same
-headless (saved to PNG by ``evaluate``) and in Jupyter (shown as a cell's value).
+Each function returns a :class:`PlotFigure`, a ``matplotlib.figure.Figure`` built without pyplot,
+so it works the same headless (saved to PNG by ``predict``) and in Jupyter (shown as a cell's value).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -22,6 +23,23 @@ PAPER_F1_PER_CLASS: dict[str, float] = {
     "Surprise": 0.41,
 }
 PAPER_LABEL = "Cafarelli et al. 2020 (Aff-Wild2 val)"
+
+
+class PlotFigure(Figure):
+    """A figure that a Jupyter kernel shows as a PNG image.
+
+    IPython renders a ``Figure`` as an image only through the formatter matplotlib-inline
+    registers when pyplot starts its backend (``%matplotlib inline`` or a first
+    ``pyplot.figure()``). These figures are built without pyplot, so that ``predict`` draws them
+    headless and nothing global changes: in a kernel where pyplot was never used a plain
+    ``Figure`` printed as the text ``<Figure size 770x400 with 1 Axes>`` (issue 16).
+    ``_repr_png_`` is IPython's own hook for an object's PNG, used whatever the backend.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
 
 
 def confusion_figure(
@@ -41,7 +59,7 @@ def confusion_figure(
         counts, support[:, None], out=np.zeros_like(counts), where=support[:, None] > 0
     )
     k = len(class_names)
-    fig = Figure(figsize=(1.0 + 0.85 * k, 0.8 + 0.75 * k), layout="constrained")
+    fig = PlotFigure(figsize=(1.0 + 0.85 * k, 0.8 + 0.75 * k), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -74,7 +92,7 @@ def per_class_f1_figure(
     """Grouped bars of per-class F1, one bar per series (e.g. raw and smoothed), with the
     macro-F1 of each series in its legend entry and optional reference values as markers."""
     k = len(class_names)
-    fig = Figure(figsize=(max(6.0, 1.1 * k), 4.0), layout="constrained")
+    fig = PlotFigure(figsize=(max(6.0, 1.1 * k), 4.0), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / max(len(series), 1)
     x = np.arange(k)
@@ -109,7 +127,7 @@ def window_figure(
     title: str = "Scores as the smoothing window grows",
 ) -> Figure:
     """Scores (e.g. macro-F1, accuracy, criterion) against the smoothing window in frames."""
-    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    fig = PlotFigure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.add_subplot()
     for label, values in scores.items():
         ax.plot(windows, values, marker="o", label=label)
