@@ -364,3 +364,27 @@ def test_detection_in_worker_processes_gives_the_same_table(checkpoint, one_face
     pd.testing.assert_frame_equal(pooled, alone)
     with pytest.raises(ConfigError, match="--face_workers: expected 0"):
         predict_media(model, one_face_video[0], workers=-1)
+
+
+def test_media_whose_output_names_clash_or_are_too_long_get_files_of_their_own(
+    checkpoint, tmp_path, write_jpeg
+):
+    """``a/b.png`` and ``a__b.png`` both flatten to ``annotated_a__b.png.png``: each now gets its
+    own file (the second replaced the first before); a medium three folders of 120 characters
+    deep (a 380-byte flat name, over the 255 a file name may have) is written under a shortened
+    name instead of failing after every frame was predicted."""
+    folder = tmp_path / "photos"
+    deep = "x" * 120
+    paths = [folder / "a" / "b.png", folder / "a__b.png", folder / deep / deep / deep / "c.png"]
+    for i, path in enumerate(paths):
+        write_jpeg(path, np.full((40 + i, 50, 3), 60 * i, np.uint8))  # no face: fast
+    out = tmp_path / "out"
+    args = ["predict", "--ckpt_path", str(checkpoint), "--input", str(folder), "--out", str(out)]
+    main([*args, "--annotated_video", "true", "--trainer.enable_progress_bar", "false"])
+    files = json.loads((out / ".ferlit-outputs.json").read_text())["files"]
+    annotated = sorted(f for f in files if f.startswith("annotated_"))
+    assert len(annotated) == 3 and all(len(f.encode()) <= 150 for f in annotated)
+    assert annotated[0].startswith("annotated_a__b.png-") and annotated[0].endswith(".png")
+    assert annotated[2].startswith("annotated_xxxxxxxx") and annotated[2].endswith(".png")
+    heights = sorted(cv2.imread(str(out / name)).shape[0] for name in annotated)
+    assert heights == [40, 41, 42]  # three different photos, none written over another

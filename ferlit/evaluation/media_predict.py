@@ -21,6 +21,7 @@ frame of every medium is accounted for. :func:`write_media_predictions` writes i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -109,11 +110,37 @@ def resolve_device(accelerator: str | None) -> torch.device:
     )
 
 
-def output_name(prefix: str, media_name: str, suffix: str) -> str:
-    """The file in ``--out`` for one medium: its name below ``--input`` with ``/`` as ``__``
-    (``sub/clip.mp4`` -> ``expressions_sub__clip.mp4.png``), so that all outputs sit in one
-    folder, listed in its ``.ferlit-outputs.json``."""
-    return f"{prefix}{media_name.replace('/', '__')}{suffix}"
+#: Longest output file name (UTF-8 bytes) made from a medium's name: Linux file systems allow
+#: 255 bytes a name, and the hidden temporary file each is written through (``.<name>.<pid>@<host>.
+#: <random>.tmp``, :func:`ferlit.io.atomic_write`) adds up to ~100 bytes with a 64-byte host name.
+MAX_OUTPUT_NAME = 150
+
+
+def output_names(prefix: str, media_names: Sequence[str], suffixes: Sequence[str]) -> list[str]:
+    """The files in ``--out`` for media (``suffixes``: each one's extension): each name below
+    ``--input`` with ``/`` as ``__`` (``sub/clip.mp4`` -> ``expressions_sub__clip.mp4.png``), so
+    that all outputs sit in one folder, listed in its ``.ferlit-outputs.json``. Where two media
+    would get the same file (``a/b.mp4`` and ``a__b.mp4``) or a name is longer than
+    :data:`MAX_OUTPUT_NAME` bytes (deep folders), the name is cut to fit and ends with ``-`` and 8
+    hex digits of the SHA-1 of the medium's name, so that no medium's plot or annotated copy
+    replaces another's and every name can be created."""
+    plain = [
+        f"{prefix}{name.replace('/', '__')}{suffix}"
+        for name, suffix in zip(media_names, suffixes, strict=True)
+    ]
+    counts: dict[str, int] = {}
+    for name in plain:
+        counts[name] = counts.get(name, 0) + 1
+    names = []
+    for name, suffix, file in zip(media_names, suffixes, plain, strict=True):
+        if counts[file] == 1 and len(file.encode()) <= MAX_OUTPUT_NAME:
+            names.append(file)
+            continue
+        digest = "-" + hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        room = MAX_OUTPUT_NAME - len(f"{prefix}{digest}{suffix}".encode())
+        flat = name.replace("/", "__").encode("utf-8", "surrogateescape")
+        names.append(f"{prefix}{flat[:room].decode('utf-8', 'ignore')}{digest}{suffix}")
+    return names
 
 
 def check_media_outputs(
@@ -480,13 +507,20 @@ def write_media_predictions(
     out = Path(out)
     earlier = check_media_outputs(out, input_path, overwrite)
     label = "pred_smoothed" if "pred_smoothed" in table.columns else "pred"
+    media_names = [m.name for m in media]
+    kinds = [".mp4" if m.kind == "video" else ".png" for m in media]
+    plots = dict(
+        zip(
+            media_names,
+            output_names("expressions_", media_names, [".png"] * len(media)),
+            strict=True,
+        )
+    )
+    copies = dict(zip(media_names, output_names("annotated_", media_names, kinds), strict=True))
     names = list(OUTPUTS)
-    names += [output_name("expressions_", m.name, ".png") for m in media if m.kind == "video"]
+    names += [plots[m.name] for m in media if m.kind == "video"]
     if annotated:
-        names += [
-            output_name("annotated_", m.name, ".mp4" if m.kind == "video" else ".png")
-            for m in media
-        ]
+        names += [copies[m.name] for m in media]
     claim_outputs(out, names)
     if overwrite:
         remove_outputs(out, earlier)
@@ -497,12 +531,9 @@ def write_media_predictions(
     for medium in media:
         if medium.kind == "video":
             figure = expression_figure(table, medium.name, checkpoint)
-            with atomic_write(out / output_name("expressions_", medium.name, ".png")) as file:
+            with atomic_write(out / plots[medium.name]) as file:
                 figure.savefig(file, format="png", dpi=110)
         if annotated:
-            suffix = ".mp4" if medium.kind == "video" else ".png"
             rows = table[table["media"] == medium.name]
-            _write_annotated(
-                medium, rows, label, out / output_name("annotated_", medium.name, suffix)
-            )
+            _write_annotated(medium, rows, label, out / copies[medium.name])
     return names
