@@ -33,6 +33,7 @@ from ferlit.errors import ConfigError, DataError
 from ferlit.evaluation.evaluate import main
 from ferlit.evaluation.smoothing import smooth_predictions
 from ferlit.evaluation.submission import fill_frames
+from ferlit.evaluation.writer import evaluation_figures
 from ferlit.expressions import EXPRESSIONS_7
 from ferlit.training.cli import main as fit
 from ferlit.training.module import ExpressionModule
@@ -108,11 +109,43 @@ def assert_agree(written: dict, expected: dict) -> None:
     assert written["confusion"] == expected["confusion"].tolist()
 
 
+PNGS = ("confusion_matrix.png", "confusion_matrix_smoothed.png", "per_class_f1.png")
+
+
+def test_each_plot_says_raw_or_smoothed_which_data_and_which_checkpoint(
+    smoothed_run, checkpoint, tiny_sample
+):
+    out, report = smoothed_run
+    figures = evaluation_figures(report, EXPRESSIONS_7)
+    assert list(figures) == list(PNGS)
+    tail = f"\ndata: Aff-Wild2 val, {tiny_sample.affwild2_dir}\ncheckpoint: {checkpoint.name}"
+    titles = {name: f.axes[0].get_title() for name, f in figures.items()}
+    assert titles == {
+        "confusion_matrix.png": "Confusion matrix, raw predictions (rows: target, normalised by "
+        "row)" + tail,
+        "confusion_matrix_smoothed.png": "Confusion matrix, smoothed predictions (box window 5 "
+        "frames; rows normalised)" + tail,
+        "per_class_f1.png": "Per-class F1, raw and smoothed" + tail,
+    }
+    shown = np.asarray(figures["confusion_matrix_smoothed.png"].axes[0].images[0].get_array())
+    counts = np.asarray(report["smoothed"]["confusion"], np.float64)
+    np.testing.assert_allclose(shown, counts / counts.sum(axis=1, keepdims=True))
+    # Aff-Wild2 data: the paper's per-class F1 as marks, one per class
+    marks = figures["per_class_f1.png"].axes[0].collections
+    assert len(marks) == 1 and len(marks[0].get_offsets()) == 7
+
+    sample = {**report, "data": "ferlit sample data (drawn faces, not Aff-Wild2), val split"}
+    figures = evaluation_figures(sample, EXPRESSIONS_7)
+    title = figures["per_class_f1.png"].axes[0].get_title()
+    assert title.startswith("Per-class F1, raw and smoothed (sample data)\ndata: ferlit sample")
+    assert len(figures["per_class_f1.png"].axes[0].collections) == 0  # no paper marks: drawn faces
+
+
 def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sample):
     out, report = smoothed_run
-    for name in ("predictions.parquet", "metrics.json", "confusion_matrix.png", "per_class_f1.png"):
+    for name in ("predictions.parquet", "metrics.json", *PNGS):
         assert (out / name).is_file(), name
-    for name in ("confusion_matrix.png", "per_class_f1.png"):
+    for name in PNGS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(report))
@@ -121,6 +154,7 @@ def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sam
     assert list(predictions.columns) == [
         "video",
         "frame",
+        "image",
         "target",
         "pred",
         *PROBS,
@@ -139,6 +173,10 @@ def test_writes_every_file_and_metrics_agree_with_sklearn(smoothed_run, tiny_sam
     assert len(predictions) > len(index)  # the -1 frames with a face are predicted too
     assert annotated["frame"].tolist() == index.frames.tolist()
     assert annotated["target"].tolist() == index.labels.tolist()
+    root = Path(tiny_sample.affwild2_dir) / FRAMES_DIR
+    assert predictions["image"].tolist() == [
+        str(root / video / f"{frame:05d}.jpg") for video, frame in faces
+    ]
     assert (
         sorted(predictions["video"].unique()) == tiny_sample.manifest["affwild2"]["val"]["videos"]
     )

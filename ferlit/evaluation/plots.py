@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,6 +24,26 @@ PAPER_F1_PER_CLASS: dict[str, float] = {
     "Surprise": 0.41,
 }
 PAPER_LABEL = "Cafarelli et al. 2020 (Aff-Wild2 val)"
+
+
+SAMPLE_DATA_PREFIX = "ferlit sample data"
+
+
+def is_sample_data(data: str) -> bool:
+    """Whether ``data`` (metrics.json's ``data``, from ``predict_description``) names ferlit's
+    drawn sample faces, whose scores are no yardstick for the paper's Aff-Wild2 numbers."""
+    return data.startswith(SAMPLE_DATA_PREFIX)
+
+
+def figure_title(what: str, data: str | None, checkpoint: str | None) -> str:
+    """A figure's title: what it shows (raw or smoothed), then which data and which checkpoint,
+    so that a PNG or a notebook figure copied elsewhere still says where it comes from.
+    ``None`` for either prints as "unknown" (a predictions file without its metrics.json)."""
+    sample = " (sample data)" if data and is_sample_data(data) and "sample" not in what else ""
+    return (
+        f"{what}{sample}\ndata: {data or 'unknown'}\n"
+        f"checkpoint: {Path(checkpoint).name if checkpoint else 'unknown'}"
+    )
 
 
 class PlotFigure(Figure):

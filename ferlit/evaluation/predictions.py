@@ -44,12 +44,15 @@ def sample_predictions_path() -> Path:
 
 
 def predictions_frame(index: FrameIndex, probs: np.ndarray, names: tuple[str, ...]) -> pd.DataFrame:
-    """The predictions table: one row per frame, in the index's order."""
+    """The predictions table: one row per frame, in the index's order, with the path of the face
+    image it was predicted from (``image``, :meth:`FrameIndex.image_path`), so that a notebook can
+    show the faces behind the errors."""
     videos = np.asarray([os.path.basename(str(g)) for g in index.group_names], dtype=object)
     frame = pd.DataFrame(
         {
             "video": pd.Categorical(videos[index.groups]),
             "frame": index.frames.astype(np.int32),
+            "image": [index.image_path(i) for i in range(len(index))],
             "target": index.labels.astype(np.int8),
             "pred": probs.argmax(axis=1).astype(np.int8),
         }

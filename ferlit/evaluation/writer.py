@@ -10,7 +10,9 @@ writes there (only there) into ``--out``:
 * ``predictions.parquet``: one row per frame (``video``, ``frame``, ``target``, ``pred``,
   ``prob_<class>``, ``pred_smoothed`` when smoothing is on; :mod:`ferlit.evaluation.predictions`);
 * ``metrics.json``: the scores, raw and smoothed (:mod:`ferlit.metrics`, as in training);
-* ``confusion_matrix.png`` and ``per_class_f1.png`` (labelled frames only);
+* ``confusion_matrix.png`` (raw predictions), ``confusion_matrix_smoothed.png`` (smoothing on)
+  and ``per_class_f1.png``, labelled frames only, each titled with what it shows (raw or
+  smoothed), the data and the checkpoint (:func:`ferlit.evaluation.plots.figure_title`);
 * with ``--submission``, the ABAW challenge files (:mod:`ferlit.evaluation.submission`).
 
 Every file is written whole or not at all and listed in the folder's ``.ferlit-outputs.json``
@@ -28,12 +30,19 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
 from ferlit.data.index import FrameIndex
 from ferlit.errors import DataError, listed
-from ferlit.evaluation.plots import PAPER_F1_PER_CLASS, confusion_figure, per_class_f1_figure
+from ferlit.evaluation.plots import (
+    PAPER_F1_PER_CLASS,
+    confusion_figure,
+    figure_title,
+    is_sample_data,
+    per_class_f1_figure,
+)
 from ferlit.evaluation.predictions import (
     criterion_of,
     labelled,
@@ -56,7 +65,13 @@ from ferlit.io import atomic_write, claim_outputs, owned_matching, remove_output
 from ferlit.metrics import summary_rows
 
 #: The files an evaluation writes into ``--out`` (besides the manifest).
-OUTPUTS = ("predictions.parquet", "metrics.json", "confusion_matrix.png", "per_class_f1.png")
+OUTPUTS = (
+    "predictions.parquet",
+    "metrics.json",
+    "confusion_matrix.png",
+    "confusion_matrix_smoothed.png",
+    "per_class_f1.png",
+)
 console = Console()
 
 
@@ -262,19 +277,37 @@ def write_outputs(
     write_json(out / "metrics.json", report)
     if report["raw"] is None:
         return
-    title = f"{report['data']}\n{Path(report['checkpoint']).name}"
-    confusion = np.asarray(report["raw"]["confusion"])
-    figure = confusion_figure(confusion, names, title=f"Confusion matrix (row-normalised): {title}")
-    _replace(out / "confusion_matrix.png", lambda f: figure.savefig(f, format="png", dpi=120))
+    for name, figure in evaluation_figures(report, names).items():
+        _replace(out / name, lambda f, figure=figure: figure.savefig(f, format="png", dpi=120))
+
+
+def evaluation_figures(report: dict[str, Any], names: tuple[str, ...]) -> dict[str, Figure]:
+    """The PNG files of a labelled evaluation by name: the raw confusion matrix, the smoothed one
+    when smoothing is on, and the per-class F1 bars, each titled with raw or smoothed, the data
+    and the checkpoint (``report`` is metrics.json's content)."""
+    data, checkpoint = report["data"], report["checkpoint"]
+    what = "Confusion matrix, raw predictions (rows: target, normalised by row)"
+    figures = {
+        "confusion_matrix.png": confusion_figure(
+            report["raw"]["confusion"], names, title=figure_title(what, data, checkpoint)
+        )
+    }
     series = {"raw": list(report["raw"]["f1_per_class"].values())}
     if report["smoothed"] is not None:
-        label = f"smoothed, W={report['smoothing']['window']}"
-        series[label] = list(report["smoothed"]["f1_per_class"].values())
+        smoothing = f"{report['smoothing']['kernel']} window {report['smoothing']['window']} frames"
+        series[f"smoothed, {smoothing}"] = list(report["smoothed"]["f1_per_class"].values())
+        what = f"Confusion matrix, smoothed predictions ({smoothing}; rows normalised)"
+        figures["confusion_matrix_smoothed.png"] = confusion_figure(
+            report["smoothed"]["confusion"], names, title=figure_title(what, data, checkpoint)
+        )
     # The paper's per-class F1 is a yardstick for Aff-Wild2 only, not for the sample data.
-    real = names == EXPRESSIONS_7 and not report["data"].startswith("ferlit sample data")
+    real = names == EXPRESSIONS_7 and not is_sample_data(data)
     reference = PAPER_F1_PER_CLASS if real else None
-    bars = per_class_f1_figure(series, names, reference, title=f"Per-class F1: {title}")
-    _replace(out / "per_class_f1.png", lambda f: bars.savefig(f, format="png", dpi=120))
+    what = "Per-class F1, " + ("raw and smoothed" if len(series) > 1 else "raw predictions")
+    figures["per_class_f1.png"] = per_class_f1_figure(
+        series, names, reference, title=figure_title(what, data, checkpoint)
+    )
+    return figures
 
 
 def _replace(path: Path, write) -> None:
