@@ -11,7 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
+
+from ferlit.expressions import metric_key
 
 #: Per-class F1 on the Aff-Wild2 validation set of Cafarelli et al. (ABAW 2020), their Table 2.
 PAPER_F1_PER_CLASS: dict[str, float] = {
@@ -160,4 +163,123 @@ def window_figure(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def timeline_figure(
+    rows: pd.DataFrame, class_names: Sequence[str], title: str = "Timeline"
+) -> PlotFigure:
+    """One video over its frame numbers: above, the target (annotated frames), the raw prediction
+    and, if the table has it, the smoothed one; below, each class's probability. Frame numbers
+    with no row (no face found, so nothing predicted) are shaded grey and break the lines.
+
+    ``rows``: the video's rows of a predictions table (``frame``, ``target``, ``pred``,
+    ``prob_<class>``, optional ``pred_smoothed``)."""
+    rows = rows.sort_values("frame")
+    frames = np.arange(int(rows["frame"].min()), int(rows["frame"].max()) + 1)
+    full = rows.set_index("frame").reindex(frames)
+    gaps = full["pred"].isna().to_numpy()
+    fig = PlotFigure(figsize=(9.0, 5.2), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(1.0, 1.2))
+    target = full["target"].where(full["target"] >= 0)
+    series = [("target", target, 3.5, "black"), ("raw prediction", full["pred"], 1.2, "C1")]
+    if "pred_smoothed" in full:
+        series.append(("smoothed prediction", full["pred_smoothed"], 1.6, "C0"))
+    for label, values, width, colour in series:
+        top.step(
+            frames, values.astype(np.float64), where="mid", lw=width, color=colour, label=label
+        )
+    top.set_yticks(range(len(class_names)), class_names, fontsize=7)
+    top.set_ylim(-0.5, len(class_names) - 0.5)
+    top.legend(fontsize=7, loc="upper right", ncol=len(series))
+    for name in class_names:
+        bottom.plot(frames, full[f"prob_{metric_key(name)}"], lw=1.0, label=name)
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("probability (raw)")
+    bottom.set_xlabel("frame")
+    for n, (start, stop) in enumerate(_runs(gaps)):
+        for ax in (top, bottom):
+            ax.axvspan(
+                frames[start] - 0.5,
+                frames[stop - 1] + 0.5,
+                color="0.85",
+                label="no face" if n == 0 and ax is bottom else None,
+            )
+    bottom.legend(fontsize=7, loc="upper right", ncol=4)
+    top.set_title(title, fontsize=9)
+    return fig
+
+
+def confident_errors_figure(
+    predictions: pd.DataFrame,
+    class_names: Sequence[str],
+    count: int = 12,
+    columns: int = 6,
+    title: str = "Most confident errors",
+) -> PlotFigure:
+    """The ``count`` labelled frames predicted wrong with the highest probability, as face
+    thumbnails read from the ``image`` column (written by ``predict``), each captioned with its
+    target, prediction, probability, video and frame. A face whose file is gone says so."""
+    from PIL import Image  # only here: imported by callers that show faces
+
+    wrong = predictions[
+        (predictions["target"] >= 0) & (predictions["pred"] != predictions["target"])
+    ]
+    probs = wrong[[f"prob_{metric_key(n)}" for n in class_names]].to_numpy()
+    confidence = probs[np.arange(len(wrong)), wrong["pred"].to_numpy()] if len(wrong) else []
+    worst = wrong.assign(confidence=confidence).nlargest(count, "confidence")
+    lines = max(1, -(-len(worst) // columns))
+    fig = PlotFigure(figsize=(1.6 * columns, 0.4 + 1.95 * lines), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(lines, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (_, row) in zip(axes, worst.iterrows(), strict=False):
+        path = Path(str(row["image"]))
+        if path.is_file():
+            with Image.open(path) as image:
+                ax.imshow(np.asarray(image.convert("RGB")))
+        else:
+            ax.text(0.5, 0.5, "image\nnot found", ha="center", va="center", fontsize=7)
+        ax.set_title(
+            f"{class_names[int(row['target'])]} -> {class_names[int(row['pred'])]} "
+            f"{row['confidence']:.2f}\n{row['video']} #{int(row['frame'])}",
+            fontsize=6,
+        )
+    if worst.empty:
+        axes[0].text(0.5, 0.5, "no errors", ha="center", va="center")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def reliability_figure(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = 10, title: str = "Reliability"
+) -> PlotFigure:
+    """Accuracy against confidence (the top class's probability) in ``bins`` equal bins, with the
+    diagonal of a calibrated model and the expected calibration error (ECE: the bins' |accuracy -
+    mean confidence| weighted by their share of frames; Guo et al., ICML 2017) in the legend."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    n = np.bincount(which, minlength=bins)
+    accuracy = np.divide(np.bincount(which, correct, bins), n, out=np.zeros(bins), where=n > 0)
+    mean_conf = np.divide(np.bincount(which, confidence, bins), n, out=np.zeros(bins), where=n > 0)
+    ece = float((n / max(n.sum(), 1) * np.abs(accuracy - mean_conf)).sum())
+    fig = PlotFigure(figsize=(4.6, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    centres = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centres, accuracy, 1.0 / bins, edgecolor="black", label=f"accuracy (ECE {ece:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=9)
     return fig
