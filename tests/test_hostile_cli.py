@@ -145,3 +145,27 @@ def test_data_tools_read_an_experiment_without_lightnings_warning(
     assert data(["stats", "--config", "experiments/cafarelli2020.yaml"]) == 0  # no data in it
     assert capsys.readouterr().err.startswith("No data given: counting ferlit's sample data")
     assert not [w for w in recwarn if "args parameter is intended" in str(w.message)]
+
+
+def test_predict_smooth_auto_on_a_frames_folder(tiny_sample, train_and_save, tmp_path, capsys):
+    """Two predict loaders (the frames, then Aff-Wild2 val to choose the window on): Lightning
+    stopped with a RuntimeError, predict_step having no dataloader_idx."""
+    import pandas as pd
+
+    from ferlit.cli import main
+
+    checkpoint = tmp_path / "model.ckpt"
+    train_and_save(checkpoint)
+    out = tmp_path / "eval"
+    main(
+        [
+            *("predict", "--ckpt_path", str(checkpoint), "--out", str(out), "--smooth", "auto"),
+            *("--data.affwild2_dir", str(tiny_sample.affwild2_dir)),
+            *("--data.frames_dir", str(tiny_sample.affwild2_dir), "--data.num_workers", "0"),
+            *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "--smooth auto: " in printed and "the best criterion on the validation split" in printed
+    frames = sorted((tiny_sample.affwild2_dir / "cropped_aligned").rglob("*.jpg"))
+    assert len(pd.read_parquet(out / "predictions.parquet")) == len(frames)

@@ -227,10 +227,16 @@ class ExpressionModule(pl.LightningModule):
             probs = (probs + torch.softmax(self(images.flip(-1)).float(), dim=1)) / 2
         return probs
 
-    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+    def predict_step(
+        self, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
         """Class probabilities of a batch (with test-time augmentation :attr:`tta`, set by
         ``python -m ferlit predict --tta``), with the sample numbers that place each row in the
-        split's FrameIndex (``python -m ferlit.evaluate`` reorders and gathers them by these)."""
+        split's FrameIndex (``python -m ferlit.evaluate`` reorders and gathers them by these).
+
+        ``dataloader_idx``: which of the DataModule's ``predict_targets`` the batch is of (the
+        writer keeps them apart); Lightning refuses several predict loaders without it, as with
+        ``--smooth auto`` on ``--data.frames_dir`` (the frames, then Aff-Wild2 val to choose on)."""
         images, _, samples = batch
         return {"sample": samples, "probs": self.probabilities(images, self.tta)}
 
