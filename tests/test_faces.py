@@ -209,6 +209,24 @@ def test_tracker_matches_greedily_and_ends_unseen_tracks():
     ] == [[1, 2], [2, 1]]
 
 
+@pytest.mark.parametrize("step", [6, 15, 30])
+@pytest.mark.parametrize("merged", [False, True])
+def test_two_faces_crossing_keep_their_track_ids(step, merged):
+    """Face A walks right, B left, past each other; the detector lists faces left to right, and
+    at the crossing the boxes coincide (or, ``merged``, only one face is found). Before the
+    tracker moved each track on by its velocity, the ids swapped there for every step (A took
+    B's id from the crossing on), mixing the two people's smoothed expressions."""
+    tracker = Tracker()
+    for i in range(0, 121, step):
+        a, b = (i, 0, i + 60, 60), (120 - i, 0, 180 - i, 60)
+        found = sorted([("A", a), ("B", b)], key=lambda named: named[1][0])
+        if merged and abs(i - 60) <= step // 2:
+            found = found[:1]
+        names, boxes = [n for n, _ in found], [box for _, box in found]
+        ids = dict(zip(names, tracker.update(boxes), strict=True))
+        assert ids.get("A", 1) == 1 and ids.get("B", 2) == 2, (i, ids)
+
+
 def test_tracker_takes_faces():
     face = Face(box=(0.0, 0.0, 10.0, 10.0), landmarks=np.zeros((5, 2)), score=1.0)
     tracker = Tracker()

@@ -305,8 +305,14 @@ class Tracker:
     """Track ids for the faces of one video, frame after frame.
 
     Each call of :meth:`update` takes one frame's faces and returns their track ids, in the same
-    order. A face continues the track whose last box overlaps it most (IoU >= ``min_iou``),
-    pairs taken greedily from the highest IoU down (ties: lower track id, then earlier face),
+    order. A face continues the track whose box overlaps it most (IoU >= ``min_iou``), a
+    track's overlap being the larger of its last box's and of that box moved on by the track's
+    last velocity (box change a frame, times the frames since it was seen): two people crossing
+    otherwise swap ids where their boxes meet (faces come left to right, so the tie at the
+    crossing went to the wrong track, and each kept the other's from then on), and their
+    smoothed expressions mix; the last box stays a candidate so that a still face's jitter
+    never counts against it. Pairs are taken greedily from the highest IoU down (ties: lower
+    track id, then earlier face),
     each track and face used once; any other face starts a new track, with the next id (1, 2,
     ...). A track not seen for more than ``max_unseen`` consecutive frames ends, so a face that
     comes back later gets a new id. At ~30 fps the default of 10 frames (a third of a second)
@@ -322,13 +328,18 @@ class Tracker:
         self.max_unseen, self.min_iou = max_unseen, float(min_iou)
         self._boxes: dict[int, tuple[float, ...]] = {}  # track id -> last box
         self._unseen: dict[int, int] = {}  # track id -> frames since last seen
+        self._velocity: dict[int, np.ndarray] = {}  # track id -> box change a frame
         self._next_id = 1
 
     def update(self, faces: Sequence[Face | Sequence[float]]) -> list[int]:
         """The track id of each face of this frame (a :class:`Face` or an ``(x0, y0, x1, y1)`` box)."""
         boxes = [tuple(float(v) for v in (f.box if isinstance(f, Face) else f)) for f in faces]
+        moved = {
+            t: tuple(np.add(last, self._velocity[t] * (self._unseen[t] + 1)).tolist())
+            for t, last in self._boxes.items()
+        }
         pairs = sorted(
-            (-box_iou(self._boxes[t], box), t, i)
+            (-max(box_iou(self._boxes[t], box), box_iou(moved[t], box)), t, i)
             for t in self._boxes
             for i, box in enumerate(boxes)
         )
@@ -345,11 +356,15 @@ class Tracker:
             if track not in matched:
                 self._unseen[track] += 1
                 if self._unseen[track] > self.max_unseen:
-                    del self._boxes[track], self._unseen[track]
+                    del self._boxes[track], self._unseen[track], self._velocity[track]
         for i, box in enumerate(boxes):
             if ids[i] is None:
                 ids[i] = self._next_id
                 self._next_id += 1
+                self._velocity[ids[i]] = np.zeros(4)
+            else:
+                gap = self._unseen[ids[i]] + 1
+                self._velocity[ids[i]] = np.subtract(box, self._boxes[ids[i]]) / gap
             self._boxes[ids[i]] = box
             self._unseen[ids[i]] = 0
         return [int(t) for t in ids]
