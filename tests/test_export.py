@@ -203,3 +203,30 @@ def test_a_run_folder_exports_its_best_checkpoint(run, tmp_path):
     out = tmp_path / "demo.onnx"
     report = export_module.export(tmp_path / "runs" / "demo", "onnx", out, benchmark_seconds=0)
     assert report["checkpoint"] == str(best) == read_metadata(out)["checkpoint"]
+
+
+def test_onnx_matches_pytorch_on_the_faces_predict_input_aligns(run, tmp_path):
+    """Issue 15's check on real faces, not noise: the astronaut's face (scikit-image's public-
+    domain photograph) and its mirror, detected and aligned at the model's input size as
+    ``predict --input`` does, give the same probabilities from the ONNX file as from
+    ``ferlit.predict`` on the PyTorch model, to 1e-4."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from ferlit.evaluation.faces import align_face, detect_faces
+    from ferlit.evaluation.inference import predict
+
+    path, module = run
+    out = tmp_path / "model.onnx"
+    export("--ckpt_path", str(path), "--format", "onnx", "--out", str(out), "--threads", "1")
+    photo = skimage_data.astronaut()
+    size = int(module.hparams.input_size)
+    crops = np.stack(
+        [
+            align_face(image, face.landmarks, size)
+            for image in (photo, np.ascontiguousarray(photo[:, ::-1]))
+            for face in detect_faces(image)
+        ]
+    )
+    assert crops.shape == (2, size, size, 3)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    probs = session.run(None, {"faces": crops})[0]
+    np.testing.assert_allclose(probs, predict(module, crops), rtol=0, atol=1e-4)
