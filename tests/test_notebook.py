@@ -9,6 +9,7 @@ The notebooks run as a user runs them: through nbclient in an IPython kernel (ip
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ferlit.evaluation.predictions import predictions_frame, sample_predictions_
 from ferlit.evaluation.smoothing import smooth_predictions
 from ferlit.expressions import EXPRESSIONS_7
 
+SAMPLE_DATA = "ferlit sample data (drawn faces, not Aff-Wild2), val split"
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "per_class_f1.ipynb"
 
 
@@ -85,6 +87,8 @@ def predictions_file(tiny_sample, tmp_path_factory) -> Path:
     videos, frames = predictions["video"], predictions["frame"]
     predictions["pred_smoothed"] = smooth_predictions(videos, frames, probs, 5).astype(np.int8)
     predictions.to_parquet(path, index=False)
+    metrics = {"data": SAMPLE_DATA, "checkpoint": "/runs/sample/best.ckpt"}  # as predict writes
+    path.with_name("metrics.json").write_text(json.dumps(metrics))
     return path
 
 
@@ -109,7 +113,8 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(
     windows = (1, 3, 9)
     faces_dir = sorted((Path(tiny_sample.affwild2_dir) / FRAMES_DIR).iterdir())[0]
     names = ("predictions", "table", "scores", "sweep", "videos", "model_probs")
-    names += ("confusion", "f1_figure", "sweep_figure")
+    names += ("confusion", "confusion_smoothed", "f1_figure", "sweep_figure", "reliability")
+    names += ("hardest_timeline", "easiest_timeline", "errors_figure")
     ns = run_notebook(
         NOTEBOOK,
         names,
@@ -141,10 +146,38 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(
     first = predictions[predictions["video"] == videos["video"].iloc[0]]
     assert videos["acc"].iloc[0] == pytest.approx((first["pred"] == first["target"]).mean())
 
+    smoothed = predictions["pred_smoothed"].to_numpy()
     confusion = np.bincount(target * 7 + pred, minlength=49).reshape(7, 7)
     shown = np.asarray(ns["confusion"].axes[0].images[0].get_array())
     np.testing.assert_allclose(shown, confusion / confusion.sum(axis=1, keepdims=True))
-    smoothed = predictions["pred_smoothed"].to_numpy()
+    tail = f" (sample data)\ndata: {SAMPLE_DATA}\ncheckpoint: best.ckpt"
+    assert ns["confusion"].axes[0].get_title() == (
+        "Confusion matrix, raw predictions (rows normalised)" + tail
+    )
+    assert ns["confusion_smoothed"].axes[0].get_title() == (
+        "Confusion matrix, smoothed predictions (predict's window; rows normalised)" + tail
+    )
+    assert ns["f1_figure"].axes[0].get_title() == "Per-class F1, raw and smoothed" + tail
+    assert len(ns["f1_figure"].axes[0].collections) == 0  # no paper marks on sample data
+    assert ns["sweep_figure"].axes[0].get_title() == (
+        "Scores as the smoothing window grows (box)" + tail
+    )
+    hardest, easiest = videos["video"].iloc[0], videos["video"].iloc[-1]
+    criteria = videos.set_index("video")["criterion"]
+    assert ns["hardest_timeline"].axes[0].get_title() == (
+        f"{hardest}: hardest video (criterion {criteria[hardest]:.3f}), raw and smoothed" + tail
+    )
+    assert ns["easiest_timeline"].axes[0].get_title().startswith(f"{easiest}: easiest video")
+    frames = predictions.loc[predictions["video"] == hardest, "frame"]
+    drawn = ns["hardest_timeline"].axes[0].get_lines()[0].get_xdata()
+    assert drawn.tolist() == list(range(frames.min(), frames.max() + 1))
+    assert ns["errors_figure"].get_suptitle() == "Most confident errors, raw predictions" + tail
+    thumbnails = [ax for ax in ns["errors_figure"].axes if ax.images]
+    assert len(thumbnails) == min(12, int(((pred != target) & (target >= 0)).sum()))
+    assert ns["reliability"].axes[0].get_title() == "Reliability of the raw predictions" + tail
+    smoothed_confusion = np.bincount(target * 7 + smoothed, minlength=49).reshape(7, 7)
+    shown = np.asarray(ns["confusion_smoothed"].axes[0].images[0].get_array())
+    np.testing.assert_allclose(shown, smoothed_confusion / smoothed_confusion.sum(1, keepdims=True))
     f1_smoothed = f1_score(target, smoothed, labels=range(7), average=None, zero_division=0)
     np.testing.assert_allclose(ns["table"]["F1 (pred_smoothed)"], f1_smoothed, atol=1e-12)
     bars = [p.get_height() for p in ns["f1_figure"].axes[0].patches]

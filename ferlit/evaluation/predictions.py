@@ -10,6 +10,7 @@ challenge, as in training: the ABAW 2020 formula for 7 classes, the mean F1 for 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,23 @@ def load_predictions(path: str | os.PathLike) -> pd.DataFrame:
             f"and 7 or 8 prob_<class> columns, found {', '.join(map(str, frame.columns))}"
         )
     return frame
+
+
+def run_description(path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """The data and the checkpoint a predictions file came from, as ``predict`` recorded them in
+    the ``metrics.json`` beside it (``data``, ``checkpoint``); ``(None, None)`` without one, so
+    that figures then say "unknown" rather than guess."""
+    metrics = Path(path).with_name("metrics.json")
+    if not metrics.is_file():
+        return None, None
+    try:
+        report = json.loads(metrics.read_text())
+        return str(report["data"]), str(report["checkpoint"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(
+            f"{metrics}: not predict's metrics.json (expected JSON with data and checkpoint): "
+            f"{error}"
+        ) from None
 
 
 def prob_columns(predictions: pd.DataFrame) -> list[str]:
