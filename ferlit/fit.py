@@ -4,10 +4,23 @@ The command line lives in :mod:`ferlit.training.cli`; this entry point keeps the
 and W&B sweeps (``program: ferlit.fit``) working.
 """
 
-from ferlit.training.cli import main
+import sys
 
 if __name__ == "__main__":
-    from ferlit.errors import data_warnings_as_lines, quiet_closed_stdout
+    from ferlit.help_cache import print_help
 
-    with quiet_closed_stdout(), data_warnings_as_lines():
-        main()
+    def _fit() -> None:
+        from ferlit.errors import data_warnings_as_lines, quiet_closed_stdout
+        from ferlit.training.cli import main
+
+        with quiet_closed_stdout(), data_warnings_as_lines():
+            main()
+
+    # A plain --help is printed without importing Lightning (ferlit.help_cache).
+    from ferlit.errors import quiet_closed_stdout
+
+    with quiet_closed_stdout():
+        if not print_help("fit", sys.argv[1:], _fit):
+            _fit()
+else:
+    from ferlit.training.cli import main  # noqa: F401 (ferlit.fit.main, as before)
