@@ -11,6 +11,7 @@ from ferlit.evaluation.plots import (
     figure_title,
     reliability_figure,
     timeline_figure,
+    training_curves_figure,
 )
 from ferlit.expressions import EXPRESSIONS_7
 
@@ -93,3 +94,32 @@ def test_reliability_bins_accuracy_by_confidence_with_its_ece():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert sorted(legend) == ["accuracy (ECE 0.357)", "calibrated"]
     assert f"{ece:.3f}" == "0.357"
+
+
+def test_training_curves_plot_the_losses_and_scores_and_mark_the_best():
+    nan = np.nan
+    metrics = pd.DataFrame(
+        {
+            "epoch": [0, 0, 0, 1, 1],
+            "step": [49, 99, 99, 149, 199],
+            "train/loss": [2.9, 2.1, nan, 1.8, nan],
+            "val/loss": [nan, nan, 1.9, nan, 1.7],
+            "val/criterion": [nan, nan, 0.31, nan, 0.28],
+            "val/f1": [nan, nan, 0.2, nan, 0.18],
+            "val/acc": [nan, nan, 0.5, nan, 0.47],
+        }
+    )
+    figure = training_curves_figure(metrics, title="Training curves (sample data)")
+    assert figure.get_suptitle() == "Training curves (sample data)"
+    losses, scores = figure.axes
+    assert [line.get_label() for line in losses.get_lines()] == ["train/loss", "val/loss"]
+    assert losses.get_lines()[0].get_xdata().tolist() == [49, 99, 149]
+    assert [line.get_label() for line in scores.get_lines()] == [
+        "val/criterion",
+        "val/f1",
+        "val/acc",
+    ]
+    assert scores.get_lines()[0].get_ydata().tolist() == [0.31, 0.28]
+    best = scores.collections[0]
+    assert best.get_label() == "best criterion 0.3100 (step 99)"
+    assert best.get_offsets().tolist() == [[99, 0.31]]

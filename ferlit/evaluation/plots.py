@@ -283,3 +283,41 @@ def reliability_figure(
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title, fontsize=9)
     return fig
+
+
+def training_curves_figure(metrics: pd.DataFrame, title: str = "Training curves") -> PlotFigure:
+    """A run's ``metrics.csv`` (Lightning's CSVLogger: one row per log call, NaN in the columns
+    not logged then) against the optimizer step: the training and validation losses on the left,
+    the validation scores (``val/criterion``, ``val/f1``, ``val/acc``) on the right, the best
+    ``val/criterion`` (the checkpoint ``predict`` takes by default) marked."""
+    fig = PlotFigure(figsize=(9.0, 3.6), layout="constrained")
+    losses, scores = fig.subplots(1, 2)
+    for column in ("train/loss", "val/loss"):
+        if column in metrics:
+            rows = metrics[["step", column]].dropna()
+            losses.plot(
+                rows["step"], rows[column], marker="." if column[0] == "v" else None, label=column
+            )
+    losses.set_xlabel("step")
+    losses.set_ylabel("loss")
+    losses.legend(fontsize=8)
+    for column in ("val/criterion", "val/f1", "val/acc"):
+        if column in metrics:
+            rows = metrics[["step", column]].dropna()
+            scores.plot(rows["step"], rows[column], marker="o", ms=3, label=column)
+    if "val/criterion" in metrics and metrics["val/criterion"].notna().any():
+        best = metrics.loc[metrics["val/criterion"].idxmax()]
+        scores.scatter(
+            [best["step"]],
+            [best["val/criterion"]],
+            s=90,
+            facecolors="none",
+            edgecolors="red",
+            zorder=3,
+            label=f"best criterion {best['val/criterion']:.4f} (step {int(best['step'])})",
+        )
+    scores.set_xlabel("step")
+    scores.set_ylabel("validation score")
+    scores.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    return fig
