@@ -18,7 +18,7 @@ import torch
 
 import ferlit
 from ferlit.cli import main
-from ferlit.errors import ConfigError
+from ferlit.errors import ConfigError, DataError
 from ferlit.evaluation.faces import box_iou
 from ferlit.evaluation.media_predict import FACE_COLUMNS, predict_media
 
@@ -388,3 +388,21 @@ def test_media_whose_output_names_clash_or_are_too_long_get_files_of_their_own(
     assert annotated[2].startswith("annotated_xxxxxxxx") and annotated[2].endswith(".png")
     heights = sorted(cv2.imread(str(out / name)).shape[0] for name in annotated)
     assert heights == [40, 41, 42]  # three different photos, none written over another
+
+
+def test_an_empty_input_or_batch_size_is_refused_by_name(checkpoint, tmp_path, monkeypatch, capsys):
+    """``--input ""`` (an unset shell variable) read the current folder (``Path("")`` is
+    ``.``); ``ferlit.predict(model, path, batch_size=0)`` failed inside NumPy ("need at least
+    one array to concatenate")."""
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite(str(tmp_path / "in the cwd.png"), np.zeros((40, 40, 3), np.uint8))
+    args = ["predict", "--ckpt_path", str(checkpoint), "--input", "", "--out", "out"]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--trainer.enable_progress_bar", "false"])
+    assert stop.value.code == 2
+    assert "error: --input '': empty; name a video, an image" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    with pytest.raises(DataError, match="media path '': empty; name a video, an image"):
+        ferlit.predict(checkpoint, "", progress=False)
+    with pytest.raises(ConfigError, match="batch_size: expected a positive number of faces, got 0"):
+        ferlit.predict(checkpoint, tmp_path / "in the cwd.png", batch_size=0, progress=False)

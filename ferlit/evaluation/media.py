@@ -133,6 +133,11 @@ def list_media(path: str | os.PathLike[str]) -> list[Media]:
     """The media at ``path`` (a video, an image, or a folder searched recursively for them), in
     sorted order of their names; ``DataError`` when ``path`` does not exist, is a file of another
     type, is a folder with no image or video, or holds a video that cannot be opened."""
+    if not os.fspath(path).strip():  # Path("") is ".": an unset variable would read the cwd
+        raise DataError(
+            f"media path {os.fspath(path)!r}: empty; name a video, an image or a folder of them "
+            "(. for the current folder)"
+        )
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")

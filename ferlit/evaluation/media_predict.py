@@ -149,6 +149,11 @@ def check_media_outputs(
     """Refuse, before anything is decoded, an ``--out`` that cannot be written, overlaps
     ``--input``, holds a file of the user's that would be replaced, or holds earlier media
     predictions without ``--overwrite``; returns the earlier outputs ferlit wrote there."""
+    if not os.fspath(input_path).strip():  # Path("") is ".": an unset variable read the cwd
+        raise ConfigError(
+            f"--input {os.fspath(input_path)!r}: empty; name a video, an image or a folder of "
+            "them (. for the current folder)"
+        )
     out = Path(out)
     check_creatable(out, "--out")
     check_apart(out, "--out", [("--input", input_path)])
@@ -236,6 +241,8 @@ def predict_media(
         )
     kernel = check_kernel(smooth_kernel or "box")
     detector = FaceDetector(upsample, min_score, max_side)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected a positive number of faces, got {batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(
             f"--face_workers: expected 0 (detect in this process) or a number of processes, "
