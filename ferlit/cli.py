@@ -22,6 +22,7 @@ a row per frame and face), without the DataModule or the Trainer.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -133,6 +134,20 @@ class CheckpointCLI(StageCLI):
         recorded["image_size"] = self.state["hyper_parameters"]["input_size"]
         parser.set_defaults({f"data.{k}": v for k, v in recorded.items() if k in known})
         super().parse_arguments(parser, args)
+        first = os.environ.get("LOCAL_RANK", "0") == "0"  # said once, not per DDP process
+        for key in ("affwild2_dir", "expw_dir", "packed_dir"):  # run on another machine
+            folder = recorded.get(key)
+            if (
+                first
+                and folder
+                and self.config.data.get(key) == folder
+                and not os.path.exists(folder)
+            ):
+                print(
+                    f"note: data.{key} {folder} (the checkpoint's: the data it was trained on) "
+                    f"does not exist here; give --data.{key} FOLDER to read it elsewhere",
+                    file=sys.stderr,
+                )
 
     def before_instantiate_classes(self) -> None:
         """The data must be what the model was trained for: its classes and its input size."""

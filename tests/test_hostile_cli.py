@@ -169,3 +169,35 @@ def test_predict_smooth_auto_on_a_frames_folder(tiny_sample, train_and_save, tmp
     assert "--smooth auto: " in printed and "the best criterion on the validation split" in printed
     frames = sorted((tiny_sample.affwild2_dir / "cropped_aligned").rglob("*.jpg"))
     assert len(pd.read_parquet(out / "predictions.parquet")) == len(frames)
+
+
+def test_validate_elsewhere_says_the_data_folder_came_from_the_checkpoint(
+    train_and_save, tmp_path, capsys
+):
+    """On another machine the error named a folder the user never typed."""
+    import torch
+
+    from ferlit.cli import main
+
+    checkpoint = tmp_path / "model.ckpt"
+    train_and_save(checkpoint)
+    state = torch.load(checkpoint, weights_only=False)
+    gone = tmp_path / "cluster" / "Aff-Wild2"
+    state["datamodule_hyper_parameters"] = {"affwild2_dir": str(gone)}
+    torch.save(state, checkpoint)
+    common = ("validate", "--ckpt_path", str(checkpoint), "--trainer.accelerator", "cpu")
+    with pytest.raises(SystemExit) as stop:
+        main([*common])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"note: data.affwild2_dir {gone} (the checkpoint's: the data it was trained on) does not "
+        "exist here; give --data.affwild2_dir FOLDER to read it elsewhere\n"
+    ) in err
+    assert err.endswith(f"error: {gone}: Aff-Wild2 folder does not exist\n")
+    with pytest.raises(SystemExit):
+        main([*common, "--data.affwild2_dir", str(tmp_path / "here")])
+    err = capsys.readouterr().err
+    assert "note:" not in err and err.endswith(
+        f"{tmp_path}/here: Aff-Wild2 folder does not exist\n"
+    )
