@@ -406,3 +406,24 @@ def test_an_empty_input_or_batch_size_is_refused_by_name(checkpoint, tmp_path, m
         ferlit.predict(checkpoint, "", progress=False)
     with pytest.raises(ConfigError, match="batch_size: expected a positive number of faces, got 0"):
         ferlit.predict(checkpoint, tmp_path / "in the cwd.png", batch_size=0, progress=False)
+
+
+def test_flip_tta_on_new_media_averages_each_aligned_face_and_its_mirror(
+    checkpoint, one_face_video, one_face_predictions
+):
+    """``predict --input --tta flip`` (``ferlit.predict(..., tta="flip")``): each face row's
+    probabilities are the mean of the model's on the aligned face and on its mirror."""
+    from ferlit.evaluation.faces import faces_in_media
+    from ferlit.evaluation.inference import predict
+
+    model = ferlit.load_model(checkpoint)
+    table = ferlit.predict(model, one_face_video[0], tta="flip", progress=False)
+    crops = np.concatenate(
+        [f.crops for f in faces_in_media(one_face_video[0], size=model.hparams.input_size)]
+    )
+    expected = (predict(model, crops) + predict(model, np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+    columns = [c for c in table.columns if c.startswith("prob_")]
+    got = table.loc[table["face"], columns].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    plain = one_face_predictions.loc[one_face_predictions["face"], columns].to_numpy()
+    assert np.abs(got - plain).max() > 1e-4  # the option did something
