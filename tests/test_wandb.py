@@ -110,6 +110,9 @@ def test_fit_writes_an_offline_run_with_history_config_tables_and_best_summary(
     assert config["val_every_n_steps"] == 2
     assert config["checkpoint.monitor"] == "val/criterion"
     assert config["trainer.logger.class_path"] == "lightning.pytorch.loggers.WandbLogger"
+    # each option once: not also under Lightning's unprefixed hyperparameter names (lr_head)
+    top_level = {k for k in config if "." not in k and not k.startswith("_")}
+    assert top_level == {"seed_everything", "val_every_n_steps", "ckpt_path"}
 
     # The val/criterion history: one row per validation, at its optimizer step, with the
     # values the run computed (the end-of-run summary callback kept them too).

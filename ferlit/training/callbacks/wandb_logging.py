@@ -184,8 +184,14 @@ class WandbSaveConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if find_wandb_logger(trainer) is not None:
+        logger = find_wandb_logger(trainer)
+        if logger is not None:
             self.save_to_log_dir = False
+            # Lightning logs the module's and the DataModule's init arguments as they are named
+            # there (lr_head, batch_size) once fit starts, after this hook: every option would be
+            # in the run's config twice, unprefixed and as save_config's model.lr_head (issue
+            # 16). This logger's config is save_config's alone; other loggers keep theirs.
+            logger.log_hyperparams = _config_logged_by_save_config
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -199,3 +205,8 @@ class WandbSaveConfig(SaveConfigCallback):
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path, "w", encoding="utf-8") as file:  # whole or absent
                 file.write(text)
+
+
+def _config_logged_by_save_config(params, *args, **kwargs) -> None:
+    """A W&B logger's ``log_hyperparams`` under :class:`WandbSaveConfig`: nothing, as its
+    ``save_config`` has put every option in the run's config, one key each."""
