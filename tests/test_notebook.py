@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from nbclient import NotebookClient
@@ -114,7 +115,15 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(
     faces_dir = sorted((Path(tiny_sample.affwild2_dir) / FRAMES_DIR).iterdir())[0]
     names = ("predictions", "table", "scores", "sweep", "videos", "model_probs")
     names += ("confusion", "confusion_smoothed", "f1_figure", "sweep_figure", "reliability")
-    names += ("hardest_timeline", "easiest_timeline", "errors_figure")
+    names += ("hardest_timeline", "easiest_timeline", "errors_figure", "curves", "comparison")
+    metrics_csv = tmp_path / "metrics.csv"
+    metrics_csv.write_text(
+        "epoch,step,train/loss,val/loss,val/criterion,val/f1,val/acc\n"
+        "0,49,2.5,,,,\n0,49,,2.0,0.30,0.20,0.50\n0,99,2.2,,,,\n0,99,,1.9,0.35,0.25,0.55\n"
+    )
+    other = predictions_file.with_name("other.parquet")  # a second run: evaluate's smoothed labels
+    first = pd.read_parquet(predictions_file)
+    first.assign(pred=first["pred_smoothed"]).to_parquet(other, index=False)
     ns = run_notebook(
         NOTEBOOK,
         names,
@@ -123,6 +132,8 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(
         WINDOWS=windows,
         CHECKPOINT=str(checkpoint),
         FACES=str(faces_dir),
+        METRICS=str(metrics_csv),
+        OTHER=str(other),
     )
     predictions = ns["predictions"]
     target, pred = predictions["target"].to_numpy(), predictions["pred"].to_numpy()
@@ -175,6 +186,14 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(
     thumbnails = [ax for ax in ns["errors_figure"].axes if ax.images]
     assert len(thumbnails) == min(12, int(((pred != target) & (target >= 0)).sum()))
     assert ns["reliability"].axes[0].get_title() == "Reliability of the raw predictions" + tail
+    assert ns["curves"].get_suptitle() == f"Training curves ({tmp_path.name})" + tail
+    scores = ns["curves"].axes[1].get_lines()[0]
+    assert scores.get_xdata().tolist() == [49, 99] and scores.get_ydata().tolist() == [0.3, 0.35]
+    compared = ns["comparison"].axes[0]
+    assert compared.get_title() == (
+        f"Per-class F1 of two runs, raw predictions (sample data)\ndata: {SAMPLE_DATA}"
+        f"\nother run's data: {SAMPLE_DATA}"  # metrics.json beside it, the same file
+    )
     smoothed_confusion = np.bincount(target * 7 + smoothed, minlength=49).reshape(7, 7)
     shown = np.asarray(ns["confusion_smoothed"].axes[0].images[0].get_array())
     np.testing.assert_allclose(shown, smoothed_confusion / smoothed_confusion.sum(1, keepdims=True))
@@ -182,6 +201,9 @@ def test_notebook_runs_and_shows_the_scores_of_the_predictions(
     np.testing.assert_allclose(ns["table"]["F1 (pred_smoothed)"], f1_smoothed, atol=1e-12)
     bars = [p.get_height() for p in ns["f1_figure"].axes[0].patches]
     np.testing.assert_allclose(bars, [*f1, *f1_smoothed], atol=1e-12)
+    # the other run predicted the smoothed labels
+    heights = [p.get_height() for p in ns["comparison"].axes[0].patches]
+    np.testing.assert_allclose(heights, [*f1, *f1_smoothed], atol=1e-12)
     assert isinstance(ns["sweep_figure"], Figure)
     lines = ns["sweep_figure"].axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["macro-F1", "accuracy", "criterion"]
