@@ -201,3 +201,32 @@ def test_validate_elsewhere_says_the_data_folder_came_from_the_checkpoint(
     assert "note:" not in err and err.endswith(
         f"{tmp_path}/here: Aff-Wild2 folder does not exist\n"
     )
+
+
+LISTY_READER = """
+from ferlit.data.readers.base import Reader
+
+
+class Listy(Reader):
+    name = "listy"
+
+    def index(self, split="train", progress=True):
+        return [("face.jpg", 1)]
+"""
+
+
+def test_a_reader_whose_index_is_no_frame_index_is_refused_naming_it(tmp_path, monkeypatch):
+    """It was an AttributeError traceback ('list' object has no attribute 'num_classes')."""
+    (tmp_path / "ferlit_rt_listy.py").write_text(LISTY_READER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    dm = ExpressionDataModule(
+        "/nowhere",
+        train_sources=[{"reader": "ferlit_rt_listy:Listy", "root": str(tmp_path)}],
+        index_cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(ConfigError) as refused:
+        dm.part("listy")
+    assert str(refused.value) == (
+        f"{tmp_path}: part listy (reader listy): its index() returned list; expected a "
+        "FrameIndex (ferlit.data.index.FrameIndex.build)"
+    )

@@ -584,6 +584,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         empty part or a label the loss would index out of range."""
         n = self.hparams.num_classes
         what = f"{reader.root}: part {name} (reader {reader.name or type(reader).__name__})"
+        if not isinstance(index, FrameIndex):  # a reader of one's own: not a traceback below
+            raise ConfigError(
+                f"{what}: its index() returned {type(index).__name__}; expected a FrameIndex "
+                "(ferlit.data.index.FrameIndex.build)"
+            )
         if len(index) == 0:
             raise DataError(f"{what} holds no face")
         if index.num_classes != n:
