@@ -8,6 +8,7 @@ frames, small so that detection (~0.1 s a frame here) keeps each test to seconds
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -427,3 +428,37 @@ def test_flip_tta_on_new_media_averages_each_aligned_face_and_its_mirror(
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     plain = one_face_predictions.loc[one_face_predictions["face"], columns].to_numpy()
     assert np.abs(got - plain).max() > 1e-4  # the option did something
+
+
+class _EndsTheProcess:
+    """Unpickled in a detection worker, ends it at once (as the kernel's OOM killer would)."""
+
+    def __reduce__(self):
+        import os
+
+        return os._exit, (1,)
+
+
+@pytest.mark.parametrize("cause", ["killed", "cannot start"])
+def test_a_detection_worker_that_dies_is_an_error_not_a_hang(cause):
+    """``--face_workers``: multiprocessing.Pool replaced a dead worker and waited forever for
+    its frame (seen with ``python - < script.py``, whose workers cannot start); now the run
+    stops with a message naming the option and the frame."""
+    from ferlit.evaluation.detection_pool import HandedDetections
+    from ferlit.evaluation.media import MediaFrame
+    from tests.test_hangs import fails_after
+
+    grey = np.full((60, 80, 3), 128, np.uint8)
+    frames = [MediaFrame("clip.mp4", 1, grey), MediaFrame("clip.mp4", 2, _EndsTheProcess())]
+    settings = (1, 0.5, 960) if cause == "killed" else (7, 0.5, 960)  # upsample 7: refused
+    handed = HandedDetections()
+    with fails_after(120), pytest.raises(ConfigError) as error:
+        for _ in handed.frames(frames, settings, 1):
+            pass
+    # killed: frame 1's faces may or may not have come back before the process ended
+    frame = "[12]" if cause == "killed" else "1"
+    assert re.search(
+        f"--face_workers: a face detection process ended before frame {frame} of clip.mp4 was "
+        "done .*; run with --face_workers 0",
+        str(error.value),
+    )

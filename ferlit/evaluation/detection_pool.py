@@ -16,9 +16,13 @@ from __future__ import annotations
 import collections
 import multiprocessing
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import cv2
 import numpy as np
+
+from ferlit.errors import ConfigError
 
 #: How workers start: ``forkserver`` (a clean server process forks them: nothing of the caller's
 #: threads, CUDA or OpenMP state is inherited, and modules imported once) where the platform has
@@ -62,15 +66,30 @@ class HandedDetections:
         ahead by ``workers`` processes, each with a ``FaceDetector(*settings)``, at most
         :data:`FRAMES_PER_WORKER` frames a worker in flight."""
         context = multiprocessing.get_context(START_METHOD)
-        with context.Pool(workers, _start_worker, settings) as pool:
+        # concurrent.futures, not multiprocessing.Pool: a Pool whose worker dies (killed, out of
+        # memory, a crash in dlib) or cannot start (a failing initializer, a script read from
+        # stdin that the new process cannot import) replaces it and waits forever for the lost
+        # frame; an executor breaks, and the wait below ends with an error.
+        pool = ProcessPoolExecutor(workers, context, _start_worker, settings)
+        try:
             pending: collections.deque = collections.deque()
             for frame in frames:
-                pending.append((frame, pool.apply_async(_detect_in_worker, (frame.rgb,))))
+                pending.append((frame, pool.submit(_detect_in_worker, frame.rgb)))
                 if len(pending) >= FRAMES_PER_WORKER * workers:
                     yield self._hand(*pending.popleft())
             while pending:
                 yield self._hand(*pending.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _hand(self, frame, result):
-        self._faces = result.get()
+        try:
+            self._faces = result.result()
+        except BrokenProcessPool:
+            raise ConfigError(
+                f"--face_workers: a face detection process ended before frame {frame.number} "
+                f"of {frame.name} was done (killed, out of memory, or it could not start: a "
+                "script read from stdin cannot start worker processes); run with "
+                "--face_workers 0 to detect in this process"
+            ) from None
         return frame
