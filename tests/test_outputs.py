@@ -224,12 +224,13 @@ def _single_file(out: Path, sample) -> None:
     write_single_file(out / "predictions.txt", out.parent / "test_list.txt", ["v"], [1], [2])
 
 
+VAL = {"class_counts": {"Neutral": 1}, "samples": 1}  # a stats split (dataset_stats)
 WRITERS = {
     "evaluation": _evaluation,
     "per-video submission": lambda out, _: write_submission(out, ["v"], [1], [2], 7, {"v": 3}),
     "single-file submission": _single_file,
     "stats plot": lambda out, _: plot_stats(
-        {"splits": {"val": {"class_counts": {"Neutral": 1}, "samples": 1}}}, out / "plot.png"
+        {"splits": {"val": {**VAL, "sources": {"affwild2": VAL}}}}, out / "plot.png"
     ),
     "index": _index,
     "pack record": lambda out, _: write_json(out / "progress.json", {"expw": [0]}),
