@@ -462,3 +462,17 @@ def test_a_detection_worker_that_dies_is_an_error_not_a_hang(cause):
         "done .*; run with --face_workers 0",
         str(error.value),
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:1"])
+def test_python_predict_names_a_device_it_cannot_use(checkpoint, tmp_path, device):
+    """``ferlit.predict(model, path, device=...)``: "gpu" and "auto" reached ``torch.device``
+    (a RuntimeError listing torch's device types) and "cuda" the driver's RuntimeError."""
+    photo = tmp_path / "grey.png"
+    cv2.imwrite(str(photo), np.full((40, 40, 3), 128, np.uint8))
+    gpu = "CUDA GPU 1" if device == "cuda:1" else "CUDA GPU"
+    with pytest.raises(ConfigError, match=f"device {device}: no {gpu} is visible"):
+        ferlit.predict(checkpoint, photo, device=device, progress=False)
+    table = ferlit.predict(ferlit.load_model(checkpoint), photo, device="auto", progress=False)
+    assert table["face"].tolist() == [False]

@@ -84,28 +84,30 @@ PLOT_PATTERN = "expressions_*.png"
 ANNOTATED_PATTERN = "annotated_*"
 
 
-def resolve_device(accelerator: str | None) -> torch.device:
-    """The device for ``--trainer.accelerator``: ``auto`` (a CUDA GPU when there is one, else
-    the CPU), ``cpu``, ``gpu``/``cuda`` (refused when no CUDA GPU is visible) or ``mps``; any
-    other accelerator is refused (media are predicted in this one process)."""
+def resolve_device(accelerator: str | None, option: str = "--trainer.accelerator") -> torch.device:
+    """The device for ``--trainer.accelerator`` (or ``predict_media``'s ``device``, named by
+    ``option``): ``auto`` (a CUDA GPU when there is one, else the CPU), ``cpu``, ``gpu``/``cuda``
+    /``cuda:N`` (refused when no such CUDA GPU is visible) or ``mps``; any other accelerator is
+    refused (media are predicted in this one process)."""
     name = "auto" if accelerator is None else str(accelerator)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
+    index = name.partition(":")[2] if name.startswith("cuda:") else None
+    if name in ("gpu", "cuda") or (index is not None and index.isdigit()):
+        if not torch.cuda.is_available() or int(index or 0) >= torch.cuda.device_count():
+            gpu = "CUDA GPU" if index is None else f"CUDA GPU {index}"
             raise ConfigError(
-                f"--trainer.accelerator {name}: no CUDA GPU is visible to this process; use "
-                "--trainer.accelerator cpu or auto"
+                f"{option} {name}: no {gpu} is visible to this process; use {option} cpu or auto"
             )
-        return torch.device("cuda")
+        return torch.device("cuda" if index is None else name)
     if name == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError("--trainer.accelerator mps: MPS is not available on this machine")
+            raise ConfigError(f"{option} mps: MPS is not available on this machine")
         return torch.device("mps")
     raise ConfigError(
-        f"--trainer.accelerator {name}: with --input faces are predicted on one device of this "
+        f"{option} {name}: with --input faces are predicted on one device of this "
         "process; expected auto, cpu, gpu, cuda or mps"
     )
 
@@ -248,6 +250,8 @@ def predict_media(
             f"--face_workers: expected 0 (detect in this process) or a number of processes, "
             f"got {workers!r}"
         )
+    if isinstance(device, str):  # "gpu" or "auto" reached torch.device, which refused them
+        device = resolve_device(device, "device")
     if isinstance(model, str | os.PathLike):
         model = load_model(model, device or resolve_device("auto"))
     elif device is not None:
