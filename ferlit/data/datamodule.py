@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferlit.cli_values import check_number, check_workers
 from ferlit.data.cache import cached_index
 from ferlit.data.datasets import EpochSeededDataset, FaceDataset, PackedFaceDataset
+from ferlit.data.device_augment import DeviceAugmentation
 from ferlit.data.images import BoxOverflow, check_box_overflow
 from ferlit.data.index import FrameIndex
 from ferlit.data.pack import Pack, check_pack_sources
@@ -136,6 +137,11 @@ class ExpressionDataModule(pl.LightningDataModule):
         hue: colour jitter: hue shift drawn from [-h, h], in [0, 0.5] (ColorJitter's range).
         augment_strength: multiplies the four colour-jitter strengths (one knob for sweeps;
             1 = the values given, 0 = flips only); hue stops at 0.5, ColorJitter's largest.
+        augment_on: where the training augmentation runs: "cpu" in the loader workers, or
+            "device": the workers deliver resized unaugmented faces and the flip and jitter run
+            batched on the model's device after the batch is moved there (the same definitions
+            and per-(seed, epoch, sample) seeding: ``ferlit.data.device_augment``). For a GPU fed
+            by few cores, where the CPU jitter caps the loader.
         batch_size: micro-batch size per process (the paper: 64, with 4 accumulated).
         val_batch_size: batch size of validation and prediction; None = ``batch_size``.
         num_workers: DataLoader worker processes per training process (0 = load in the main
@@ -189,6 +195,7 @@ class ExpressionDataModule(pl.LightningDataModule):
         saturation: float = 0.25,
         hue: float = 0.5,
         augment_strength: float = 1.0,
+        augment_on: Literal["cpu", "device"] = "cpu",
         batch_size: int = 64,
         val_batch_size: int | None = None,
         num_workers: int = 4,
@@ -236,6 +243,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         if val_batch_size is not None:  # 0 would silently mean batch_size
             check_number("data.val_batch_size", val_batch_size, 1, integer=True)
         check_number("data.hflip", hflip, 0, 1)  # a probability
+        if augment_on not in ("cpu", "device"):
+            raise ConfigError(f"data.augment_on must be 'cpu' or 'device', got {augment_on!r}")
         check_number("data.hue", hue, 0, 0.5)  # ColorJitter's hue range stops at 0.5
         for option, value in (
             ("brightness", brightness),
@@ -287,6 +296,12 @@ class ExpressionDataModule(pl.LightningDataModule):
             if augment
             else None
         )
+        self.device_augmentation = (
+            DeviceAugmentation(self.augmentation, seed)
+            if augment_on == "device" and self.augmentation is not None
+            else None
+        )
+        self._train_sampler_used: EpochShuffleSampler | None = None  # its epoch keys batches
         #: What ``predict_dataloader`` returns a loader for, in order ("val" too for smoothing
         #: chosen on the val split while predicting another target).
         self.predict_targets: list[PredictWhich] = ["target"]
@@ -765,7 +780,11 @@ class ExpressionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         sampler = self._train_sampler()
-        dataset = self._dataset("train", build_transform(hp.image_size, self.augmentation))
+        self._train_sampler_used = sampler
+        on_cpu = self.device_augmentation is None
+        dataset = self._dataset(
+            "train", build_transform(hp.image_size, self.augmentation if on_cpu else None)
+        )
         seeded = EpochSeededDataset(dataset, hp.seed, strict=hp.strict_images)
         return self._loader(seeded, sampler, hp.batch_size, ResumableLoader)
 
@@ -777,6 +796,27 @@ class ExpressionDataModule(pl.LightningDataModule):
         """
         if isinstance(batch, list | tuple) and len(batch) > 3 and torch.is_tensor(batch[3]):
             batch = [*batch[:3], batch[3].tolist(), *batch[4:]]
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``augment_on: device``, flip and jitter a training batch where it now is.
+
+        Only training batches (4 elements, while the trainer trains) are augmented: validation,
+        the sanity check and prediction never are. The epoch is the training sampler's, the one
+        the CPU path's keys carry, so a resumed run augments each sample as the first run did.
+        """
+        trainer = getattr(self, "trainer", None)
+        if (
+            self.device_augmentation is not None
+            and trainer is not None
+            and trainer.training
+            and isinstance(batch, list | tuple)
+            and len(batch) == 4
+        ):
+            sampler = self._train_sampler_used
+            epoch = sampler.epoch if sampler is not None else trainer.current_epoch
+            images = self.device_augmentation(batch[0], batch[2], epoch)
+            batch = [images, *batch[1:]]
         return batch
 
     def val_dataloader(self) -> DataLoader:

@@ -1,0 +1,143 @@
+"""The training augmentation run batched on the model's device (``data.augment_on: device``).
+
+The CPU path (``ferlit.data.transforms``) spends most of a loader worker's time in the colour
+jitter (issue 17: ~170 us a face, hue dominating), so on a GPU machine with a few cores per GPU
+the loader, not the GPU, sets the pace. With ``augment_on: device`` the workers deliver resized,
+unaugmented uint8 faces and :class:`DeviceAugmentation` applies the same flip and colour jitter
+to the whole batch after it reaches the device, before the model's own preprocessing.
+
+Same definitions as the CPU path: albumentations 2's ``ColorJitter`` applies torchvision's
+``adjust_brightness`` (x * b), ``adjust_contrast`` (blend with the image's mean ITU-R 601 grey
+level), ``adjust_saturation`` (blend with the pixel's grey level) and ``adjust_hue`` (shift of
+the HSV hue, a fraction of the circle), each factor uniform in its range, in a random order per
+image, after a horizontal flip with probability ``hflip``. Here every image gets its own factors
+and order. The CPU path rounds to uint8 after each step (and its hue is cv2's 180-level uint8
+HSV); this one rounds once, at the end, so single pixels may differ by a few levels while the
+distribution of each parameter is the same (``tests/test_device_augment.py``).
+
+Seeding: each sample's parameters are a hash of (seed, epoch, sample number), as the CPU path's
+generator is seeded from (seed, epoch, sample) (``EpochSeededDataset``): the same whatever the
+batch it falls in, the number of workers or processes, or whether the run was resumed. The hash
+(lowbias32, Chris Wellons' integer-hash search) runs on the device, so no per-sample host work is
+added to the training step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+from ferlit.data.transforms import Augmentation
+
+_MASK32 = 0xFFFFFFFF
+#: The ITU-R 601 luma weights torchvision's and cv2's RGB -> grey conversions use.
+_GREY = (0.299, 0.587, 0.114)
+#: Uniform draws per sample: flip, brightness, contrast, saturation, hue, then 4 order keys.
+_DRAWS = 9
+
+
+def _lowbias32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32: bias ~0.17 from an ideal one) on int64 tensors.
+
+    Values stay in [0, 2**32); a product may pass 2**63 and wrap, which leaves its low 32 bits
+    (the only ones kept) right.
+    """
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniforms(seed: int, epoch: int, samples: torch.Tensor, draws: int = _DRAWS) -> torch.Tensor:
+    """``len(samples)`` x ``draws`` numbers uniform in [0, 1), each a function of
+    (seed, epoch, sample, draw) alone."""
+    samples = samples.to(torch.int64)
+    h = _lowbias32(torch.full_like(samples, seed & _MASK32) ^ (seed >> 32))
+    h = _lowbias32(h ^ (epoch & _MASK32))
+    h = _lowbias32(h ^ (samples & _MASK32))
+    h = _lowbias32(h ^ (samples >> 32))
+    k = torch.arange(draws, device=samples.device, dtype=torch.int64)
+    bits = _lowbias32(h[:, None] + (k * 0x9E3779B9 + 1)[None, :])
+    return (bits >> 8).to(torch.float32) / float(1 << 24)  # 24 bits: exact in float32
+
+
+class DeviceAugmentation:
+    """Flip and colour jitter for batches of uint8 faces (N x 3 x H x W) on any device."""
+
+    def __init__(self, augmentation: Augmentation, seed: int) -> None:
+        self.augmentation = augmentation
+        self.seed = int(seed)
+
+    def parameters(self, samples: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """Each sample's flip (bool), four factors and jitter order (N x 4, a permutation of
+        brightness 0, contrast 1, saturation 2, hue 3), the ranges of ``ColorJitter``."""
+        a = self.augmentation
+        u = uniforms(self.seed, int(epoch), samples)
+
+        def span(v: torch.Tensor, low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * v
+
+        return {
+            "flip": u[:, 0] < a.hflip,
+            "brightness": span(u[:, 1], max(0.0, 1 - a.brightness), 1 + a.brightness),
+            "contrast": span(u[:, 2], max(0.0, 1 - a.contrast), 1 + a.contrast),
+            "saturation": span(u[:, 3], max(0.0, 1 - a.saturation), 1 + a.saturation),
+            "hue": span(u[:, 4], -a.hue, a.hue),
+            "order": torch.argsort(u[:, 5:9], dim=1),
+        }
+
+    def __call__(self, images: torch.Tensor, samples: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The augmented batch, uint8 like ``images``; ``samples`` are the batch's sample
+        numbers (the loader's third element), ``epoch`` the training epoch."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"device augmentation expects uint8 N x 3 x H x W faces, got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        if len(images) == 0:
+            return images
+        p = self.parameters(samples.to(images.device), epoch)
+        x = images.to(torch.float32) / 255.0
+        x = torch.where(p["flip"][:, None, None, None], x.flip(-1), x)
+        a = self.augmentation
+        active = [a.brightness > 0, a.contrast > 0, a.saturation > 0, a.hue > 0]
+        if any(active):
+            factors = [p["brightness"], p["contrast"], p["saturation"], p["hue"]]
+            ops = [_brightness, _contrast, _saturation, _hue]
+            for step in range(4):
+                for op in range(4):
+                    if not active[op]:
+                        continue
+                    rows = (p["order"][:, step] == op).nonzero().squeeze(1)
+                    if len(rows):
+                        x[rows] = ops[op](x[rows], factors[op][rows])
+        return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_GREY[0] * r + _GREY[1] * g + _GREY[2] * b).unsqueeze(1)
+
+
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f[:, None, None, None]).clamp_(0, 1)
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f[:, None, None, None]
+    mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+    return (x * f + mean * (1 - f)).clamp_(0, 1)
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f[:, None, None, None]
+    return (x * f + _grey(x) * (1 - f)).clamp_(0, 1)
+
+
+def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    hsv = _rgb_to_hsv(x)
+    h, s, v = hsv.unbind(1)
+    h = (h + f[:, None, None]).remainder(1.0)
+    return _hsv_to_rgb(torch.stack((h, s, v), dim=1))
