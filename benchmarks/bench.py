@@ -8,8 +8,10 @@ et al. (2020) takes. Every figure is measured in the same run, on data the bench
   Aff-Wild2 train frames (112x112 JPEGs): (a) a naive baseline — PIL opening every JPEG,
   torchvision's RandomHorizontalFlip + ColorJitter + ToTensor + Normalize, a default
   DataLoader —, (b) ferlit's JPEG path and (c) its packed path, (d) the ceiling: the same
-  DataLoader copying packed uint8 faces with no augmentation. All four read the same sample order
-  with the same batch size and workers; only the dataset differs;
+  DataLoader copying packed uint8 faces with no augmentation, and (e) the packed path with
+  ``data.augment_on: device`` (the workers' share: the flip and jitter then run on the model's
+  device). All read the same sample order with the same batch size and workers; only the
+  dataset differs;
 * the index of a generated full-scale layout (~550 videos, ~2.6M annotation lines, ~1.1M
   empty image files, ExpW's 91,793 faces): build time, cached-load time, the resident memory
   of the DataModule holding it, and the private memory of DataLoader workers over one epoch;
@@ -165,6 +167,12 @@ def bench_loaders(work: Path, scale: Scale, workers: int, batch_size: int, quiet
     jpeg = ExpressionDataModule(**options).train_dataloader().dataset
     packed = ExpressionDataModule(**options, packed_dir=str(work / "pack")).train_dataloader()
     packed = packed.dataset
+    # data.augment_on device: the workers only resize (a no-op on packed faces) and copy; the
+    # flip and jitter run on the model's device, outside the loader.
+    device_side = ExpressionDataModule(
+        **options, packed_dir=str(work / "pack"), augment_on="device"
+    ).train_dataloader()
+    device_side = device_side.dataset
     index = ExpressionDataModule(**options).train_index
     naive = NaiveDataset([index.image_path(i) for i in range(len(index))], index.labels.tolist())
     ceiling = PackedFaceDataset(packed.frame_files, packed.labels, packed.rows, transform=None)
@@ -179,6 +187,7 @@ def bench_loaders(work: Path, scale: Scale, workers: int, batch_size: int, quiet
         ("jpeg", jpeg, "(b) ferlit JPEG path"),
         ("packed", packed, "(c) ferlit packed path"),
         ("ceiling", ceiling, "(d) ceiling: packed uint8 copies"),
+        ("packed_device", device_side, "(e) packed path, augment_on device"),
     ):
         with status.status(f"Loader throughput: {what}"):
             rates[key] = images_per_second(dataset, order, batch_size, workers)
@@ -497,6 +506,7 @@ def report(loaders: dict, index: dict, training: dict, workers: int, batch: int)
         f"  (b) ferlit JPEG path (OpenCV + albumentations)    {rate(loaders['jpeg'])}",
         f"  (c) ferlit packed path (memory-mapped uint8)      {rate(loaders['packed'])}",
         f"  (d) ceiling: packed uint8 copies, no augmentation {rate(loaders['ceiling'])}",
+        f"  (e) packed path, augment_on device (loader side)  {rate(loaders['packed_device'])}",
         f"  (b)/(a) = {loaders['jpeg_ratio']:.2f}x   target >= {TARGET_JPEG_RATIO}x: "
         f"{check(loaders['jpeg_ratio'] >= TARGET_JPEG_RATIO)}",
         f"  (c)/(a) = {loaders['packed_ratio']:.2f}x   target >= {TARGET_PACKED_RATIO}x: "
