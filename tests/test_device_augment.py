@@ -253,3 +253,26 @@ def test_sample_config_learns_with_augment_on_device(tiny_sample, tmp_path):
     best = cli.trainer.checkpoint_callback.best_model_score.item()
     assert always_neutral < 0.35
     assert best > always_neutral + 0.2
+
+
+def test_sigterm_then_resume_augments_as_if_never_stopped(tiny_sample, tmp_path):
+    """test_resume's stop-and-resume run (augmentation on, SIGTERM mid-step 6 of 3 epochs of 4
+    epochs) with augment_on device: the resumed run ends with the same weights, bit for bit, as
+    one never stopped (each face's flip and jitter drawn again from (seed, epoch, sample))."""
+    from test_resume import assert_bitwise_equal, run_args, train_losses, weights
+
+    device = ("--data.augment_on", "device")
+    whole = main(run_args(tiny_sample, tmp_path / "whole", *device))
+    stopped = tmp_path / "stopped"
+    sigterm = ("--trainer.callbacks+=test_resume.SignalAt", "--trainer.callbacks.micro_batch", "11")
+    with pytest.raises(SystemExit) as stop:
+        main(run_args(tiny_sample, stopped, *device, *sigterm))
+    assert stop.value.code == 143
+    resumed = main(run_args(tiny_sample, stopped, *device, "--ckpt_path", "last"))
+    assert resumed.trainer.global_step == whole.trainer.global_step
+    assert_bitwise_equal(weights(resumed), weights(whole))
+    assert train_losses(stopped) == train_losses(tmp_path / "whole")
+    # And the augmentation mattered: the same run with it on the CPU trains differently.
+    cpu = main(run_args(tiny_sample, tmp_path / "cpu"))
+    assert train_losses(tmp_path / "cpu") != train_losses(tmp_path / "whole")
+    assert cpu.trainer.global_step == whole.trainer.global_step
