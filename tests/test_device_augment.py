@@ -257,7 +257,7 @@ def test_sample_config_learns_with_augment_on_device(tiny_sample, tmp_path):
 
 def test_sigterm_then_resume_augments_as_if_never_stopped(tiny_sample, tmp_path):
     """test_resume's stop-and-resume run (augmentation on, SIGTERM mid-step 6 of 3 epochs of 4
-    epochs) with augment_on device: the resumed run ends with the same weights, bit for bit, as
+    steps) with augment_on device: the resumed run ends with the same weights, bit for bit, as
     one never stopped (each face's flip and jitter drawn again from (seed, epoch, sample))."""
     from test_resume import assert_bitwise_equal, run_args, train_losses, weights
 
