@@ -37,6 +37,13 @@ format: install
 bench: install
 	$(PY) benchmarks/bench.py
 
+## The whole training pipeline on a CUDA GPU: packed loader -> SE-ResNet-50 forward and backward,
+## batch 256, fp32 / bf16, eager / torch.compile, augmentation on cpu / device (without CUDA: what
+## the CPU can, and what it skipped).
+.PHONY: bench-gpu
+bench-gpu: install
+	$(PY) benchmarks/bench.py --gpu
+
 ## Create the W&B sweep of experiments/sweep.yaml and print the command that starts its agents
 ## (needs network and `wandb login`; see README "Weights & Biases and sweeps").
 .PHONY: sweep

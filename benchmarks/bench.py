@@ -23,6 +23,7 @@ et al. (2020) takes. Every figure is measured in the same run, on data the bench
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
 from ferlit.data.datamodule import ExpressionDataModule
+from ferlit.data.device_augment import DeviceAugmentation
 from ferlit.data.index import FrameIndex
 from ferlit.data.pack import PackedFaceDataset, pack
 from ferlit.data.readers.affwild2 import (
@@ -146,17 +148,8 @@ def images_per_second(dataset: Dataset, order: list[int], batch_size: int, worke
 
 
 def bench_loaders(work: Path, scale: Scale, workers: int, batch_size: int, quiet: bool) -> dict:
-    sample = _sample_data(work / "sample", scale.sample_scale, quiet)
+    sample = _packed_sample(work, scale, workers, quiet)
     status = Console(stderr=True, quiet=quiet)
-    with status.status("Packing the sample data's Aff-Wild2 frames"):
-        pack(
-            work / "pack",
-            sample.affwild2_dir,
-            size=IMAGE_SIZE,
-            workers=workers,
-            progress=False,
-            index_cache_dir=work / "cache",
-        )
     options = dict(
         affwild2_dir=str(sample.affwild2_dir),
         image_size=IMAGE_SIZE,
@@ -199,6 +192,21 @@ def bench_loaders(work: Path, scale: Scale, workers: int, batch_size: int, quiet
         "packed_ratio": rates["packed"] / rates["naive"],
         "packed_per_worker": rates["packed"] / max(workers, 1),
     }
+
+
+def _packed_sample(work: Path, scale: Scale, workers: int, quiet: bool) -> SampleData:
+    """The sample data (``work/sample``), its Aff-Wild2 frames packed at 112x112 (``work/pack``)."""
+    sample = _sample_data(work / "sample", scale.sample_scale, quiet)
+    with Console(stderr=True, quiet=quiet).status("Packing the sample data's Aff-Wild2 frames"):
+        pack(
+            work / "pack",
+            sample.affwild2_dir,
+            size=IMAGE_SIZE,
+            workers=workers,
+            progress=False,
+            index_cache_dir=work / "cache",
+        )
+    return sample
 
 
 def _sample_data(root: Path, scale: float, quiet: bool) -> SampleData:
@@ -486,6 +494,218 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+# -- the whole pipeline (--gpu) ------------------------------------------------------------------
+
+#: Faces of one training epoch: Aff-Wild2 train + ExpW in Cafarelli et al. (2020).
+EPOCH_FACES = 1_004_523
+#: Untimed steps before the timed ones: the first step allocates and selects kernels, and with
+#: torch.compile the first two compile (forward and backward) and may recompile once.
+PIPELINE_WARMUP = 3
+
+
+def _cycle(loader: DataLoader):
+    """The loader's batches without end, one epoch after another (persistent workers kept)."""
+    while True:
+        yield from loader
+
+
+def pipeline_loader(work: Path, augment_on: str, batch: int, workers: int) -> DataLoader:
+    """ferlit's training loader over the packed sample data, as ``fit`` builds it (pinned memory
+    where CUDA is, ``data.augment_on`` as asked)."""
+    return ExpressionDataModule(
+        affwild2_dir=str(work / "sample" / "affwild2"),
+        packed_dir=str(work / "pack"),
+        image_size=IMAGE_SIZE,
+        batch_size=batch,
+        num_workers=workers,
+        index_cache_dir=str(work / "cache"),
+        augment_on=augment_on,
+    ).train_dataloader()
+
+
+def loader_only_rate(loader: DataLoader, batches: int) -> float:
+    """Faces/s the loader delivers to the main process, after its first batch (worker start-up)."""
+    source = _cycle(loader)
+    next(source)
+    start, faces = time.perf_counter(), 0
+    for _ in range(batches):
+        faces += len(next(source)[0])
+    return faces / (time.perf_counter() - start)
+
+
+def gpu_utilisation() -> tuple[int | None, str | None]:
+    """``torch.cuda.utilization()`` (NVML's percentage of the last sample period), or why not."""
+    if importlib.util.find_spec("pynvml") is None:
+        return None, "unavailable (pynvml is not installed)"
+    try:
+        return int(torch.cuda.utilization()), None
+    except Exception as e:  # NVML missing from the driver, or no permission
+        return None, f"unavailable ({type(e).__name__}: {e})"
+
+
+def pipeline_rate(
+    loader: DataLoader,
+    augmentation,
+    device: torch.device,
+    steps: int,
+    bf16: bool,
+    compiled: bool,
+) -> dict[str, Any]:
+    """Faces/s of SGD steps of the paper's module fed by ``loader``: each batch is copied to
+    ``device`` (non-blocking, from pinned memory), augmented there when ``augmentation`` (a
+    DeviceAugmentation) is given, then forward, class-weighted loss, backward and step.
+
+    Timed from a synchronised device after ``PIPELINE_WARMUP`` steps (one on a CPU) to a synchronised device
+    after ``steps`` more, so the loader's waits count. With CUDA, also the peak memory and the
+    mean GPU utilisation sampled after each timed step.
+    """
+    from ferlit.training.module import ExpressionModule
+
+    cuda = device.type == "cuda"
+    module = ExpressionModule(backbone=BACKBONE, input_size=IMAGE_SIZE, channels_last=bf16)
+    module = module.to(device).train()
+    optimizer = module.configure_optimizers()
+    forward = torch.compile(module) if compiled else module
+
+    def step(batch) -> None:
+        images = batch[0].to(device, non_blocking=True)
+        labels = batch[1].to(device, non_blocking=True)
+        if augmentation is not None:
+            # The epoch changes the draws, not the cost: 0 throughout.
+            images = augmentation(images, batch[2].to(device, non_blocking=True), 0)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = module.loss(forward(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    batches = _cycle(loader)
+    for _ in range(PIPELINE_WARMUP if cuda else 1):
+        step(next(batches))
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    faces, busy = 0, []
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        faces += len(batch[0])
+        step(batch)
+        if cuda:
+            busy.append(gpu_utilisation()[0])
+    sync()
+    result: dict[str, Any] = {"rate": faces / (time.perf_counter() - start)}
+    if cuda:
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        shown = [b for b in busy if b is not None]
+        result["utilisation"] = sum(shown) / len(shown) if shown else None
+    return result
+
+
+def bench_pipeline(work: Path, scale: Scale, workers: int, quiet: bool) -> dict[str, Any]:
+    """The whole training pipeline: loader-only rates and each (precision, compile, augmentation
+    place) configuration the device allows; what it does not allow is listed as skipped."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        batch, steps = (GPU_TRAIN_BATCH, GPU_TRAIN_STEPS) if scale is FULL else (8, 2)
+        name = torch.cuda.get_device_name(device)
+    else:
+        batch, steps = scale.train_batch, 1
+        name = _cpu_name()
+    _packed_sample(work, scale, workers, quiet)
+    status = Console(stderr=True, quiet=quiet)
+    loaders = {where: pipeline_loader(work, where, batch, workers) for where in ("cpu", "device")}
+    loader_batches = max(2, scale.loader_images // batch)
+    result: dict[str, Any] = {"device": name, "batch": batch, "steps": steps, "skipped": []}
+    result["loader"] = {}
+    for where, loader in loaders.items():
+        with status.status(f"Loader only, augmentation on {where}"):
+            result["loader"][where] = loader_only_rate(loader, loader_batches)
+    augmentation = DeviceAugmentation(Augmentation(), seed=0)  # the paper's flip and jitter
+    precisions = ["fp32"]
+    why_not_bf16 = bf16_support(device) if cuda else "no CUDA"
+    if why_not_bf16 is None:
+        precisions.append("bf16")
+    else:
+        result["skipped"].append(f"bf16-mixed + channels_last: {why_not_bf16}")
+    compile_options = [False, True] if cuda else [False]
+    if not cuda:
+        result["skipped"] += [
+            "torch.compile: no CUDA (compiling for this CPU says nothing of a GPU's speed)",
+            f"batch {GPU_TRAIN_BATCH}, {GPU_TRAIN_STEPS} steps: no CUDA (one fp32 step of "
+            f"batch {batch} instead)",
+            "GPU utilisation and peak memory: no CUDA",
+        ]
+    result["runs"] = []
+    for precision in precisions:
+        for compiled in compile_options:
+            for where in ("cpu", "device"):
+                what = f"{precision}, {'compiled' if compiled else 'eager'}, augmentation {where}"
+                with status.status(f"Pipeline: {what}"):
+                    run = pipeline_rate(
+                        loaders[where],
+                        augmentation if where == "device" else None,
+                        device,
+                        steps,
+                        bf16=precision == "bf16",
+                        compiled=compiled,
+                    )
+                result["runs"].append(
+                    {"precision": precision, "compiled": compiled, "augment_on": where} | run
+                )
+                if cuda:  # the last run's model is gone: its cached blocks are not the next's
+                    torch.cuda.empty_cache()
+    if cuda:
+        result["utilisation_missing"] = gpu_utilisation()[1]
+    return result
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def pipeline_report(result: dict[str, Any], workers: int) -> list[str]:
+    """The lines of ``--gpu``: faces/s of each configuration and the 1M-face epoch it projects."""
+
+    def rate(x: float) -> str:
+        return f"{x:>9,.0f} faces/s"
+
+    lines = [
+        f"Whole training pipeline, SE-ResNet-50 at {IMAGE_SIZE}x{IMAGE_SIZE} on "
+        f"{result['device']}: packed sample data, {workers} workers, batch {result['batch']}, "
+        f"{_plural(result['steps'], 'timed step')}",
+        f"  loader only, augmentation on cpu      {rate(result['loader']['cpu'])}",
+        f"  loader only, augmentation on device   {rate(result['loader']['device'])}"
+        "   (workers copy; flip + jitter left to the device)",
+    ]
+    for run in result["runs"]:
+        name = "fp32" if run["precision"] == "fp32" else "bf16-mixed + channels_last"
+        name += ", torch.compile" if run["compiled"] else ", eager"
+        line = (
+            f"  {name:<38} aug {run['augment_on']:<6} {rate(run['rate'])}   1M-face epoch "
+            f"({EPOCH_FACES:,}) {_duration(EPOCH_FACES / run['rate'])}"
+        )
+        if "peak_mb" in run:
+            line += f"   peak {run['peak_mb'] / 1024:.1f} GiB"
+            if run["utilisation"] is not None:
+                line += f"   GPU busy {run['utilisation']:.0f}%"
+        lines.append(line)
+    if result.get("utilisation_missing"):
+        lines.append(f"  GPU utilisation: {result['utilisation_missing']}")
+    for why in result["skipped"]:
+        lines.append(f"  skipped: {why}")
+    return lines
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 
@@ -576,6 +796,13 @@ def build_parser() -> ArgumentParser:
         "--quick", action="store_true", help="seconds, not minutes; figures meaningless"
     )
     parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="measure the whole training pipeline instead (packed loader -> device -> SE-ResNet-50 "
+        "forward and backward; batch 256, fp32 and bf16, eager and compiled, augmentation on cpu "
+        "and device) where CUDA is; without CUDA, what the CPU can, naming what it skipped",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=min(os.cpu_count() or 1, 8),
@@ -642,6 +869,21 @@ def _main(argv: list[str]) -> int:
     quiet = args.quick
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="ferlit-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.gpu:
+        try:
+            if args.threads is not None or args.quick:
+                torch.set_num_threads(args.threads or 1)
+            pipeline = bench_pipeline(work, scale, args.workers, quiet)
+        finally:
+            if args.work_dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+        for line in pipeline_report(pipeline, args.workers):
+            print(line)
+        if args.json is not None:
+            figures = {"workers": args.workers, "quick": args.quick, "pipeline": pipeline}
+            with atomic_write(args.json, "w") as file:
+                file.write(json.dumps(figures, indent=2) + "\n")
+        return 0
     try:
         loaders = bench_loaders(work, scale, args.workers, args.batch_size, quiet)
         index = bench_index(work, scale, args.workers, quiet)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench import build_parser, main, report, write_fullscale_layout
+import torch
+from bench import build_parser, main, pipeline_report, report, write_fullscale_layout
 
 from ferlit.data.readers.affwild2 import read_affwild2
 from ferlit.data.readers.expw import read_expw
@@ -166,11 +167,60 @@ def test_every_option_has_a_help_line(capsys):
     assert stop.value.code == 0
     shown = capsys.readouterr().out
     options = [o for a in parser._actions for o in a.option_strings]
-    assert {"--quick", "--workers", "--batch_size", "--work_dir", "--threads", "--json"} <= set(
-        options
-    )
+    assert {
+        "--quick",
+        "--gpu",
+        "--workers",
+        "--batch_size",
+        "--work_dir",
+        "--threads",
+        "--json",
+    } <= set(options)
     for action in parser._actions:
         if action.help == argparse.SUPPRESS:  # jsonargparse's hidden --print_shtab
             continue
         assert all(o in shown for o in action.option_strings), action.option_strings
         assert len((action.help or "").split()) >= 3, (action.option_strings, action.help)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the CPU-only report")
+def test_gpu_bench_without_cuda_measures_what_it_can_and_names_what_it_skipped(tmp_path, capsys):
+    assert main(["--gpu", "--quick", "--workers", "0", "--work_dir", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    for pattern in (
+        r"Whole training pipeline, SE-ResNet-50 at 112x112 on .*: packed sample data, 0 workers, "
+        r"batch 2, 1 timed step",
+        rf"loader only, augmentation on cpu +{NUMBER} faces/s",
+        rf"loader only, augmentation on device +{NUMBER} faces/s",
+        rf"fp32, eager +aug cpu +{NUMBER} faces/s +1M-face epoch \(1,004,523\) \d",
+        rf"fp32, eager +aug device +{NUMBER} faces/s +1M-face epoch \(1,004,523\) \d",
+        r"skipped: bf16-mixed \+ channels_last: no CUDA",
+        r"skipped: torch.compile: no CUDA",
+        r"skipped: batch 256, 20 steps: no CUDA \(one fp32 step of batch 2 instead\)",
+        r"skipped: GPU utilisation and peak memory: no CUDA",
+    ):
+        assert re.search(pattern, out), f"{pattern!r} not in:\n{out}"
+    assert "bf16-mixed + channels_last, eager" not in out and "torch.compile  " not in out
+
+
+def test_pipeline_report_on_a_gpu_projects_the_epoch():
+    runs = [
+        {"precision": "bf16", "compiled": True, "augment_on": "device", "rate": 10_000.0}
+        | {"peak_mb": 20_480.0, "utilisation": 97.0},
+        {"precision": "fp32", "compiled": False, "augment_on": "cpu", "rate": 1_000.0}
+        | {"peak_mb": 1024.0, "utilisation": None},
+    ]
+    result = {"device": "NVIDIA H200", "batch": 256, "steps": 20, "skipped": []}
+    result |= {"loader": {"cpu": 1800.0, "device": 5400.0}, "runs": runs}
+    result["utilisation_missing"] = None
+    text = "\n".join(pipeline_report(result, workers=8))
+    assert "on NVIDIA H200: packed sample data, 8 workers, batch 256, 20 timed steps" in text
+    assert re.search(r"loader only, augmentation on device +5,400 faces/s", text)
+    # 1,004,523 faces at 10,000 faces/s: 100.5 s; at 1,000 faces/s: 1,004.5 s
+    assert re.search(
+        r"bf16-mixed \+ channels_last, torch.compile +aug device +10,000 faces/s +1M-face epoch "
+        r"\(1,004,523\) 1 min 40 s +peak 20.0 GiB +GPU busy 97%",
+        text,
+    )
+    assert re.search(r"fp32, eager +aug cpu +1,000 faces/s .* 16 min 45 s +peak 1.0 GiB$", text)
+    assert "skipped" not in text
