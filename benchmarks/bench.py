@@ -846,6 +846,11 @@ def _main(argv: list[str]) -> int:
         if name in RENAMED:
             raise ConfigError(f"{name}: now {RENAMED[name]}")
     args = build_parser().parse_args(argv)
+    if args.gpu and any(t.split("=", 1)[0] == "--batch_size" for t in argv):
+        raise ConfigError(
+            f"--batch_size is the loader figures' batch; --gpu uses batch {GPU_TRAIN_BATCH} on "
+            "CUDA (the issue's) and the quick or CPU step's batch otherwise: drop --batch_size"
+        )
     args.work_dir = None if args.work_dir is None else Path(args.work_dir)
     args.json = None if args.json is None else Path(args.json)
     if args.workers < 0 or args.batch_size <= 0:

@@ -224,3 +224,10 @@ def test_pipeline_report_on_a_gpu_projects_the_epoch():
     )
     assert re.search(r"fp32, eager +aug cpu +1,000 faces/s .* 16 min 45 s +peak 1.0 GiB$", text)
     assert "skipped" not in text
+
+
+def test_gpu_refuses_batch_size_rather_than_ignoring_it(tmp_path, capsys):
+    assert main(["--gpu", "--batch_size", "32", "--work_dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --batch_size is the loader figures' batch; --gpu uses batch 256")
+    assert not (tmp_path / "w").exists()
