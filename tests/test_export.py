@@ -230,3 +230,18 @@ def test_onnx_matches_pytorch_on_the_faces_predict_input_aligns(run, tmp_path):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     probs = session.run(None, {"faces": crops})[0]
     np.testing.assert_allclose(probs, predict(module, crops), rtol=0, atol=1e-4)
+
+
+def test_torchscript_threads_are_given_back_to_the_process(run, tmp_path):
+    """--threads sets torch's threads for the TorchScript check and timing only: a later training
+    in the same process (a notebook, the test suite) keeps its own, or its sums would differ."""
+    path, _ = run
+    before = torch.get_num_threads()
+    try:
+        export(
+            "--ckpt_path", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+            "--threads", str(before + 1),
+        )  # fmt: skip
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

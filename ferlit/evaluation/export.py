@@ -248,25 +248,29 @@ def export(
     example = torch.from_numpy(check_faces(size, 2, seed=1))
     with torch.no_grad():
         data = (to_onnx if format == "onnx" else to_torchscript)(classifier, example, meta)
-    runner = Runner(format, data, threads)
-    difference = check_export(runner, classifier, check_faces(size))
-    print(
-        f"{format} export of {checkpoint}: max |probability difference| to PyTorch "
-        f"{difference:.2e} on {CHECK_FACES} faces (batches of 1 and {CHECK_FACES})"
-    )
-    if not difference <= TOLERANCE:
-        raise ExportMismatch(
-            f"--format {format}: the exported model's probabilities differ from the PyTorch "
-            f"model's by up to {difference:.2e} (more than {TOLERANCE:g}) on the same faces; "
-            f"nothing written to {out}"
-        )
-    speed = 0.0
-    if benchmark_seconds > 0:
-        speed = faces_per_second(runner, check_faces(size, benchmark_batch), benchmark_seconds)
+    threads_before = torch.get_num_threads()  # TorchScript's threads are the process's: restored
+    try:
+        runner = Runner(format, data, threads)
+        difference = check_export(runner, classifier, check_faces(size))
         print(
-            f"{runner.engine}: {speed:.1f} faces/s "
-            f"({size}x{size} faces, batches of {benchmark_batch})"
+            f"{format} export of {checkpoint}: max |probability difference| to PyTorch "
+            f"{difference:.2e} on {CHECK_FACES} faces (batches of 1 and {CHECK_FACES})"
         )
+        if not difference <= TOLERANCE:
+            raise ExportMismatch(
+                f"--format {format}: the exported model's probabilities differ from the PyTorch "
+                f"model's by up to {difference:.2e} (more than {TOLERANCE:g}) on the same faces; "
+                f"nothing written to {out}"
+            )
+        speed = 0.0
+        if benchmark_seconds > 0:
+            speed = faces_per_second(runner, check_faces(size, benchmark_batch), benchmark_seconds)
+            print(
+                f"{runner.engine}: {speed:.1f} faces/s "
+                f"({size}x{size} faces, batches of {benchmark_batch})"
+            )
+    finally:
+        torch.set_num_threads(threads_before)
     claim_outputs(out.parent, [out.name])
     with atomic_write(out) as file:
         file.write(data)
