@@ -120,3 +120,16 @@ def _train_and_save(path, **module_kwargs):
 def train_and_save():
     """``train_and_save(path, **ExpressionModule options) -> module``: a small trained checkpoint."""
     return _train_and_save
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_given_back():
+    """A command run in-process may set torch's threads for the whole process (bench's and
+    export's --threads): each test hands the count back, so that in-process fits sum in the same
+    order as fits in subprocesses (test_resume compares them bit for bit)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
