@@ -143,6 +143,40 @@ def test_evaluate_spellings_translate_to_predict():
     ]
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (
+            ["--ckpt", "A.ckpt", "--ckpt_path", "B.ckpt"],
+            "--ckpt and --ckpt_path both given (A.ckpt, B.ckpt): give the checkpoint once",
+        ),
+        (
+            ["--ckpt_path=B.ckpt", "--ckpt=A.ckpt"],
+            "--ckpt_path and --ckpt both given (B.ckpt, A.ckpt): give the checkpoint once",
+        ),
+        (
+            ["--ckpt", "A.ckpt", "--split", "val", "--data.predict_split", "train"],
+            "--split and --data.predict_split both given (val, train): give the split once",
+        ),
+        (
+            ["--ckpt", "A.ckpt", "--frames_dir+", "f1", "--data.frames_dir", "f2"],
+            "--frames_dir and --data.frames_dir both given (f1, f2): give the folders once",
+        ),
+    ],
+)
+def test_evaluate_refuses_an_option_in_both_spellings_before_reading(
+    given, message, tmp_path, capsys
+):
+    from ferlit.evaluation.evaluate import main as evaluate
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:  # the checkpoints do not exist: nothing was read
+        evaluate([*given, "--out", str(out)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not out.exists()
+
+
 def test_predict_refuses_a_limit_on_its_batches(run, tmp_path, capsys):
     limit = ("--trainer.limit_predict_batches", "2")  # frames would be left out
     with pytest.raises(SystemExit) as stop:

@@ -49,6 +49,9 @@ RENAMED = {
     "--frames_dir": "--data.frames_dir",
 }
 
+#: What each option of :data:`RENAMED` names, for :func:`given_once`'s message.
+GIVEN_ONCE = {"--ckpt": "the checkpoint", "--split": "the split", "--frames_dir": "the folders"}
+
 
 def translate(args: list[str]) -> list[str]:
     """``python -m ferlit.evaluate``'s arguments as ``python -m ferlit predict``'s
@@ -62,14 +65,43 @@ def translate(args: list[str]) -> list[str]:
     return translated
 
 
+def given_once(args: list[str]) -> None:
+    """Refuse an option of :data:`RENAMED` given in both its spellings (``--ckpt A --ckpt_path
+    B``): the translation would hand predict both and the last would win, unsaid."""
+    values: dict[str, list[tuple[str, str]]] = {}
+    names = {name: old for old, new in RENAMED.items() for name in (old, new)}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg.partition("=")
+        old = names.get(name.removesuffix("+"))
+        if old is None:
+            continue
+        value = value if sep else (args[i + 1] if i + 1 < len(args) else "")
+        values.setdefault(old, []).append((name.removesuffix("+"), value))
+    for old, seen in values.items():
+        spellings = list(dict.fromkeys(name for name, _ in seen))
+        if len(spellings) > 1:
+            given = ", ".join(value for _, value in seen)
+            raise ConfigError(
+                f"{spellings[0]} and {spellings[1]} both given ({given}): give {GIVEN_ONCE[old]} once"
+            )
+
+
 def main(args: list[str] | None = None) -> dict[str, Any] | None:
     """``python -m ferlit.evaluate``: ``python -m ferlit predict`` with :func:`translate`'s
     arguments; returns the ``metrics.json`` content (rank 0). Bad input ends with ``error: ...``
-    (the options spelled as given) and exit status 2."""
+    (the options spelled as given) and exit status 2; an option given in both spellings
+    (:func:`given_once`) before anything is read."""
     import ferlit.cli  # which imports this module's checks
 
     spelling = {rf"(--)?{re.escape(new[2:])}": old for old, new in RENAMED.items()}
     args = list(sys.argv[1:] if args is None else args)
+    try:
+        given_once(args)
+    except ConfigError as error:  # not through run_stage: its spelling would rename both
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     ferlit.cli.stage_arguments_given()
     return ferlit.cli.run_stage(ferlit.cli.predict, translate(args), spelling)
 
