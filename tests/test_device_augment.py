@@ -13,7 +13,7 @@ import torch
 from test_fit import REPO, fit_args
 
 from ferlit.data.datamodule import ExpressionDataModule
-from ferlit.data.device_augment import DeviceAugmentation
+from ferlit.data.device_augment import AugmentationPlan, DeviceAugmentation
 from ferlit.data.transforms import Augmentation, build_transform
 from ferlit.errors import ConfigError
 from ferlit.training.cli import main
@@ -169,18 +169,146 @@ def make_datamodule(tiny_sample, **kwargs) -> ExpressionDataModule:
     )
 
 
+def fake_trainer(training: bool = True, device: str = "cpu") -> SimpleNamespace:
+    """What the DataModule's batch hooks and loaders read of a trainer."""
+    root = SimpleNamespace(root_device=torch.device(device))
+    return SimpleNamespace(
+        training=training,
+        current_epoch=0,
+        strategy=root,
+        global_rank=0,
+        world_size=1,
+        accumulate_grad_batches=1,
+    )
+
+
+def transfer(dm: ExpressionDataModule, batch: list) -> list:
+    """Lightning's path of a batch: host hook, transfer (to the CPU here), device hook."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    moved = move_data_to_device(dm.on_before_batch_transfer(batch, 0), torch.device("cpu"))
+    return dm.on_after_batch_transfer(moved, 0)
+
+
 def test_only_training_batches_are_augmented(tiny_sample):
     dm = make_datamodule(tiny_sample, augment_on="device")
     images, labels, samples = faces(4), torch.zeros(4, dtype=torch.long), torch.arange(4)
     expected = dm.device_augmentation(images, samples, 0)
-    dm.trainer = SimpleNamespace(training=True, current_epoch=0)
-    got = dm.on_after_batch_transfer([images, labels, samples, [0] * 4], 0)
+    dm.trainer = fake_trainer()
+    planned = dm.on_before_batch_transfer([images, labels, samples, torch.zeros(4)], 0)
+    assert len(planned) == 5 and isinstance(planned[4], AugmentationPlan)
+    assert planned[3] == [0] * 4  # the damaged counts stay a host list
+    got = dm.on_after_batch_transfer(planned, 0)
+    assert len(got) == 4  # training_step and the callbacks see the usual batch
     assert torch.equal(got[0], expected)
     assert got[1] is labels and got[3] == [0] * 4
+    # A training batch handed to the device hook alone is planned there: the same faces.
+    assert torch.equal(
+        dm.on_after_batch_transfer([images, labels, samples, [0] * 4], 0)[0], expected
+    )
+    # The plan keys on the sampler's epoch.
+    dm._train_sampler_used = SimpleNamespace(epoch=3)
+    assert torch.equal(
+        transfer(dm, [images, labels, samples, [0] * 4])[0],
+        dm.device_augmentation(images, samples, 3),
+    )
     # Validation (and the sanity check, and prediction): never augmented.
-    assert dm.on_after_batch_transfer([images, labels, samples], 0)[0] is images
-    dm.trainer = SimpleNamespace(training=False, current_epoch=0)
-    assert dm.on_after_batch_transfer([images, labels, samples, [0] * 4], 0)[0] is images
+    assert transfer(dm, [images, labels, samples])[0] is images
+    dm.trainer = fake_trainer(training=False)
+    unplanned = transfer(dm, [images, labels, samples, [0] * 4])
+    assert len(unplanned) == 4 and unplanned[0] is images
+
+
+def test_the_planned_path_equals_a_per_sample_reference():
+    """Each face alone, flipped and jittered step by step in its own drawn order with its own
+    factors (the ColorJitter definitions), gives exactly what the batched plan gives."""
+    from ferlit.data import device_augment as da
+
+    for augmentation in (Augmentation(), Augmentation(brightness=0, hue=0.1)):
+        augment = DeviceAugmentation(augmentation, seed=7)
+        images, samples = faces(24, seed=2), torch.arange(500, 524)
+        p = augment.parameters(samples, epoch=1)
+        active = [getattr(augmentation, k) > 0 for k in da._FACTORS]
+        reference = []
+        for j in range(24):
+            x = images[j : j + 1].to(torch.float32) / 255.0
+            if p["flip"][j]:
+                x = x.flip(-1)
+            for op in p["order"][j].tolist():
+                if active[op]:
+                    x = da._OPS[op](x, p[da._FACTORS[op]][j : j + 1])
+            reference.append((x * 255.0).round_().clamp_(0, 255).to(torch.uint8))
+        plan = augment.plan(samples, epoch=1)
+        assert torch.equal(augment.apply(images, plan), torch.cat(reference))
+        assert torch.equal(augment(images, samples, 1), torch.cat(reference))
+
+
+def test_the_plan_sorts_each_steps_rows_by_operation():
+    augment = DeviceAugmentation(Augmentation(), seed=0)
+    samples = torch.arange(40)
+    p, plan = augment.parameters(samples, 2), augment.plan(samples, 2)
+    assert torch.equal(plan.flip, p["flip"])
+    for step in range(4):
+        assert list(plan.counts[step]) == torch.bincount(p["order"][:, step], minlength=4).tolist()
+        start = 0
+        for op, count in enumerate(plan.counts[step]):
+            rows = plan.rows[step, start : start + count]
+            expected = (p["order"][:, step] == op).nonzero().squeeze(1)  # ascending
+            assert torch.equal(rows, expected)
+            factor = p[("brightness", "contrast", "saturation", "hue")[op]][rows]
+            assert torch.equal(plan.factors[step, start : start + count], factor)
+            start += count
+        assert start == 40
+    with pytest.raises(ValueError, match="an augmentation plan of 40 faces for a batch of 3"):
+        augment.apply(faces(3), plan)
+
+
+def test_applying_a_plan_makes_no_host_synchronisation(tiny_sample):
+    """Issue 17: a CUDA step must not wait for the device. On the CPU, tests/host_sync.py records
+    every call that would (the old per-(step, operation) ``nonzero`` row choice made 16)."""
+    from host_sync import HostSyncs
+
+    augment = DeviceAugmentation(Augmentation(), seed=0)
+    images, samples = faces(32), torch.arange(32)
+    plan = augment.plan(samples, 0)
+    with HostSyncs() as syncs:
+        out = augment.apply(images, plan)
+    assert syncs.calls == [], syncs.report()
+    assert torch.equal(out, augment(images, samples, 0))
+
+    dm = make_datamodule(tiny_sample, augment_on="device")
+    dm.trainer = fake_trainer()
+    batch = [images, torch.zeros(32, dtype=torch.long), samples, torch.zeros(32, dtype=torch.long)]
+    with HostSyncs() as syncs:
+        got = transfer(dm, batch)
+    assert syncs.calls == [], syncs.report()
+    assert torch.equal(got[0], out)
+
+
+def test_batches_are_pinned_only_for_a_cuda_trainer(tiny_sample, monkeypatch):
+    """Page-locked memory speeds copies to a GPU; for a CPU run it only takes memory away."""
+    pinned = []
+    monkeypatch.setattr(AugmentationPlan, "pin_memory", lambda plan: pinned.append(plan) or plan)
+    dm = make_datamodule(tiny_sample, augment_on="device")
+    dm.setup("fit")
+    dm.trainer = fake_trainer(device="cpu")
+    assert dm.train_dataloader().pin_memory is False
+    assert dm.val_dataloader().pin_memory is False
+    batch = [faces(2), torch.zeros(2, dtype=torch.long), torch.arange(2), torch.zeros(2)]
+    dm.on_before_batch_transfer(batch, 0)
+    assert pinned == []
+    dm.trainer = fake_trainer(device="cuda")
+    assert dm.train_dataloader().pin_memory is True
+    plan = dm.on_before_batch_transfer(batch, 0)[4]
+    assert pinned == [plan]
+    assert (
+        make_datamodule(tiny_sample, pin_memory=False, augment_on="device")
+        ._loader([], None, 2)
+        .pin_memory
+        is False
+    )
+    dm.trainer = None  # no trainer: pin when CUDA is there
+    assert dm.val_dataloader().pin_memory is torch.cuda.is_available()
 
 
 def test_workers_deliver_unaugmented_faces_with_augment_on_device(tiny_sample):
@@ -204,16 +332,24 @@ def test_a_bad_augment_on_is_refused(tiny_sample):
 
 
 def test_a_fit_augments_each_training_batch_once(tiny_sample, tmp_path, monkeypatch):
-    """Through Lightning: every training batch, with the sampler's epoch and the batch's sample
-    numbers; the sanity check's validation batches never."""
-    calls = []
-    original = DeviceAugmentation.__call__
+    """Through Lightning: every training batch, planned on the host with the sampler's epoch and
+    the batch's sample numbers, applied once; the sanity check's validation batches never."""
+    calls, applied = [], []
+    plan, apply = DeviceAugmentation.plan, DeviceAugmentation.apply
 
-    def recording(self, images, samples, epoch):
-        calls.append((epoch, samples.tolist(), images.shape))
-        return original(self, images, samples, epoch)
+    def planning(self, samples, epoch):
+        calls.append((epoch, samples.tolist(), samples.device.type))
+        return plan(self, samples, epoch)
 
-    monkeypatch.setattr(DeviceAugmentation, "__call__", recording)
+    def applying(self, images, p):
+        applied.append(images.shape)
+        return apply(self, images, p)
+
+    monkeypatch.setattr(DeviceAugmentation, "plan", planning)
+    monkeypatch.setattr(DeviceAugmentation, "apply", applying)
+    # Not the convenience entry: that reads the sample numbers back from the device.
+    unplanned = []
+    monkeypatch.setattr(DeviceAugmentation, "__call__", lambda *args: unplanned.append(args))
     extra = ("--data.augment_on", "device", "--trainer.max_steps", "3")
     cli = main(
         fit_args(tiny_sample, tmp_path, *extra, "--trainer.num_sanity_val_steps", "2"), run=False
@@ -222,7 +358,9 @@ def test_a_fit_augments_each_training_batch_once(tiny_sample, tmp_path, monkeypa
     sampler = cli.datamodule._train_sampler_used
     order = [(0, i) for i in sampler.epoch_order()[:12].tolist()]
     assert [(e, s) for e, batch, _ in calls for s in batch] == order
-    assert [shape for _, _, shape in calls] == [(4, 3, 32, 32)] * 3
+    assert [where for _, _, where in calls] == ["cpu"] * 3  # planned on the host
+    assert applied == [(4, 3, 32, 32)] * 3
+    assert unplanned == []
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferlit.cli_values import check_number, check_workers
 from ferlit.data.cache import cached_index
 from ferlit.data.datasets import EpochSeededDataset, FaceDataset, PackedFaceDataset
-from ferlit.data.device_augment import DeviceAugmentation
+from ferlit.data.device_augment import AugmentationPlan, DeviceAugmentation
 from ferlit.data.images import BoxOverflow, check_box_overflow
 from ferlit.data.index import FrameIndex
 from ferlit.data.pack import Pack, check_pack_sources
@@ -146,8 +146,8 @@ class ExpressionDataModule(pl.LightningDataModule):
         val_batch_size: batch size of validation and prediction; None = ``batch_size``.
         num_workers: DataLoader worker processes per training process (0 = load in the main
             process); at most 8 per CPU core.
-        pin_memory: page-locked host memory for batches (faster copies to a GPU; ignored
-            without one).
+        pin_memory: page-locked host memory for batches (faster copies to a GPU); used only
+            when the trainer's device is CUDA (without a trainer: when CUDA is available).
         persistent_workers: keep the loader workers between epochs (with ``num_workers`` > 0).
         seed: seed of the training order and of each sample's augmentation (with the epoch).
         index_cache: keep each data set's index in ``index_cache_dir`` and load it from there
@@ -754,7 +754,7 @@ class ExpressionDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            pin_memory=hp.pin_memory and self._device_is_cuda(),
             persistent_workers=hp.persistent_workers and hp.num_workers > 0,
             drop_last=False,
             worker_init_fn=exit_with_parent,  # no worker outlives a killed run
@@ -789,35 +789,73 @@ class ExpressionDataModule(pl.LightningDataModule):
         return self._loader(seeded, sampler, hp.batch_size, ResumableLoader)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        """Keep a training batch's 4th element (damaged images each sample replaced) on the host.
+        """Keep a training batch's 4th element (damaged images each sample replaced) on the host,
+        and with ``augment_on: device`` plan its augmentation here, on the host.
 
-        ``BestValidationSummary`` reads it after every step; read from the GPU it would make every
-        step wait for the device. A list of ints is left where it is by the batch transfer.
+        ``BestValidationSummary`` reads the damaged counts after every step; read from the GPU
+        they would make every step wait for the device. A list of ints is left where it is by the
+        batch transfer. The augmentation plan (``DeviceAugmentation.plan``: flips, factors and
+        each jitter step's rows, from the batch's sample numbers and the sampler's epoch) is
+        appended as a 5th element, pinned when the trainer's device is CUDA, so Lightning's own
+        transfer moves it without blocking and ``on_after_batch_transfer`` applies it with no
+        host synchronisation (issue 17).
         """
         if isinstance(batch, list | tuple) and len(batch) > 3 and torch.is_tensor(batch[3]):
             batch = [*batch[:3], batch[3].tolist(), *batch[4:]]
+        if self._augments_on_device(batch):
+            plan = self.device_augmentation.plan(batch[2], self._augmentation_epoch())
+            if self._device_is_cuda():
+                plan = plan.pin_memory()
+            batch = [*batch, plan]
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``augment_on: device``, flip and jitter a training batch where it now is.
 
-        Only training batches (4 elements, while the trainer trains) are augmented: validation,
-        the sanity check and prediction never are. The epoch is the training sampler's, the one
-        the CPU path's keys carry, so a resumed run augments each sample as the first run did.
+        Only training batches (4 elements and the plan ``on_before_batch_transfer`` added, while
+        the trainer trains) are augmented: validation, the sanity check and prediction never are.
+        The plan is dropped: the training step sees the usual 4 elements. The epoch is the
+        training sampler's, the one the CPU path's keys carry, so a resumed run augments each
+        sample as the first run did. A training batch that arrives without a plan (this hook
+        called alone) is planned here from its sample numbers: the same faces, at the cost of
+        reading them back from the device.
         """
-        trainer = getattr(self, "trainer", None)
         if (
+            self.device_augmentation is not None
+            and isinstance(batch, list | tuple)
+            and len(batch) == 5
+            and isinstance(batch[4], AugmentationPlan)
+        ):
+            return [self.device_augmentation.apply(batch[0], batch[4]), *batch[1:4]]
+        if self._augments_on_device(batch):
+            images = self.device_augmentation(batch[0], batch[2], self._augmentation_epoch())
+            batch = [images, *batch[1:]]
+        return batch
+
+    def _augments_on_device(self, batch) -> bool:
+        """Whether ``batch`` is a training batch (4 elements, the trainer training) to augment on
+        the device."""
+        trainer = getattr(self, "trainer", None)
+        return (
             self.device_augmentation is not None
             and trainer is not None
             and trainer.training
             and isinstance(batch, list | tuple)
             and len(batch) == 4
-        ):
-            sampler = self._train_sampler_used
-            epoch = sampler.epoch if sampler is not None else trainer.current_epoch
-            images = self.device_augmentation(batch[0], batch[2], epoch)
-            batch = [images, *batch[1:]]
-        return batch
+        )
+
+    def _augmentation_epoch(self) -> int:
+        sampler = self._train_sampler_used
+        return sampler.epoch if sampler is not None else self.trainer.current_epoch
+
+    def _device_is_cuda(self) -> bool:
+        """Whether batches go to a CUDA device: the attached trainer's root device, or without a
+        trainer whether CUDA is available. Pinning batches for a CPU run would only take
+        page-locked memory from the system."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return torch.cuda.is_available()
+        return trainer.strategy.root_device.type == "cuda"
 
     def val_dataloader(self) -> DataLoader:
         rank, world_size, _ = self._distribution()

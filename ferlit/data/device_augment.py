@@ -17,12 +17,25 @@ distribution of each parameter is the same (``tests/test_device_augment.py``).
 
 Seeding: each sample's parameters are a hash of (seed, epoch, sample number), as the CPU path's
 generator is seeded from (seed, epoch, sample) (``EpochSeededDataset``): the same whatever the
-batch it falls in, the number of workers or processes, or whether the run was resumed. The hash
-(lowbias32, Chris Wellons' integer-hash search) runs on the device, so no per-sample host work is
-added to the training step.
+batch it falls in, the number of workers or processes, or whether the run was resumed (the hash:
+lowbias32, from Chris Wellons' integer-hash search).
+
+Plan on the host, apply on the device (issue 17, "keep a GPU fed"): a training step of a fed GPU
+must make no host synchronisation, and choosing each jitter step's rows on the device (a boolean
+mask or ``nonzero``, whose output size the host must wait for) made 16 per batch. The sample
+numbers and the epoch are on the host before the batch is moved, so :meth:`DeviceAugmentation.plan`
+computes everything there, on the CPU: flips, factors, and for each of the 4 jitter steps the
+batch rows sorted by the operation they get, with the count per operation as Python ints. The
+plan travels with the batch (``ExpressionDataModule.on_before_batch_transfer``) and
+:meth:`DeviceAugmentation.apply` only slices it with host ints and gathers and scatters rows with
+long indices (``index_select`` / ``index_copy_``), none of which waits for the device
+(``tests/test_device_augment.py`` checks with ``tests/host_sync.py``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
@@ -34,6 +47,8 @@ _MASK32 = 0xFFFFFFFF
 _GREY = (0.299, 0.587, 0.114)
 #: Uniform draws per sample: flip, brightness, contrast, saturation, hue, then 4 order keys.
 _DRAWS = 9
+#: The jitter operations by number, as in a sample's order (``ColorJitter``'s numbering).
+_FACTORS = ("brightness", "contrast", "saturation", "hue")
 
 
 def _lowbias32(x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +78,43 @@ def uniforms(seed: int, epoch: int, samples: torch.Tensor, draws: int = _DRAWS) 
     return (bits >> 8).to(torch.float32) / float(1 << 24)  # 24 bits: exact in float32
 
 
+@dataclass
+class AugmentationPlan:
+    """A batch's augmentation, computed on the host: what :meth:`DeviceAugmentation.apply` needs,
+    as tensors (moved with the batch) and Python ints (read without asking the device).
+
+    Lightning's batch transfer moves a dataclass's tensor fields and leaves its other fields as
+    they are (``lightning_utilities.apply_to_collection``); there is deliberately no ``to``
+    method, which would make the transfer call it without ``non_blocking``.
+    """
+
+    #: (N,) bool: the faces to flip horizontally.
+    flip: torch.Tensor
+    #: (4, N) int64: for each jitter step, the batch rows sorted (stably) by the operation they
+    #: get there: brightness rows first, then contrast, saturation, hue.
+    rows: torch.Tensor
+    #: (4, N) float32: ``factors[s, i]`` is the factor of row ``rows[s, i]``'s operation.
+    factors: torch.Tensor
+    #: For each step, how many rows get each operation (brightness, contrast, saturation, hue).
+    counts: tuple[tuple[int, int, int, int], ...]
+
+    def pin_memory(self) -> AugmentationPlan:
+        """The plan in page-locked host memory, so its copy to a GPU does not block the host."""
+        return self._map(lambda t: t.pin_memory())
+
+    def moved_to(self, device: torch.device | str) -> AugmentationPlan:
+        """The plan on ``device``, copied without blocking the host (pin it first for a truly
+        asynchronous copy from the host to a GPU)."""
+        device = torch.device(device)
+        non_blocking = device.type not in ("cpu", "mps")  # as Lightning's own transfer
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def _map(self, f) -> AugmentationPlan:
+        return dataclasses.replace(
+            self, flip=f(self.flip), rows=f(self.rows), factors=f(self.factors)
+        )
+
+
 class DeviceAugmentation:
     """Flip and colour jitter for batches of uint8 faces (N x 3 x H x W) on any device."""
 
@@ -88,32 +140,56 @@ class DeviceAugmentation:
             "order": torch.argsort(u[:, 5:9], dim=1),
         }
 
-    def __call__(self, images: torch.Tensor, samples: torch.Tensor, epoch: int) -> torch.Tensor:
-        """The augmented batch, uint8 like ``images``; ``samples`` are the batch's sample
-        numbers (the loader's third element), ``epoch`` the training epoch."""
+    def plan(self, samples: torch.Tensor, epoch: int) -> AugmentationPlan:
+        """The augmentation of the batch of these sample numbers (the loader's third element)
+        in this training epoch, computed on the CPU (``samples`` are moved there first: pass the
+        host's copy, as the DataModule does, or this waits for the device)."""
+        p = self.parameters(samples.detach().to("cpu"), epoch)
+        by_step = p["order"].T.contiguous()  # (4, N): the operation of each row at each step
+        rows = torch.argsort(by_step, dim=1, stable=True)  # rows with op 0, then 1, 2, 3
+        ops = by_step.gather(1, rows)
+        factors = torch.stack([p[k] for k in _FACTORS], dim=1)  # (N, 4), by operation
+        counts = tuple(
+            tuple(int(c) for c in torch.bincount(step, minlength=4).tolist()) for step in by_step
+        )
+        return AugmentationPlan(p["flip"], rows, factors[rows, ops], counts)
+
+    def apply(self, images: torch.Tensor, plan: AugmentationPlan) -> torch.Tensor:
+        """The augmented batch, uint8 like ``images``, on their device: ``plan`` (from
+        :meth:`plan`, on the same device) is read with host ints only, so nothing here waits
+        for the device."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"device augmentation expects uint8 N x 3 x H x W faces, got {images.dtype} "
                 f"{tuple(images.shape)}"
             )
+        if plan.flip.shape != images.shape[:1]:
+            raise ValueError(
+                f"an augmentation plan of {len(plan.flip)} faces for a batch of {len(images)}"
+            )
         if len(images) == 0:
             return images
-        p = self.parameters(samples.to(images.device), epoch)
         x = images.to(torch.float32) / 255.0
-        x = torch.where(p["flip"][:, None, None, None], x.flip(-1), x)
+        x = torch.where(plan.flip[:, None, None, None], x.flip(-1), x)
         a = self.augmentation
-        active = [a.brightness > 0, a.contrast > 0, a.saturation > 0, a.hue > 0]
-        if any(active):
-            factors = [p["brightness"], p["contrast"], p["saturation"], p["hue"]]
-            ops = [_brightness, _contrast, _saturation, _hue]
-            for step in range(4):
-                for op in range(4):
-                    if not active[op]:
-                        continue
-                    rows = (p["order"][:, step] == op).nonzero().squeeze(1)
-                    if len(rows):
-                        x[rows] = ops[op](x[rows], factors[op][rows])
+        active = (a.brightness > 0, a.contrast > 0, a.saturation > 0, a.hue > 0)
+        for step, counts in enumerate(plan.counts):
+            start = 0
+            for op, count in enumerate(counts):
+                end = start + count
+                if active[op] and count:
+                    rows = plan.rows[step, start:end]
+                    factors = plan.factors[step, start:end]
+                    x.index_copy_(0, rows, _OPS[op](x.index_select(0, rows), factors))
+                start = end
         return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+    def __call__(self, images: torch.Tensor, samples: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The augmented batch, uint8 like ``images``; ``samples`` are the batch's sample
+        numbers (the loader's third element), ``epoch`` the training epoch. Plans on the host
+        and applies on the images' device: the convenience entry (tests, benchmarks); a
+        training step plans before the batch transfer instead."""
+        return self.apply(images, self.plan(samples, epoch).moved_to(images.device))
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -141,3 +217,6 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     h, s, v = hsv.unbind(1)
     h = (h + f[:, None, None]).remainder(1.0)
     return _hsv_to_rgb(torch.stack((h, s, v), dim=1))
+
+
+_OPS = (_brightness, _contrast, _saturation, _hue)
