@@ -240,6 +240,45 @@ def test_debug_runs_leave_nothing_resumable(tiny_sample, tmp_path, monkeypatch, 
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("run_info.json"))
 
 
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_a_refused_fit_leaves_no_new_empty_run_folder(tiny_sample, tmp_path, monkeypatch, capsys):
+    # data.frames_dir is refused in the data's setup, after the logger made version_N: the
+    # folder used to stay, empty, and the next run became version_N+1.
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    refused = sample_args(tiny_sample, "--data.frames_dir", str(faces))
+    with pytest.raises(SystemExit) as stop:
+        main(refused)
+    assert stop.value.code == 2
+    assert "error: data.frames_dir is set" in capsys.readouterr().err
+    assert tree(work) == []  # runs/, runs/sample/ and version_0/ were all this run's, all empty
+    # An earlier run's version_0 and a user's empty folder stay; only the new version_1 goes.
+    (work / "runs/sample/version_0").mkdir(parents=True)
+    (work / "runs/sample/version_0/notes.txt").write_text("mine")
+    (work / "runs/sample/mine").mkdir()
+    before = tree(work)
+    with pytest.raises(SystemExit) as stop:
+        main(refused)
+    assert stop.value.code == 2
+    assert (
+        tree(work)
+        == before
+        == [
+            "runs",
+            "runs/sample",
+            "runs/sample/mine",
+            "runs/sample/version_0",
+            "runs/sample/version_0/notes.txt",
+        ]
+    )
+
+
 def test_second_ctrl_c_aborts_at_once():
     stop = Preemption()
     previous = signal.getsignal(signal.SIGINT)

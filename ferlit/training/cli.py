@@ -78,7 +78,9 @@ from ferlit.training.module import ExpressionModule
 from ferlit.training.runs import (
     RunRecord,
     is_debug_run,
+    remove_new_empty_folders,
     resume_checkpoint,
+    run_folders_before,
     use_atomic_checkpoints,
 )
 from ferlit.training.schedule import check_model_options, check_schedule
@@ -460,7 +462,9 @@ def resume_command(args: list[str] | None, last: str | None) -> str:
 
 
 def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
-    """Build the CLI from ``args`` (default: sys.argv) and, with ``run``, train."""
+    """Build the CLI from ``args`` (default: sys.argv) and, with ``run``, train. A run refused
+    with ``error: ...`` leaves no new empty run folder (``remove_new_empty_folders``)."""
+    before = None
     try:
         cli = FerlitCLI(
             ExpressionModule,
@@ -484,6 +488,7 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
             },
         )
         if run:
+            before = run_folders_before(cli.trainer)
             check_run_folders(cli.trainer)
             if cli.trainer.overfit_batches:
                 raise ConfigError(
@@ -520,12 +525,15 @@ def main(args: list[str] | None = None, run: bool = True) -> FerlitCLI:
                 interrupted = stop.held and stop.held[0] == signal.SIGINT
                 raise SystemExit(130 if interrupted else 143) from None
     except FerlitError as error:
+        remove_new_empty_folders(before)
         print(f"error: {user_message(error)}", file=sys.stderr)
         raise SystemExit(2) from None
     except MisconfigurationException as error:  # e.g. a checkpoint.* or early_stopping.* value
+        remove_new_empty_folders(before)
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except OSError as error:
+        remove_new_empty_folders(before)
         # What no check before the run foresees (a disk that fills, a folder made read-only while
         # the data is indexed): the file and the reason, as ferlit.data and ferlit.evaluate print
         # them. An OSError naming no file is not the user's input: a bug, shown whole.

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -357,6 +358,72 @@ def newest_of_this_experiment(
         if not isinstance(saved, dict) or not config_differences(saved, config, defaults):
             return candidate
     return newest_first[0]
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and its parents up to the first that exists: what ``os.makedirs`` would make."""
+    made = []
+    while not folder.exists() and folder.parent != folder:
+        made.append(folder)
+        folder = folder.parent
+    return made
+
+
+def run_folders_before(trainer: pl.Trainer) -> dict[Path, frozenset[str] | None]:
+    """The run's folders before a fit makes any: ``trainer.default_root_dir``, the
+    ``checkpoint.dirpath`` set, each logger's ``save_dir`` and the ``<save_dir>/<name>`` that
+    holds its ``version_N`` folders, with the entries each holds now (None: not there yet, nor
+    the parents listed before it). :func:`remove_new_empty_folders` reads it after a refusal."""
+    folders: list[str | None] = [trainer.default_root_dir]
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint):
+        folders.append(callback.dirpath)
+    for logger in trainer.loggers:
+        folders += [logger.save_dir, getattr(logger, "root_dir", None)]
+    before: dict[Path, frozenset[str] | None] = {}
+    for folder in folders:
+        if not folder:
+            continue
+        path = Path(os.path.abspath(folder))
+        missing = _missing_parents(path)
+        before.update(dict.fromkeys(missing))
+        if not missing and path.is_dir():
+            try:
+                before[path] = frozenset(os.listdir(path))
+            except OSError:  # unreadable: nothing of it is touched
+                continue
+    return before
+
+
+def remove_new_empty_folders(before: dict[Path, frozenset[str] | None] | None) -> None:
+    """After a fit refused before training (a ConfigError from the data's setup, once the
+    logger made ``version_N``), remove the folders this run made that are still empty: the new
+    ``version_N`` (and empty folders in it), then the run folders :func:`run_folders_before`
+    found missing, deepest first. A folder holding anything, or there before, stays: a dead
+    empty ``version_N`` would make the next run ``version_N+1``, but a user's file is never
+    touched."""
+    if not before:
+        return
+    for folder, entries in before.items():
+        if entries is None or not folder.is_dir():
+            continue
+        try:
+            new = set(os.listdir(folder)) - entries
+        except OSError:
+            continue
+        for name in new:
+            _remove_empty_tree(folder / name)
+    for folder in sorted((f for f, e in before.items() if e is None), key=lambda f: -len(f.parts)):
+        _remove_empty_tree(folder)
+
+
+def _remove_empty_tree(folder: Path) -> None:
+    """Remove ``folder`` and its subfolders, bottom up, where they hold no file (nor link)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for root, _, _ in os.walk(folder, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(root)  # only an empty folder: a file anywhere keeps it and its parents
 
 
 def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
