@@ -553,7 +553,8 @@ def pipeline_rate(
 ) -> dict[str, Any]:
     """Faces/s of SGD steps of the paper's module fed by ``loader``: each batch is copied to
     ``device`` (non-blocking, from pinned memory), augmented there when ``augmentation`` (a
-    DeviceAugmentation) is given, then forward, class-weighted loss, backward and step.
+    DeviceAugmentation: planned on the host, applied on the device) is given, then forward,
+    class-weighted loss, backward and step.
 
     Timed from a synchronised device after ``PIPELINE_WARMUP`` steps (one on a CPU) to a synchronised device
     after ``steps`` more, so the loader's waits count. With CUDA, also the peak memory and the
@@ -571,8 +572,12 @@ def pipeline_rate(
         images = batch[0].to(device, non_blocking=True)
         labels = batch[1].to(device, non_blocking=True)
         if augmentation is not None:
-            # The epoch changes the draws, not the cost: 0 throughout.
-            images = augmentation(images, batch[2].to(device, non_blocking=True), 0)
+            # As fit does (ExpressionDataModule.on_before_batch_transfer): planned on the host
+            # from the host's sample numbers while the images are copied, then applied with no
+            # host synchronisation. The epoch changes the draws, not the cost: 0 throughout.
+            plan = augmentation.plan(batch[2], 0)
+            plan = (plan.pin_memory() if cuda else plan).moved_to(device)
+            images = augmentation.apply(images, plan)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = module.loss(forward(images), labels)
         optimizer.zero_grad(set_to_none=True)
