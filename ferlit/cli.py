@@ -48,6 +48,7 @@ from ferlit.evaluation.evaluate import (
 from ferlit.evaluation.faces import DEFAULT_MAX_SIDE, DEFAULT_MIN_SCORE, DEFAULT_UPSAMPLE
 from ferlit.evaluation.inference import model_from_checkpoint, read_checkpoint
 from ferlit.evaluation.media_predict import (
+    SKIPPED,
     check_media_outputs,
     predict_media,
     resolve_device,
@@ -478,6 +479,7 @@ def predict(args: list[str] | None = None) -> dict[str, Any] | None:
 
 def predict_input(cli: PredictCLI) -> Any:
     """``python -m ferlit predict --input PATH``: detect, align, predict, smooth, write."""
+    from ferlit.errors import DataWarning
     from ferlit.evaluation.media import list_media
 
     c = cli.config
@@ -495,11 +497,14 @@ def predict_input(cli: PredictCLI) -> Any:
         progress=c.trainer.enable_progress_bar is not False,
         tta=c.tta,
     )
+    with warnings.catch_warnings():  # the damaged files were named once, by predict_media
+        warnings.simplefilter("ignore", DataWarning)
+        media = list_media(c.input, [] if os.path.isdir(c.input) else None)
     written = write_media_predictions(
         table,
         c.out,
         cli.checkpoint.name,
-        list_media(c.input),
+        media,
         c.input,
         annotated=c.annotated_video,
         overwrite=c.overwrite,
@@ -512,6 +517,15 @@ def predict_input(cli: PredictCLI) -> Any:
         soft_wrap=True,
         highlight=False,
     )
+    skipped = [s["media"] for s in table.attrs.get("skipped", [])]
+    if skipped:
+        Console().print(
+            f"{len(skipped)} damaged file(s) skipped (reasons in {Path(c.out) / SKIPPED}): "
+            + ", ".join(skipped),
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
     return table
 
 

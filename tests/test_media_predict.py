@@ -19,7 +19,7 @@ import torch
 
 import ferlit
 from ferlit.cli import main
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.evaluation.faces import box_iou
 from ferlit.evaluation.media_predict import FACE_COLUMNS, predict_media
 
@@ -476,3 +476,56 @@ def test_python_predict_names_a_device_it_cannot_use(checkpoint, tmp_path, devic
         ferlit.predict(checkpoint, photo, device=device, progress=False)
     table = ferlit.predict(ferlit.load_model(checkpoint), photo, device="auto", progress=False)
     assert table["face"].tolist() == [False]
+
+
+def test_a_damaged_file_in_a_folder_is_skipped_named_and_listed(
+    checkpoint, tmp_path, capsys, write_jpeg
+):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    face, _ = astronaut_frame(0.8, 40, 20)
+    for name in ("a.jpg", "b cut.jpg", "c.jpg"):
+        write_jpeg(folder / name, face)
+    cut = folder / "b cut.jpg"
+    cut.write_bytes(cut.read_bytes()[:300])  # a copy cut short, between two good photos
+    args = ["predict", "--ckpt_path", str(checkpoint), "--out", str(out)]
+    args += ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    with pytest.warns(DataWarning, match=r"^skipped b cut\.jpg: .*b cut\.jpg: truncated JPEG"):
+        table = main([*args, "--input", str(folder)])
+    assert table["media"].tolist() == ["a.jpg", "c.jpg"] and table["face"].all()
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["media"].tolist() == ["b cut.jpg"]
+    assert "b cut.jpg: truncated JPEG" in skipped["reason"][0]
+    assert pd.read_csv(out / "predictions.csv")["media"].tolist() == ["a.jpg", "c.jpg"]
+    printed = capsys.readouterr().out
+    assert "2 media, 2 frames" in printed
+    assert f"1 damaged file(s) skipped (reasons in {out / 'skipped.csv'}): b cut.jpg" in printed
+    # The damaged file given itself stays an error; so does a folder of nothing but damaged files.
+    for given, message in (
+        (cut, "b cut.jpg: truncated JPEG"),
+        (cut.parent, "photos: every image or video in this folder is damaged (1 skipped): "),
+    ):
+        if given == cut.parent:
+            for name in ("a.jpg", "c.jpg"):
+                (folder / name).unlink()
+        with pytest.raises(SystemExit) as stop:
+            main([*args[:4], str(tmp_path / "out2"), *args[5:], "--input", str(given)])
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out2" / "predictions.csv").exists()
+
+
+def test_names_that_start_like_a_formula_are_quoted_in_the_csvs(checkpoint, tmp_path, write_jpeg):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    write_jpeg(folder / "=1+1.jpg", np.full((48, 64, 3), 200, np.uint8))  # no face: one row
+    write_jpeg(folder / "@SUM(A1).jpg", np.full((48, 64, 3), 90, np.uint8))
+    (folder / "-cut.jpg").write_bytes(b"\xff\xd8\xff")  # damaged: a row of skipped.csv
+    args = ["predict", "--ckpt_path", str(checkpoint), "--input", str(folder), "--out", str(out)]
+    with pytest.warns(DataWarning, match="skipped -cut.jpg"):
+        main([*args, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"])
+    lines = (out / "predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert [line.split(",")[0] for line in lines] == ["media", "'=1+1.jpg", "'@SUM(A1).jpg"]
+    skipped = (out / "skipped.csv").read_text(encoding="utf-8").splitlines()
+    assert skipped[1].startswith("'-cut.jpg,")
+    # The table for programs keeps the names as they are.
+    parquet = pd.read_parquet(out / "predictions.parquet")
+    assert parquet["media"].tolist() == ["=1+1.jpg", "@SUM(A1).jpg"]

@@ -6,7 +6,10 @@ progress bars); :func:`iter_media` yields the frames. A folder is searched recur
 order of the paths below it; hidden files and folders (names starting with ``.``) and files of
 other types (by extension, any case: :data:`IMAGE_EXTENSIONS`, :data:`VIDEO_EXTENSIONS`) are left
 out, so that notes or annotation files beside the media do no harm. An image is a medium of one
-frame. Files that cannot be read raise a ``DataError`` naming them.
+frame. Files that cannot be read raise a ``DataError`` naming them; given a list as
+``skipped``, :func:`list_media` and :func:`iter_media` instead skip each damaged file of a folder
+with a ``DataWarning`` naming it and the reason, and record it there (:class:`Skipped`): one
+damaged photo need not stop a folder of a thousand.
 
 Images are read by :func:`ferlit.data.images.read_image` (the same checks as training data: not
 a regular file, empty, truncated, too many pixels, undecodable), then turned upright by their
@@ -20,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ferlit.data.images import read_image
-from ferlit.errors import DataError
+from ferlit.errors import DataError, DataWarning
 
 #: Extensions (lower case) read as images.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -65,6 +69,19 @@ class MediaFrame(NamedTuple):
     name: str
     number: int
     rgb: np.ndarray
+
+
+class Skipped(NamedTuple):
+    """A damaged file of a folder, left out: its name below the folder and the reason (the
+    ``DataError`` it raised, which names the file)."""
+
+    name: str
+    reason: str
+
+
+def _skip(skipped: list[Skipped], name: str, error: DataError) -> None:
+    skipped.append(Skipped(name, str(error)))
+    warnings.warn(f"skipped {name}: {error}", DataWarning, stacklevel=3)
 
 
 def _kind(path: Path) -> MediaKind | None:
@@ -129,10 +146,13 @@ def _medium(path: Path, name: str) -> Media:
     return Media(path, name, "video", frames, fps)
 
 
-def list_media(path: str | os.PathLike[str]) -> list[Media]:
+def list_media(path: str | os.PathLike[str], skipped: list[Skipped] | None = None) -> list[Media]:
     """The media at ``path`` (a video, an image, or a folder searched recursively for them), in
     sorted order of their names; ``DataError`` when ``path`` does not exist, is a file of another
-    type, is a folder with no image or video, or holds a video that cannot be opened."""
+    type, is a folder with no image or video, or holds a video that cannot be opened. With
+    ``skipped`` (a list) such a video of a folder is skipped, warned about and appended there,
+    and ``DataError`` is raised only when every medium of the folder is damaged; a file given
+    as ``path`` raises as ever."""
     if not os.fspath(path).strip():  # Path("") is ".": an unset variable would read the cwd
         raise DataError(
             f"media path {os.fspath(path)!r}: empty; name a video, an image or a folder of them "
@@ -156,7 +176,27 @@ def list_media(path: str | os.PathLike[str]) -> list[Media]:
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))}, "
             "any case)"
         )
-    return [_medium(file, name) for name, file in sorted(found)]
+    if skipped is None:
+        return [_medium(file, name) for name, file in sorted(found)]
+    media, first = [], len(skipped)
+    for name, file in sorted(found):
+        try:
+            media.append(_medium(file, name))
+        except DataError as error:
+            _skip(skipped, name, error)
+    if not media:
+        raise every_medium_damaged(root, skipped[first:])
+    return media
+
+
+def every_medium_damaged(root: Path, skipped: Sequence[Skipped]) -> DataError:
+    """The error of a folder whose every image or video was skipped as damaged."""
+    shown = "; ".join(s.reason for s in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return DataError(
+        f"{root}: every image or video in this folder is damaged ({len(skipped)} skipped): "
+        f"{shown}{more}"
+    )
 
 
 def _upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
@@ -211,16 +251,27 @@ def read_frames(medium: Media) -> Iterator[tuple[int, np.ndarray]]:
         raise DataError(f"{medium.path}: cannot read video: no decodable frame")
 
 
-def iter_media(media: str | os.PathLike[str] | Sequence[Media]) -> Iterator[MediaFrame]:
+def iter_media(
+    media: str | os.PathLike[str] | Sequence[Media], skipped: list[Skipped] | None = None
+) -> Iterator[MediaFrame]:
     """Every frame of the media at a path (as :func:`list_media` finds them) or of a list of
     :class:`Media` already found, media after media, frames in order. A path is listed at the
-    call (its errors raise then); a damaged file raises when its frames are reached."""
+    call (its errors raise then); a damaged file raises when its frames are reached, or with
+    ``skipped`` (a list) is skipped, warned about and appended there. A damaged file is found
+    before any of its frames is yielded (:func:`read_frames` raises only for an image it cannot
+    decode or a video with no decodable frame), so a skipped file leaves no frame behind."""
     if isinstance(media, str | os.PathLike):
-        media = list_media(media)
-    return _frames_of(media)
+        media = list_media(media, skipped)
+    return _frames_of(media, skipped)
 
 
-def _frames_of(media: Sequence[Media]) -> Iterator[MediaFrame]:
+def _frames_of(media: Sequence[Media], skipped: list[Skipped] | None) -> Iterator[MediaFrame]:
     for medium in media:
-        for number, rgb in read_frames(medium):
-            yield MediaFrame(medium.name, number, rgb)
+        number = 0
+        try:
+            for number, rgb in read_frames(medium):
+                yield MediaFrame(medium.name, number, rgb)
+        except DataError as error:
+            if skipped is None or number:  # frames of it already predicted: not skipped whole
+                raise
+            _skip(skipped, medium.name, error)

@@ -16,6 +16,11 @@ frame of every medium is accounted for. :func:`write_media_predictions` writes i
 (``predictions.parquet``, ``predictions.csv``), an expression-over-time plot per video
 (``expressions_<media>.png``) and, if asked, an annotated copy of each medium
 (``annotated_<media>.mp4``, or ``.png`` for a photo).
+
+A damaged image or video in a folder given as ``--input`` is skipped with a warning naming it
+and the reason (:mod:`ferlit.evaluation.media`); the others are predicted, the skipped ones are
+listed in ``table.attrs["skipped"]`` and in ``skipped.csv`` (media, reason), and only a folder
+whose every file is damaged is an error. A damaged file given itself as ``--input`` is an error.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ FACE_COLUMNS = (
 #: The files every run writes into ``--out``; per medium also ``expressions_<name>.png``
 #: (videos) and with ``annotated_video`` ``annotated_<name>.mp4`` / ``.png``.
 OUTPUTS = ("predictions.parquet", "predictions.csv")
+#: Written when damaged files of an ``--input`` folder were skipped: a row (media, reason) each.
+SKIPPED = "skipped.csv"
 PLOT_PATTERN = "expressions_*.png"
 ANNOTATED_PATTERN = "annotated_*"
 
@@ -159,7 +166,7 @@ def check_media_outputs(
     out = Path(out)
     check_creatable(out, "--out")
     check_apart(out, "--out", [("--input", input_path)])
-    earlier = check_output_folder(out, "--out", OUTPUTS, pattern=PLOT_PATTERN)
+    earlier = check_output_folder(out, "--out", (*OUTPUTS, SKIPPED), pattern=PLOT_PATTERN)
     earlier += check_output_folder(out, "--out", pattern=ANNOTATED_PATTERN)
     if earlier and not overwrite:
         raise ConfigError(
@@ -229,11 +236,12 @@ def predict_media(
     decoding + detection and for inference. ``workers``: processes that detect faces (0: this
     one); dlib's detector uses one core, so on a machine with more, N workers detect about N
     times the frames per second, in the same order and with the same results. Everything is
-    checked before the first frame is decoded.
+    checked before the first frame is decoded. A damaged file of a folder ``path`` is skipped
+    (module docstring): ``table.attrs["skipped"]`` lists them (``{"media", "reason"}`` each).
     """
     from ferlit.evaluation.faces import FaceDetector, faces_in_media
     from ferlit.evaluation.inference import load_model, predict
-    from ferlit.evaluation.media import iter_media, list_media
+    from ferlit.evaluation.media import every_medium_damaged, iter_media, list_media
 
     window = check_window(smooth)
     if smooth_kernel is not None and window <= 1:
@@ -258,14 +266,17 @@ def predict_media(
         model = model.to(device)
     names = tuple(model.class_names)
     size = int(model.hparams.input_size)
-    media = list_media(path)
+    skipped = [] if os.path.isdir(path) else None  # a file given itself stays an error
+    media = list_media(path, skipped)
+    listed_skipped = len(skipped or ())
     fps = {m.name: m.fps for m in media}
+    decoded = iter_media(media, skipped)
     if workers:
         handed = HandedDetections()
-        source = handed.frames(iter_media(media), (upsample, min_score, max_side), workers)
+        source = handed.frames(decoded, (upsample, min_score, max_side), workers)
         frames = faces_in_media(source, handed, size=size, max_unseen=max_unseen)
     else:
-        frames = faces_in_media(media, detector, size=size, max_unseen=max_unseen)
+        frames = faces_in_media(decoded, detector, size=size, max_unseen=max_unseen)
 
     rows: list[dict[str, Any]] = []
     probs: list[np.ndarray] = []
@@ -278,8 +289,12 @@ def predict_media(
                 bars.advance(infer_task, len(crops))
             for frame in batch:
                 rows.extend(_rows(frame, fps[frame.name]))
+    if skipped and len(skipped) - listed_skipped == len(media):
+        raise every_medium_damaged(Path(path), skipped)
     table = pd.DataFrame.from_records(rows, columns=list(FACE_COLUMNS))
-    return _with_predictions(table, probs, names, window, kernel)
+    table = _with_predictions(table, probs, names, window, kernel)
+    table.attrs["skipped"] = [{"media": s.name, "reason": s.reason} for s in skipped or ()]
+    return table
 
 
 def _rows(frame, fps: float | None) -> Iterator[dict[str, Any]]:
@@ -500,6 +515,27 @@ def _write_annotated(medium, rows: pd.DataFrame, column: str, path: Path) -> Non
             os.unlink(temporary)
 
 
+#: First characters that make a spreadsheet (Excel, LibreOffice Calc) read a CSV cell as a
+#: formula (OWASP's "CSV Injection": ``=``, ``+``, ``-``, ``@``, tab, carriage return).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each text cell that starts like a formula prefixed with ``'`` (OWASP's
+    remedy for CSV injection): the names in a CSV come from the user's files (a video named
+    ``=HYPERLINK(...).mp4``), and a spreadsheet would run them when a researcher opens the file.
+    Numbers (a negative coordinate) are left alone; so are ``predictions.parquet``, read by
+    programs, and the ABAW submission files, whose format the challenge fixes."""
+    safe = table.copy()
+    for column in safe.columns:
+        if not (pd.api.types.is_string_dtype(safe[column]) or safe[column].dtype == object):
+            continue
+        text = safe[column]
+        risky = text.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        safe[column] = text.where(~risky.astype(bool), "'" + text.astype("string"))
+    return safe
+
+
 def write_media_predictions(
     table: pd.DataFrame,
     out: str | os.PathLike,
@@ -512,12 +548,15 @@ def write_media_predictions(
     """Write ``table`` (:func:`predict_media`) into ``out``: ``predictions.parquet`` and
     ``predictions.csv``, ``expressions_<name>.png`` per video, with ``annotated`` an annotated
     copy of each medium (``media``: :func:`ferlit.evaluation.media.list_media` of ``input_path``);
-    each file whole or not at all and listed as ferlit's first. With
-    ``overwrite`` the earlier media predictions ferlit wrote there are removed first. Returns the
-    names written."""
+    each file whole or not at all and listed as ferlit's first. The media
+    :func:`predict_media` skipped as damaged (``table.attrs["skipped"]``) get no plot or copy, and
+    are listed in ``skipped.csv``. With ``overwrite`` the earlier media predictions ferlit wrote
+    there are removed first. Returns the names written."""
     out = Path(out)
     earlier = check_media_outputs(out, input_path, overwrite)
     label = "pred_smoothed" if "pred_smoothed" in table.columns else "pred"
+    skipped = pd.DataFrame(table.attrs.get("skipped") or [], columns=["media", "reason"])
+    media = [m for m in media if m.name not in set(skipped["media"])]
     media_names = [m.name for m in media]
     kinds = [".mp4" if m.kind == "video" else ".png" for m in media]
     plots = dict(
@@ -532,13 +571,18 @@ def write_media_predictions(
     names += [plots[m.name] for m in media if m.kind == "video"]
     if annotated:
         names += [copies[m.name] for m in media]
+    if len(skipped):
+        names.append(SKIPPED)
     claim_outputs(out, names)
     if overwrite:
         remove_outputs(out, earlier)
     with atomic_write(out / "predictions.parquet") as file:
         table.to_parquet(file, index=False)
     with atomic_write(out / "predictions.csv", "w", encoding="utf-8", newline="") as file:
-        table.to_csv(file, index=False, float_format="%.6g")
+        spreadsheet_safe(table).to_csv(file, index=False, float_format="%.6g")
+    if len(skipped):
+        with atomic_write(out / SKIPPED, "w", encoding="utf-8", newline="") as file:
+            spreadsheet_safe(skipped).to_csv(file, index=False)
     for medium in media:
         if medium.kind == "video":
             figure = expression_figure(table, medium.name, checkpoint)
