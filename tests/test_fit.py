@@ -11,17 +11,12 @@ import pytest
 import torch
 import yaml
 
+from conftest import TINY_BACKBONE, tiny_run_args  # noqa: F401 (TINY_BACKBONE: test_schedule's)
 from ferlit.errors import TrainingDiverged
 from ferlit.training.cli import main
 from ferlit.training.module import ExpressionModule
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_BACKBONE = [
-    "--model.backbone",
-    "seresnet18",
-    "--model.backbone_kwargs",
-    '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}',
-]
 
 
 def tiny_module(**kwargs) -> ExpressionModule:
@@ -35,40 +30,8 @@ def tiny_module(**kwargs) -> ExpressionModule:
 
 def fit_args(sample_data, tmp_path: Path, *extra: str) -> list[str]:
     """A fast CPU run on the tiny sample tree, logging to tmp_path."""
-    return [
-        "--data.affwild2_dir",
-        str(sample_data.affwild2_dir),
-        "--data.expw_dir",
-        str(sample_data.expw_dir),
-        *TINY_BACKBONE,
-        "--model.input_size",
-        "32",
-        "--model.lr_backbone",
-        "0.01",
-        "--model.lr_head",
-        "0.01",
-        "--data.batch_size",
-        "4",
-        "--data.num_workers",
-        "0",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.logger",
-        "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.save_dir",
-        str(tmp_path),
-        "--trainer.logger.name",
-        "run",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--trainer.limit_val_batches",
-        "3",
-        "--trainer.num_sanity_val_steps",
-        "0",
-        *extra,
-    ]
+    limits = ("--trainer.limit_val_batches", "3", "--trainer.num_sanity_val_steps", "0")
+    return tiny_run_args(sample_data, tmp_path, *limits, *extra)
 
 
 def logged_rows(cli) -> list[dict[str, str]]:
@@ -229,12 +192,22 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_best_checkpoint(tiny_sampl
 
 
 def test_nan_loss_message_names_the_step():
+    """The loss's finiteness is read one micro-batch later (no wait for a GPU per step,
+    ferlit/training/divergence.py), or at the flush before validation, saving or the end; the
+    message names the micro-batch whose loss it was."""
     module = tiny_module()
     module.log = lambda *a, **k: None
+    module._logs_this_step = lambda: False
     images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    module.training_step((images, torch.tensor([0, 1]), None), 4)  # finite
     module.net.backbone.get_classifier().weight.data.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"at optimizer step 0 \(epoch 0, batch 5\)"):
-        module.training_step((images, torch.tensor([0, 1]), None), 5)
+    module.training_step((images, torch.tensor([0, 1]), None), 5)  # reads batch 4's: finite
+    with pytest.raises(
+        TrainingDiverged, match=r"became nan at optimizer step 0 \(epoch 0, batch 5\)"
+    ):
+        module.training_step((images, torch.tensor([0, 1]), None), 6)
+    with pytest.raises(TrainingDiverged, match=r"\(epoch 0, batch 6\)"):
+        module.on_save_checkpoint({})  # no checkpoint of spoiled weights is written
 
 
 def test_paper_config_parses_with_every_number(capsys):

@@ -73,7 +73,8 @@ def preprocessing_from_timm(pretrained_cfg: Mapping[str, Any]) -> Preprocessing:
 
 
 class Normalize(nn.Module):
-    """RGB 0-255 images (uint8 or float, N x 3 x H x W) -> the float32 input the weights expect.
+    """RGB 0-255 images (uint8 or float, N x 3 x H x W) -> the input the weights expect, in the
+    dtype of the model (float32 unless cast whole, e.g. by ``--trainer.precision bf16-true``).
 
     Mean and std are non-persistent buffers: they move with ``.to(device)`` but stay out of the
     state dict, so a checkpoint holds only the backbone's own tensors and loads into any model with
@@ -94,7 +95,10 @@ class Normalize(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images shaped (N, 3, H, W), got {tuple(images.shape)}")
-        x = images.to(torch.float32)
+        # The buffers' dtype: float32, unless a "true" precision (bf16-true, 16-true, 64-true)
+        # cast the whole model, whose first convolution then expects that dtype (0-255 are exact
+        # in bf16 and fp16). Under autocast (bf16-mixed) they stay float32.
+        x = images.to(self.mean.dtype)
         if self.preprocessing.channel_order == "BGR":
             x = x.flip(1)
         return (x - self.mean) / self.std

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
-from ferlit.errors import ConfigError, TrainingDiverged, WeightsError
+from ferlit.errors import ConfigError, WeightsError
 from ferlit.expressions import class_names, metric_key
 from ferlit.metrics import ExpressionCriterion
 from ferlit.models.backbone import create_model
@@ -35,6 +35,7 @@ from ferlit.models.checkpoints import (
     preprocessing_record,
 )
 from ferlit.training.callbacks.finetuning import BackboneFreeze
+from ferlit.training.divergence import DivergenceWatch
 from ferlit.training.schedule import (
     StepSchedule,
     check_model_options,
@@ -45,6 +46,11 @@ from ferlit.training.schedule import (
 #: True while ``load_from_checkpoint`` builds a module: the checkpoint holds every weight and the
 #: preprocessing, so the weights file named by ``pretrained`` is not read (it may be long gone).
 _FROM_CHECKPOINT: ContextVar[bool] = ContextVar("ferlit_from_checkpoint", default=False)
+
+#: Precisions that keep the weights in half precision, and the relative spacing of that format
+#: (2**-8 for bf16's 8-bit significand, 2**-11 for fp16's; IEEE 754 / Google Brain float16).
+HALF_WEIGHTS = {"bf16-true": "bfloat16", "16-true": "float16"}
+EPSILON = {"bf16-true": 2.0**-8, "16-true": 2.0**-11}
 
 #: Test-time augmentations of prediction (``--tta``): none, or the mean with the mirrored face.
 TTA = ("none", "flip")
@@ -124,6 +130,8 @@ class ExpressionModule(pl.LightningModule):
         #: Test-time augmentation of ``predict_step`` (:data:`TTA`): an option of prediction, not
         #: of the model, so it is neither a hyperparameter nor saved in checkpoints.
         self.tta = "none"
+        #: Stops a run whose loss is NaN or infinite, without a host sync per step.
+        self.divergence = DivergenceWatch()
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -136,24 +144,45 @@ class ExpressionModule(pl.LightningModule):
     # -- training ------------------------------------------------------------------------------
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Class-weighted cross entropy: sum_i w[y_i] * CE_i / sum_i w[y_i]."""
-        return F.cross_entropy(logits.float(), labels, weight=self.class_weights)
+        """Class-weighted cross entropy: sum_i w[y_i] * CE_i / sum_i w[y_i].
+
+        Computed in float32 at least (logits of bf16 or fp16 are cast up; a 64-true run's stay
+        float64). Under a "true" precision the class weights were cast with the model: bf16
+        rounds them to ~3 significant digits (22.92 -> 22.875).
+        """
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        return F.cross_entropy(logits.to(dtype), labels, weight=self.class_weights.to(dtype))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         # (images, labels, samples, damaged images skipped): EpochSeededDataset's items
         images, labels = batch[0], batch[1]
         loss = self.loss(self(images), labels)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the training loss became {loss.item()} at optimizer step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); the checkpoints written so far "
-                "are kept — lower model.lr_head / model.lr_backbone or check the data"
-            )
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        # The rates of the optimizer step this batch is part of (schedule and freezing applied).
-        for group in self.optimizers().optimizer.param_groups:
-            self.log(f"train/lr_{group['name']}", group["lr"], on_step=True, on_epoch=False)
+        # Raises TrainingDiverged for the previous micro-batch's loss (read without waiting for
+        # the device: ferlit.training.divergence); the hooks below read the last one.
+        where = f"optimizer step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        self.divergence.push(loss, where)
+        # Not prog_bar: Lightning would read it on the host after every micro-batch (a wait for
+        # the GPU); StepProgressBar reads it from callback_metrics at most once a second.
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        if self._logs_this_step():
+            # The rates of the optimizer step this batch is part of (schedule and freezing
+            # applied). A Python number logged becomes a tensor made on the device, a blocking
+            # copy, so only on the steps whose values Lightning writes to the loggers.
+            for group in self.optimizers().optimizer.param_groups:
+                self.log(f"train/lr_{group['name']}", group["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's logged values (every ``trainer.log_every_n_steps``
+        optimizer steps): Lightning's own ``LearningRateMonitor`` asks the trainer the same way."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
+
+    def on_train_epoch_end(self) -> None:
+        self.divergence.flush()  # before the epoch's checkpoint
+
+    def on_train_end(self) -> None:
+        self.divergence.flush()
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -175,11 +204,24 @@ class ExpressionModule(pl.LightningModule):
             f"val/criterion = {self.criterion_description}"
             + (f"; {', '.join(monitors)}" if monitors else "")
         )
+        precision = str(self.trainer.precision)
+        if precision in HALF_WEIGHTS:
+            rank_zero_info(
+                f"warning: trainer.precision {precision} keeps the weights themselves in "
+                f"{HALF_WEIGHTS[precision]}, which rounds away an SGD update smaller than "
+                f"~{EPSILON[precision]:.0e} of a weight: at model.lr_backbone "
+                f"{self.hparams.lr_backbone} the pre-trained layers may not change at all; "
+                "bf16-mixed (float32 weights, bf16 arithmetic) is the usual choice"
+            )
 
     def on_train_start(self) -> None:
         # The sanity check's few batches must not leak into the first real validation.
         self.val_criterion.reset()
         self.val_loss.reset()
+        self.divergence.clear()
+
+    def on_validation_start(self) -> None:
+        self.divergence.flush()  # never score (and keep as best) weights a NaN step spoiled
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels, _ = batch
@@ -351,7 +393,13 @@ class ExpressionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The resolved input preprocessing goes into every checkpoint (``ferlit.preprocessing``):
-        a trained model carries its normalisation, whatever options or files built it."""
+        a trained model carries its normalisation, whatever options or files built it.
+
+        Raises:
+            TrainingDiverged: the last training step's loss was not finite (no checkpoint of the
+                weights it spoiled is written).
+        """
+        self.divergence.flush()
         checkpoint.setdefault(FERLIT_KEY, {})["preprocessing"] = preprocessing_record(
             self.net.preprocessing
         )
