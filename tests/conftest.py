@@ -79,6 +79,32 @@ def wandb_offline(tmp_path, monkeypatch):
     wandb.teardown()
 
 
+#: The narrow SE-ResNet-18 of the tests' runs: 4 stages of 8-64 channels, one block each.
+TINY_BACKBONE = (
+    *("--model.backbone", "seresnet18"),
+    *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
+)
+
+
+def tiny_run_args(sample, tmp_path, *extra: str) -> list[str]:
+    """The options of a tiny CPU fit (``python -m ferlit fit``) on ``sample`` (``tiny_sample``,
+    :func:`ferlit.data.sample.write_sample_data`): :data:`TINY_BACKBONE` at 32 px, learning
+    rates 0.01, batches of 4 read in this process, no progress bar, a CSVLogger run ``run``
+    under ``tmp_path``; then ``extra`` (the run's length and validation)."""
+    return [
+        *("--data.affwild2_dir", str(sample.affwild2_dir)),
+        *("--data.expw_dir", str(sample.expw_dir)),
+        *TINY_BACKBONE,
+        *("--model.input_size", "32", "--model.lr_backbone", "0.01", "--model.lr_head", "0.01"),
+        *("--data.batch_size", "4", "--data.num_workers", "0"),
+        *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
+        *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+        *("--trainer.logger.save_dir", str(tmp_path), "--trainer.logger.name", "run"),
+        *("--trainer.default_root_dir", str(tmp_path)),
+        *extra,
+    ]
+
+
 def _train_and_save(path, **module_kwargs):
     """A narrow SE-ResNet-18 (32-pixel input) fitted 2 steps on random faces by a real Lightning
     Trainer, then ``trainer.save_checkpoint(path)``: the checkpoint ``python -m ferlit.fit``

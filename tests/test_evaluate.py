@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_run_args
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -48,20 +49,12 @@ def checkpoint(tiny_sample, tmp_path_factory) -> Path:
     """The best checkpoint of a 2-step run of a tiny SE-ResNet on the tiny sample data."""
     root = tmp_path_factory.mktemp("fit")
     cli = fit(
-        [
-            *("--data.affwild2_dir", str(tiny_sample.affwild2_dir)),
-            *("--data.expw_dir", str(tiny_sample.expw_dir)),
-            *("--model.backbone", "seresnet18"),
-            *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
-            *("--model.input_size", "32", "--model.lr_head", "0.01", "--model.lr_backbone", "0.01"),
-            *("--data.batch_size", "4", "--data.num_workers", "0"),
-            *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
-            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
-            *("--trainer.logger.save_dir", str(root), "--trainer.logger.name", "run"),
-            *("--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "1"),
-            *("--trainer.num_sanity_val_steps", "0", "--trainer.max_steps", "2"),
-            *("--val_every_n_steps", "2"),
-        ]
+        tiny_run_args(
+            tiny_sample,
+            root,
+            *("--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0"),
+            *("--trainer.max_steps", "2", "--val_every_n_steps", "2"),
+        )
     )
     return Path(cli.trainer.checkpoint_callback.best_model_path)
 

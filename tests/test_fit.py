@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_BACKBONE, tiny_run_args  # noqa: F401 (TINY_BACKBONE: test_schedule's)
+
 from ferlit.errors import TrainingDiverged
 from ferlit.training.cli import main
 from ferlit.training.module import ExpressionModule

@@ -8,15 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_args
 
 from ferlit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = (
-    *("--model.backbone", "seresnet18"),
-    *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
-    *("--model.input_size", "32", "--model.lr_head", "0.01", "--model.lr_backbone", "0.01"),
-)
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +23,12 @@ def run(tiny_sample, tmp_path_factory) -> Path:
     main(
         [
             "fit",
-            *("--data.affwild2_dir", str(tiny_sample.affwild2_dir)),
-            *("--data.expw_dir", str(tiny_sample.expw_dir)),
-            *TINY_MODEL,
-            *("--data.batch_size", "4", "--data.num_workers", "0"),
-            *("--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"),
-            *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
-            *("--trainer.logger.save_dir", str(root), "--trainer.logger.name", "run"),
-            *("--trainer.default_root_dir", str(root), "--trainer.limit_val_batches", "2"),
-            *("--trainer.num_sanity_val_steps", "0", "--trainer.max_steps", "4"),
-            *("--val_every_n_steps", "2"),
+            *tiny_run_args(
+                tiny_sample,
+                root,
+                *("--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0"),
+                *("--trainer.max_steps", "4", "--val_every_n_steps", "2"),
+            ),
         ]
     )
     return root / "run"
