@@ -20,6 +20,17 @@ generator is seeded from (seed, epoch, sample) (``EpochSeededDataset``): the sam
 batch it falls in, the number of workers or processes, or whether the run was resumed (the hash:
 lowbias32, from Chris Wellons' integer-hash search).
 
+Why not a library's batched jitter (the issue asks for one unless there is a reason): kornia's
+``ColorJitter`` draws per-image factors but one order of the four operations for the whole batch
+(``ColorJitterGenerator``: ``order`` of shape (4,), a ``randperm(4)``), and
+``torchvision.transforms.v2.ColorJitter`` one set of factors and one order per call, so a batch
+would not be distributed as the CPU path's faces, each with its own order. Neither lets the
+parameters be a function of (seed, epoch, sample), which resume and any number of workers or
+processes need (kornia: "not reproducible across different devices and dtypes"). The colour
+operations themselves are torchvision's definitions; the RGB <-> HSV conversions are
+torchvision's own (``_rgb_to_hsv`` / ``_hsv_to_rgb``, private: pinned by the torchvision==0.29.1
+of pyproject.toml and checked against albumentations in ``tests/test_device_augment.py``).
+
 Plan on the host, apply on the device (issue 17, "keep a GPU fed"): a training step of a fed GPU
 must make no host synchronisation, and choosing each jitter step's rows on the device (a boolean
 mask or ``nonzero``, whose output size the host must wait for) made 16 per batch. The sample
