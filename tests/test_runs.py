@@ -279,6 +279,43 @@ def test_a_refused_fit_leaves_no_new_empty_run_folder(tiny_sample, tmp_path, mon
     )
 
 
+def test_a_refused_fit_removes_only_its_own_folders(tiny_sample, tmp_path, monkeypatch, capsys):
+    # What appears in the run folders while this run indexes its data is not this run's: an
+    # empty version folder of a concurrent run (still reading its own data) and a user's empty
+    # folder. A refusal removes this run's version_N and the folders it made, nothing else (the
+    # concurrent run's config.yaml and metrics would have had nowhere to go).
+    import ferlit.training.cli as fit_cli
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "runs/sample").mkdir(parents=True)
+    snapshot = fit_cli.run_folders_before
+    for save_dir in ("fresh", "runs"):  # missing before (both runs make it), and there before
+
+        def others_arrive(trainer, save_dir=save_dir):
+            before = snapshot(trainer)
+            (work / save_dir / "sample/version_5").mkdir(parents=True)  # a concurrent run's
+            (work / save_dir / "mine").mkdir()  # the user's, made meanwhile
+            return before
+
+        monkeypatch.setattr(fit_cli, "run_folders_before", others_arrive)
+        with pytest.raises(SystemExit) as stop:
+            main(
+                sample_args(
+                    tiny_sample,
+                    *("--data.frames_dir", str(faces)),
+                    *("--trainer.logger.init_args.save_dir", save_dir),
+                )
+            )
+        assert stop.value.code == 2
+        assert "error: data.frames_dir is set" in capsys.readouterr().err
+        # this run's version_6 is gone; the others' folders stay
+        assert tree(work / save_dir) == ["mine", "sample", "sample/version_5"]
+
+
 def test_second_ctrl_c_aborts_at_once():
     stop = Preemption()
     previous = signal.getsignal(signal.SIGINT)

@@ -369,61 +369,75 @@ def _missing_parents(folder: Path) -> list[Path]:
     return made
 
 
-def run_folders_before(trainer: pl.Trainer) -> dict[Path, frozenset[str] | None]:
+class RunFolders:
+    """The run's folders as they were before a fit made any (:func:`run_folders_before`)."""
+
+    def __init__(self, trainer: pl.Trainer, missing: set[Path], entries: dict[Path, frozenset]):
+        self.trainer = trainer
+        self.missing = missing  # run folders (and parents) not there yet: this run makes them
+        self.entries = entries  # what each existing logger root_dir held: older version_N
+
+
+def _logger_root_dirs(trainer: pl.Trainer) -> list[tuple[CSVLogger | TensorBoardLogger, Path]]:
+    """The loggers that make ``<root_dir>/version_N`` folders, with that ``root_dir``."""
+    return [
+        (logger, Path(os.path.abspath(logger.root_dir)))
+        for logger in trainer.loggers
+        if isinstance(logger, CSVLogger | TensorBoardLogger) and logger.root_dir
+    ]
+
+
+def run_folders_before(trainer: pl.Trainer) -> RunFolders:
     """The run's folders before a fit makes any: ``trainer.default_root_dir``, the
     ``checkpoint.dirpath`` set, each logger's ``save_dir`` and the ``<save_dir>/<name>`` that
-    holds its ``version_N`` folders, with the entries each holds now (None: not there yet, nor
-    the parents listed before it). :func:`remove_new_empty_folders` reads it after a refusal."""
+    holds its ``version_N`` folders; which are missing (with the parents ``os.makedirs`` will
+    make), and the entries each existing ``<save_dir>/<name>`` holds now.
+    :func:`remove_new_empty_folders` reads it after a refusal."""
     folders: list[str | None] = [trainer.default_root_dir]
     callback = trainer.checkpoint_callback
     if isinstance(callback, ModelCheckpoint):
         folders.append(callback.dirpath)
-    for logger in trainer.loggers:
-        folders += [logger.save_dir, getattr(logger, "root_dir", None)]
-    before: dict[Path, frozenset[str] | None] = {}
+    folders += [logger.save_dir for logger in trainer.loggers]
+    missing: set[Path] = set()
     for folder in folders:
-        if not folder:
-            continue
-        path = Path(os.path.abspath(folder))
-        missing = _missing_parents(path)
-        before.update(dict.fromkeys(missing))
-        if not missing and path.is_dir():
+        if folder:
+            missing.update(_missing_parents(Path(os.path.abspath(folder))))
+    entries: dict[Path, frozenset] = {}
+    for _, root in _logger_root_dirs(trainer):
+        missing.update(_missing_parents(root))
+        if root.is_dir():
             try:
-                before[path] = frozenset(os.listdir(path))
-            except OSError:  # unreadable: nothing of it is touched
-                continue
-    return before
+                entries[root] = frozenset(os.listdir(root))
+            except OSError:  # unreadable: its version folders are not touched
+                missing.discard(root)
+    return RunFolders(trainer, missing, entries)
 
 
-def remove_new_empty_folders(before: dict[Path, frozenset[str] | None] | None) -> None:
-    """After a fit refused before training (a ConfigError from the data's setup, once the
-    logger made ``version_N``), remove the folders this run made that are still empty: the new
-    ``version_N`` (and empty folders in it), then the run folders :func:`run_folders_before`
-    found missing, deepest first. A folder holding anything, or there before, stays: a dead
-    empty ``version_N`` would make the next run ``version_N+1``, but a user's file is never
-    touched."""
-    if not before:
+def remove_new_empty_folders(before: RunFolders | None) -> None:
+    """After a refused fit (e.g. a ConfigError from the data's setup, once the logger made
+    ``version_N``), remove the folders this run made that are still empty: its logger's own
+    ``version_N`` (a name its ``<save_dir>/<name>`` did not hold before), then the run folders
+    :func:`run_folders_before` found missing, deepest first. Each is removed only if empty
+    (``os.rmdir``), never with what is in it, and nothing else is touched: an empty folder that
+    appeared meanwhile beside them (a concurrent run's ``version_M`` while it reads its data, a
+    user's) is not this run's. A dead empty ``version_N`` would make the next run
+    ``version_N+1``; a user's file or folder is never touched."""
+    if before is None:
         return
-    for folder, entries in before.items():
-        if entries is None or not folder.is_dir():
-            continue
+    made = set(before.missing)
+    for logger, root in _logger_root_dirs(before.trainer):
+        if root not in made and root not in before.entries:
+            continue  # unreadable before
         try:
-            new = set(os.listdir(folder)) - entries
+            log_dir = Path(os.path.abspath(logger.log_dir))
         except OSError:
             continue
-        for name in new:
-            _remove_empty_tree(folder / name)
-    for folder in sorted((f for f, e in before.items() if e is None), key=lambda f: -len(f.parts)):
-        _remove_empty_tree(folder)
-
-
-def _remove_empty_tree(folder: Path) -> None:
-    """Remove ``folder`` and its subfolders, bottom up, where they hold no file (nor link)."""
-    if folder.is_symlink() or not folder.is_dir():
-        return
-    for root, _, _ in os.walk(folder, topdown=False):
-        with contextlib.suppress(OSError):
-            os.rmdir(root)  # only an empty folder: a file anywhere keeps it and its parents
+        if log_dir.parent == root and log_dir.name not in before.entries.get(root, ()):
+            made.add(log_dir)
+    for folder in sorted(made, key=lambda f: -len(f.parts)):
+        if not folder.is_symlink():
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only an empty folder
 
 
 def continue_logger_version(trainer: pl.Trainer, folder: Path) -> None:
