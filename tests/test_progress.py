@@ -60,6 +60,12 @@ def test_a_line_after_each_validation_gives_the_logged_scores_and_the_best(
     assert len(bars) == (bar == "true")
 
 
+def the_bar(cli):
+    """The run's one StepProgressBar and its training task (Rich's, holding total and count)."""
+    (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)]
+    return bar, bar.progress._tasks[bar.train_progress_bar_id]
+
+
 def test_the_bar_counts_optimizer_steps_of_the_whole_run(tiny_sample, tmp_path):
     # 4 micro-batches per epoch, 2 accumulated: 2 optimizer steps an epoch; max_steps 5 spans
     # three epochs, on one bar whose total is max_steps.
@@ -74,8 +80,7 @@ def test_the_bar_counts_optimizer_steps_of_the_whole_run(tiny_sample, tmp_path):
         "--val_every_n_steps",
         "2",
     )
-    (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)]
-    task = bar.progress._tasks[bar.train_progress_bar_id]
+    bar, task = the_bar(cli)
     assert (task.total, task.completed) == (5, cli.trainer.global_step) == (5, 5)
     assert cli.trainer.current_epoch == 3  # several epochs, one task
     rows = validations(cli)
@@ -98,8 +103,7 @@ def test_the_bar_total_is_max_epochs_of_steps_without_max_steps(tiny_sample, tmp
         "--trainer.max_epochs",
         "2",
     )
-    (bar,) = [c for c in cli.trainer.callbacks if isinstance(c, StepProgressBar)]
-    task = bar.progress._tasks[bar.train_progress_bar_id]
+    bar, task = the_bar(cli)
     assert (task.total, task.completed) == (4, 4)  # 2 epochs x 2 steps
 
 

@@ -15,6 +15,12 @@ from ferlit.training.schedule import schedule_factor
 REPO = Path(__file__).resolve().parent.parent
 
 
+def logged_rates(cli, group: str) -> dict[int, float]:
+    """``{optimizer step: learning rate}`` of parameter group ``group`` from the run's metrics.csv."""
+    column = f"train/lr_{group}"
+    return {int(r["step"]): float(r[column]) for r in logged_rows(cli) if r.get(column)}
+
+
 def test_schedule_factor_numbers():
     # Linear warmup over 4 steps reaches 1 at its last step, never 0.
     assert [schedule_factor(s, "constant", 4) for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
@@ -202,11 +208,7 @@ def test_a_resumed_run_continues_the_schedule_over_its_new_length(tiny_sample, t
         )
     )
     assert cli.trainer.global_step == 6
-    rows = {
-        int(r["step"]): float(r["train/lr_head"])
-        for r in logged_rows(cli)
-        if r.get("train/lr_head")
-    }
+    rows = logged_rates(cli, "head")
     assert sorted(rows) == [0, 1, 2, 3, 4, 5]
     # Steps 0-3 on the first run's 4-step curve, 4-5 on the resumed run's 6-step curve: the
     # scheduler's position comes from the checkpoint, and the first resumed step already
@@ -235,11 +237,7 @@ def test_a_run_resumed_while_frozen_thaws_at_the_same_step(tiny_sample, tmp_path
         fit_args(tiny_sample, tmp_path, "--trainer.max_steps", "5", *freeze, "--ckpt_path", "last")
     )
     assert cli.trainer.global_step == 5 and cli.trainer.lr_scheduler_configs == []
-    rows = {
-        int(r["step"]): float(r["train/lr_backbone"])
-        for r in logged_rows(cli)
-        if r.get("train/lr_backbone")
-    }
+    rows = logged_rates(cli, "backbone")
     # steps 0-2 frozen (the resumed run starts at step 2, still frozen), then the built rate
     assert [rows[s] for s in range(5)] == pytest.approx([0.0, 0.0, 0.0, 0.01, 0.01])
 
