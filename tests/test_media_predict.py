@@ -529,3 +529,24 @@ def test_names_that_start_like_a_formula_are_quoted_in_the_csvs(checkpoint, tmp_
     # The table for programs keeps the names as they are.
     parquet = pd.read_parquet(out / "predictions.parquet")
     assert parquet["media"].tolist() == ["=1+1.jpg", "@SUM(A1).jpg"]
+
+
+def test_a_carriage_return_in_a_name_cannot_start_a_row_of_the_csvs(
+    checkpoint, tmp_path, write_jpeg
+):
+    # A CR is a line break to Excel and LibreOffice: unquoted, "x\r=2+3.jpg" became a row of its
+    # own whose first cell, =2+3.jpg, was run as a formula. Such a cell is quoted, kept whole.
+    import csv
+
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    write_jpeg(folder / "x\r=2+3.jpg", np.full((48, 64, 3), 200, np.uint8))  # no face: one row
+    (folder / "y\r@cut.jpg").write_bytes(b"\xff\xd8\xff")  # damaged: a row of skipped.csv
+    args = ["predict", "--ckpt_path", str(checkpoint), "--input", str(folder), "--out", str(out)]
+    with pytest.warns(DataWarning, match="skipped y\r@cut.jpg"):
+        main([*args, "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"])
+    for name, media in (("predictions.csv", "x\r=2+3.jpg"), ("skipped.csv", "y\r@cut.jpg")):
+        with open(out / name, encoding="utf-8", newline="") as file:
+            rows = list(csv.reader(file))
+        assert len(rows) == 2 and rows[1][0] == media
+        assert f'\r\n"{media}",' in (out / name).read_bytes().decode("utf-8")  # quoted whole
+    assert pd.read_csv(out / "predictions.csv")["media"].tolist() == ["x\r=2+3.jpg"]

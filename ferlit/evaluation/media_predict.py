@@ -520,6 +520,13 @@ def _write_annotated(medium, rows: pd.DataFrame, column: str, path: Path) -> Non
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+#: ``to_csv`` options of the CSVs for spreadsheets. RFC 4180's CRLF ends each row, and Python's
+#: csv writer quotes a cell holding any character of the line ending: with pandas' default
+#: ``"\n"`` a bare CR in a file name (``x\r=2+3.jpg``) went out unquoted, and Excel and
+#: LibreOffice, which break rows at a CR too, read ``=2+3.jpg`` as a new row's formula.
+SPREADSHEET_CSV = {"index": False, "lineterminator": "\r\n"}
+
+
 def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with each text cell that starts like a formula prefixed with ``'`` (OWASP's
     remedy for CSV injection): the names in a CSV come from the user's files (a video named
@@ -579,10 +586,10 @@ def write_media_predictions(
     with atomic_write(out / "predictions.parquet") as file:
         table.to_parquet(file, index=False)
     with atomic_write(out / "predictions.csv", "w", encoding="utf-8", newline="") as file:
-        spreadsheet_safe(table).to_csv(file, index=False, float_format="%.6g")
+        spreadsheet_safe(table).to_csv(file, float_format="%.6g", **SPREADSHEET_CSV)
     if len(skipped):
         with atomic_write(out / SKIPPED, "w", encoding="utf-8", newline="") as file:
-            spreadsheet_safe(skipped).to_csv(file, index=False)
+            spreadsheet_safe(skipped).to_csv(file, **SPREADSHEET_CSV)
     for medium in media:
         if medium.kind == "video":
             figure = expression_figure(table, medium.name, checkpoint)
