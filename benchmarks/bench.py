@@ -425,34 +425,44 @@ def bf16_support(device: torch.device) -> str | None:
     return "this CPU has no bf16 instructions (avx512_bf16 / amx_bf16)"
 
 
-def training_rate(device: torch.device, batch_size: int, steps: int, bf16: bool) -> float:
-    """Images/s of SGD steps of the paper's module (class-weighted loss, two learning rates), from
-    the median step time."""
+def sgd_step(device: torch.device, bf16: bool, compiled: bool):
+    """One training step of the paper's module on ``device`` (class-weighted loss, SGD with its
+    two learning rates; bf16: autocast and channels_last; compiled: ``torch.compile``), as a
+    function of a batch's uint8 images and labels already on the device."""
     from ferlit.training.module import ExpressionModule
 
     module = ExpressionModule(backbone=BACKBONE, input_size=IMAGE_SIZE, channels_last=bf16)
     module = module.to(device).train()
     optimizer = module.configure_optimizers()
-    images = torch.randint(0, 256, (batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    images, labels = images.to(device), torch.randint(0, 7, (batch_size,), device=device)
+    forward = torch.compile(module) if compiled else module
 
-    def step() -> None:
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = module.loss(module(images), labels)
+            loss = module.loss(forward(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def training_rate(device: torch.device, batch_size: int, steps: int, bf16: bool) -> float:
+    """Images/s of SGD steps of the paper's module (class-weighted loss, two learning rates), from
+    the median step time."""
+    step = sgd_step(device, bf16, compiled=False)
+    images = torch.randint(0, 256, (batch_size, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    images, labels = images.to(device), torch.randint(0, 7, (batch_size,), device=device)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    step()  # first-step allocations and kernel selection
+    step(images, labels)  # first-step allocations and kernel selection
     sync()
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
-        step()
+        step(images, labels)
         sync()
         seconds.append(time.perf_counter() - start)
     return batch_size / float(np.median(seconds))  # a step stalled by other work does not count
@@ -560,13 +570,8 @@ def pipeline_rate(
     after ``steps`` more, so the loader's waits count. With CUDA, also the peak memory and the
     mean GPU utilisation sampled after each timed step.
     """
-    from ferlit.training.module import ExpressionModule
-
     cuda = device.type == "cuda"
-    module = ExpressionModule(backbone=BACKBONE, input_size=IMAGE_SIZE, channels_last=bf16)
-    module = module.to(device).train()
-    optimizer = module.configure_optimizers()
-    forward = torch.compile(module) if compiled else module
+    train = sgd_step(device, bf16, compiled)
 
     def step(batch) -> None:
         images = batch[0].to(device, non_blocking=True)
@@ -578,11 +583,7 @@ def pipeline_rate(
             plan = augmentation.plan(batch[2], 0)
             plan = (plan.pin_memory() if cuda else plan).moved_to(device)
             images = augmentation.apply(images, plan)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = module.loss(forward(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train(images, labels)
 
     def sync() -> None:
         if cuda:
