@@ -15,8 +15,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from host_sync import HostSyncs
-from test_fit import fit_args, validations
+from test_fit import fit_args, tiny_module, validations
+from torch.utils.data import DataLoader, TensorDataset
 
+from ferlit.errors import TrainingDiverged
 from ferlit.training.callbacks.progress import StepProgressBar
 from ferlit.training.cli import main
 
@@ -185,12 +187,6 @@ def test_a_diverged_fit_does_not_fail_the_next_stage_of_the_same_module():
     """The loss read late is the fit's business: once a fit has stopped on a NaN loss, a notebook
     that loads finite weights back into the same module and validates, or fits again (its sanity
     check validates first), must not be stopped by the old fit's unread micro-batch."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from test_fit import tiny_module
-
-    from ferlit.errors import TrainingDiverged
-
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=generator)
     loader = DataLoader(TensorDataset(images, torch.arange(8) % 7, torch.arange(8)), batch_size=2)
@@ -200,7 +196,7 @@ def test_a_diverged_fit_does_not_fail_the_next_stage_of_the_same_module():
         _trainer(max_steps=4, limit_val_batches=0).fit(module, loader)
     module.load_state_dict(finite)
     module.hparams.lr_head = module.hparams.lr_backbone = 0.01
-    (scores,) = _trainer().validate(module, loader, verbose=False)
-    assert math.isfinite(scores["val/loss"])
     _trainer(max_steps=1, num_sanity_val_steps=1, limit_val_batches=1).fit(module, loader, loader)
     assert module.global_step == 1
+    (scores,) = _trainer().validate(module, loader, verbose=False)
+    assert math.isfinite(scores["val/loss"])

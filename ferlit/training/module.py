@@ -178,6 +178,12 @@ class ExpressionModule(pl.LightningModule):
         connector = getattr(self._trainer, "_logger_connector", None)
         return bool(getattr(connector, "should_update_logs", True))
 
+    def setup(self, stage: str) -> None:
+        # A micro-batch a stopped fit left unread (the TrainingDiverged it raised read the one
+        # before) is no business of the next fit's sanity check, nor of a validate or predict
+        # of weights loaded back into this module since (a notebook's retry).
+        self.divergence.clear()
+
     def on_train_epoch_end(self) -> None:
         self.divergence.flush()  # before the epoch's checkpoint
 
@@ -218,7 +224,6 @@ class ExpressionModule(pl.LightningModule):
         # The sanity check's few batches must not leak into the first real validation.
         self.val_criterion.reset()
         self.val_loss.reset()
-        self.divergence.clear()
 
     def on_validation_start(self) -> None:
         self.divergence.flush()  # never score (and keep as best) weights a NaN step spoiled
