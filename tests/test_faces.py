@@ -18,7 +18,7 @@ from PIL import Image
 from skimage import data
 from skimage.transform import SimilarityTransform
 
-from ferlit.errors import ConfigError, DataError
+from ferlit.errors import ConfigError, DataError, DataWarning
 from ferlit.evaluation.faces import (
     ARCFACE_TEMPLATE_112,
     Face,
@@ -390,6 +390,50 @@ def test_unreadable_media_named(tmp_path, write_jpeg):
         list_media(empty)
     with pytest.raises(DataError, match="missing: no such file or folder"):
         list_media(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("code", ["EMFILE", "ENFILE", "ENOMEM"])
+def test_a_folder_skips_damaged_files_but_not_a_process_out_of_descriptors_or_memory(
+    tmp_path, write_jpeg, monkeypatch, code
+):
+    # Out of file descriptors (a leak, a low ulimit) or memory says nothing about the file being
+    # read: skipping it as damaged would drop file after file from a run that reports success.
+    import errno
+
+    import ferlit.data.images as images
+    import ferlit.evaluation.media as media
+
+    for name in ("a.jpg", "b.jpg"):
+        write_jpeg(tmp_path / name, HEAD)
+    write_video(tmp_path / "c.avi", 2)
+    (tmp_path / "d cut.jpg").write_bytes(b"\xff\xd8\xff")
+    skipped = []
+    with pytest.warns(DataWarning, match="skipped d cut.jpg"):
+        read = [(f.name, f.number) for f in iter_media(list_media(tmp_path, skipped), skipped)]
+    assert read == [("a.jpg", 1), ("b.jpg", 1), ("c.avi", 1), ("c.avi", 2)]
+    assert [s.name for s in skipped] == ["d cut.jpg"]
+
+    exhausted = OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    reader, opener, capture = images._read_regular_file, os.open, cv2.VideoCapture
+
+    def read_file(path):
+        if path.endswith("b.jpg"):
+            raise exhausted
+        return reader(path)
+
+    def open_file(path, *args, **kwargs):
+        if os.fspath(path).endswith("c.avi"):
+            raise exhausted
+        return opener(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "_read_regular_file", read_file)
+    with pytest.raises(DataError, match=rf"b\.jpg: cannot read image: {exhausted.strerror}"):
+        list(iter_media(tmp_path, []))
+    monkeypatch.setattr(images, "_read_regular_file", reader)
+    monkeypatch.setattr(media.cv2, "VideoCapture", lambda path: capture(""))  # cannot open
+    monkeypatch.setattr(media.os, "open", open_file)
+    with pytest.raises(DataError, match=rf"c\.avi: cannot read video: {exhausted.strerror}"):
+        list_media(tmp_path, [])
 
 
 def test_fifo_named_like_a_video_is_refused_not_read(tmp_path):

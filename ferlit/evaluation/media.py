@@ -20,6 +20,7 @@ its side is not found by a detector of upright faces. Videos are decoded by Open
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import stat
@@ -79,7 +80,20 @@ class Skipped(NamedTuple):
     reason: str
 
 
+#: ``errno`` values that tell of this process or machine, not of the file read: no file
+#: descriptor (a leak, a low ``ulimit -n``) or memory left. A folder's file failing so is not
+#: skipped as damaged: every later file would fail alike, dropped from a run reporting success.
+NOT_THE_FILES_FAULT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
 def _skip(skipped: list[Skipped], name: str, error: DataError) -> None:
+    """Record and warn about a damaged file, or re-raise ``error`` when the ``OSError`` behind
+    it (its ``__context__``: ``raise ... from None`` keeps it) is :data:`NOT_THE_FILES_FAULT`."""
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in NOT_THE_FILES_FAULT:
+            raise error
+        cause = cause.__cause__ or cause.__context__
     skipped.append(Skipped(name, str(error)))
     warnings.warn(f"skipped {name}: {error}", DataWarning, stacklevel=3)
 
@@ -114,6 +128,10 @@ def _open_video(path: Path) -> cv2.VideoCapture:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         capture.release()
+        try:  # OpenCV says not why: a file this process cannot open (EACCES, EMFILE) says so
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)))
+        except OSError as e:
+            raise DataError(f"{path}: cannot read video: {e.strerror or e}") from None
         raise DataError(
             f"{path}: cannot read video (OpenCV's FFmpeg cannot open it: damaged, empty or not a "
             "video)"
