@@ -550,3 +550,32 @@ def test_a_carriage_return_in_a_name_cannot_start_a_row_of_the_csvs(
         assert len(rows) == 2 and rows[1][0] == media
         assert f'\r\n"{media}",' in (out / name).read_bytes().decode("utf-8")  # quoted whole
     assert pd.read_csv(out / "predictions.csv")["media"].tolist() == ["x\r=2+3.jpg"]
+
+
+def test_spreadsheet_safe_quotes_formulas_behind_spaces_and_keeps_numbers():
+    # A spreadsheet importing with "trim spaces" (LibreOffice's option; some others always) turns
+    # " =1+1.jpg" into =1+1.jpg, a formula: a formula start behind leading white space is
+    # prefixed too. Numbers, negative ones included, stay numbers.
+    from ferlit.evaluation.media_predict import spreadsheet_safe
+
+    names = [" =1+1.jpg", "\u00a0\t@SUM(A1).png", "  -x.jpg", "a =b.jpg", "-0.5.jpg", " ", None]
+    table = pd.DataFrame(
+        {
+            "media": pd.array(names, dtype="string"),
+            "x0": np.array([-0.5, 1, 2, 3, 4, 5, -6], np.float32),
+            "track": pd.array([-1, None, 2, 3, 4, 5, 6], dtype="Int32"),
+        }
+    )
+    safe = spreadsheet_safe(table)
+    assert safe["media"].tolist() == [
+        "' =1+1.jpg",
+        "'\u00a0\t@SUM(A1).png",
+        "'  -x.jpg",
+        "a =b.jpg",
+        "'-0.5.jpg",
+        " ",
+        pd.NA,
+    ]
+    assert safe.dtypes.tolist() == table.dtypes.tolist()
+    assert safe["x0"].tolist() == table["x0"].tolist()
+    assert safe["track"].tolist() == table["track"].tolist()

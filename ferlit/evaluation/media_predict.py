@@ -527,6 +527,15 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 SPREADSHEET_CSV = {"index": False, "lineterminator": "\r\n"}
 
 
+def _starts_like_a_formula(value: Any) -> bool:
+    """Text starting with a :data:`FORMULA_STARTS` character, also behind leading white space:
+    a spreadsheet importing with "trim spaces" (a LibreOffice option) reads ``" =1+1"`` as
+    ``=1+1``."""
+    return isinstance(value, str) and (
+        value.startswith(FORMULA_STARTS) or value.lstrip().startswith(FORMULA_STARTS)
+    )
+
+
 def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with each text cell that starts like a formula prefixed with ``'`` (OWASP's
     remedy for CSV injection): the names in a CSV come from the user's files (a video named
@@ -538,7 +547,7 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
         if not (pd.api.types.is_string_dtype(safe[column]) or safe[column].dtype == object):
             continue
         text = safe[column]
-        risky = text.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        risky = text.map(_starts_like_a_formula)
         safe[column] = text.where(~risky.astype(bool), "'" + text.astype("string"))
     return safe
 
