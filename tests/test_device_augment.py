@@ -414,3 +414,23 @@ def test_sigterm_then_resume_augments_as_if_never_stopped(tiny_sample, tmp_path)
     cpu = main(run_args(tiny_sample, tmp_path / "cpu"))
     assert train_losses(tmp_path / "cpu") != train_losses(tmp_path / "whole")
     assert cpu.trainer.global_step == whole.trainer.global_step
+
+
+def test_a_seed_of_any_size_augments_deterministically():
+    """``data.seed`` takes any integer (the CPU path's generators do): one past 64 bits was an
+    OverflowError traceback on the device path, at the first training batch. Every bit counts,
+    and the seeds that already fitted in 64 bits keep their faces."""
+    from ferlit.data.device_augment import uniforms
+
+    samples = torch.tensor([0, 7, 2**40])
+    huge = 2**100 + 12345
+    first = uniforms(huge, 3, samples)
+    assert torch.equal(first, uniforms(huge, 3, samples))
+    assert ((first >= 0) & (first < 1)).all()
+    for other in (huge ^ 2**99, huge ^ 2**70, huge ^ 2**64, huge ^ 1, -huge):  # every word
+        assert not torch.equal(first, uniforms(other, 3, samples)), hex(other)
+    # seeds below 2**64: the hash of the (low word ^ high word), as before
+    assert uniforms(2**63 + 5, 1, samples)[0, 0].item() == pytest.approx(0.8915989995002747)
+    augment = DeviceAugmentation(Augmentation(), huge)
+    images = faces(3)
+    assert torch.equal(augment(images, samples, 3), augment(images, samples, 3))

@@ -78,9 +78,17 @@ def _lowbias32(x: torch.Tensor) -> torch.Tensor:
 
 def uniforms(seed: int, epoch: int, samples: torch.Tensor, draws: int = _DRAWS) -> torch.Tensor:
     """``len(samples)`` x ``draws`` numbers uniform in [0, 1), each a function of
-    (seed, epoch, sample, draw) alone."""
+    (seed, epoch, sample, draw) alone.
+
+    ``seed`` may be any integer, as the CPU path's generators take (``data.seed`` has no upper
+    bound): the words above its first 64 bits are hashed in one 32-bit word at a time (a seed
+    below 2**64 gives the numbers it always gave)."""
     samples = samples.to(torch.int64)
-    h = _lowbias32(torch.full_like(samples, seed & _MASK32) ^ (seed >> 32))
+    high = seed >> 32
+    h = _lowbias32(torch.full_like(samples, seed & _MASK32) ^ (high & _MASK32))
+    while high >> 32 not in (0, -1):  # a seed past 64 bits (or below -2**63)
+        high >>= 32
+        h = _lowbias32(h ^ (high & _MASK32))
     h = _lowbias32(h ^ (epoch & _MASK32))
     h = _lowbias32(h ^ (samples & _MASK32))
     h = _lowbias32(h ^ (samples >> 32))
