@@ -454,3 +454,26 @@ def test_bad_arguments_are_refused():
         align_face(HEAD, ARCFACE_TEMPLATE_112, size=0)
     with pytest.raises(ConfigError, match="max_unseen must be an integer >= 0"):
         Tracker(max_unseen=-1)
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(tmp_path, write_jpeg, monkeypatch):
+    # os.walk passes over a folder it cannot list (permissions): its photos were left out of
+    # the predictions without a word, and an unreadable --input read as "no image or video".
+    for name in ("a.jpg", "locked/b.jpg"):
+        write_jpeg(tmp_path / name, HEAD)
+    scandir = os.scandir
+
+    def refuse(path="."):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(DataError, match=r"locked: cannot list this folder: Permission denied"):
+        list_media(tmp_path)
+    skipped = []
+    with pytest.warns(DataWarning, match=r"skipped locked: .*locked: cannot list this folder"):
+        assert [m.name for m in list_media(tmp_path, skipped)] == ["a.jpg"]
+    assert [s.name for s in skipped] == ["locked"]
+    with pytest.raises(DataError, match=r"locked: cannot list this folder: Permission denied"):
+        list_media(tmp_path / "locked", [])  # the folder given itself: an error

@@ -167,8 +167,9 @@ def _medium(path: Path, name: str) -> Media:
 def list_media(path: str | os.PathLike[str], skipped: list[Skipped] | None = None) -> list[Media]:
     """The media at ``path`` (a video, an image, or a folder searched recursively for them), in
     sorted order of their names; ``DataError`` when ``path`` does not exist, is a file of another
-    type, is a folder with no image or video, or holds a video that cannot be opened. With
-    ``skipped`` (a list) such a video of a folder is skipped, warned about and appended there,
+    type, is a folder with no image or video, or holds a video that cannot be opened or a
+    folder that cannot be listed. With ``skipped`` (a list) such a video or subfolder of a
+    folder is skipped, warned about and appended there,
     and ``DataError`` is raised only when every medium of the folder is damaged; a file given
     as ``path`` raises as ever."""
     if not os.fspath(path).strip():  # Path("") is ".": an unset variable would read the cwd
@@ -182,12 +183,23 @@ def list_media(path: str | os.PathLike[str], skipped: list[Skipped] | None = Non
     if not root.is_dir():
         return [_medium(root, root.name)]
     found: list[tuple[str, Path]] = []
-    for folder, subfolders, files in os.walk(root):
+    unlisted: list[OSError] = []  # os.walk passes over a folder it cannot list, unless told
+    for folder, subfolders, files in os.walk(root, onerror=unlisted.append):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for file in files:
             candidate = Path(folder, file)
             if not file.startswith(".") and _kind(candidate) is not None:
                 found.append((candidate.relative_to(root).as_posix(), candidate))
+    first = len(skipped or ())
+    for error in unlisted:  # a subfolder of a folder given with ``skipped`` is skipped
+        folder = Path(error.filename or root)
+        problem = DataError(f"{folder}: cannot list this folder: {error.strerror or error}")
+        problem.__context__, problem.__suppress_context__ = error, True  # read by _skip
+        if skipped is None or folder == root:
+            raise problem
+        _skip(skipped, Path(os.path.relpath(folder, root)).as_posix(), problem)
+    if not found and skipped is not None and len(skipped) > first:
+        raise every_medium_damaged(root, skipped[first:])
     if not found:
         raise DataError(
             f"{root}: no image or video in this folder (images: "
@@ -196,7 +208,7 @@ def list_media(path: str | os.PathLike[str], skipped: list[Skipped] | None = Non
         )
     if skipped is None:
         return [_medium(file, name) for name, file in sorted(found)]
-    media, first = [], len(skipped)
+    media = []
     for name, file in sorted(found):
         try:
             media.append(_medium(file, name))
