@@ -200,3 +200,22 @@ def test_a_diverged_fit_does_not_fail_the_next_stage_of_the_same_module():
     assert module.global_step == 1
     (scores,) = _trainer().validate(module, loader, verbose=False)
     assert math.isfinite(scores["val/loss"])
+
+
+@pytest.mark.parametrize("precision", ["transformer-engine", "transformer-engine-float16"])
+def test_transformer_engine_precision_is_refused_naming_the_option(
+    tiny_sample, tmp_path, capsys, precision
+):
+    """Lightning's Transformer Engine precision swaps Linear layers for FP8 ones: a convolutional
+    network has only its classifier, whose 7 or 8 outputs FP8 cannot take (was a
+    ModuleNotFoundError traceback without the package, an FP8 shape assertion with it)."""
+    with pytest.raises(SystemExit) as stop:
+        main(fit_args(tiny_sample, tmp_path, "--trainer.precision", precision))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: trainer.precision {precision}: Transformer Engine's FP8 replaces Linear layers "
+        "only, and the one of ferlit's convolutional networks, the 7- or 8-way classifier, is too "
+        "narrow for FP8 (multiples of 16); use bf16-mixed\n"
+    ) in err  # README's bad-input row
+    assert "Traceback" not in err

@@ -382,6 +382,15 @@ def check_trainer_options(config: Namespace) -> None:
                 )
     if trainer.gradient_clip_val is not None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
+    if str(trainer.precision).startswith("transformer-engine"):
+        # Lightning's TransformerEnginePrecision swaps nn.Linear (and LayerNorm) for FP8 layers;
+        # FP8 GEMMs need dimensions divisible by 16 (NVIDIA/TransformerEngine#1422), and the
+        # only Linear of an SE-ResNet is the 7- or 8-way classifier.
+        raise ConfigError(
+            f"trainer.precision {trainer.precision}: Transformer Engine's FP8 replaces Linear "
+            "layers only, and the one of ferlit's convolutional networks, the 7- or 8-way "
+            "classifier, is too narrow for FP8 (multiples of 16); use bf16-mixed"
+        )
     # ferlit's checkpoint and early stopping callbacks are built after the data is indexed
     check_number("checkpoint.save_top_k", config.checkpoint.save_top_k, -1, integer=True)
     check_number("early_stopping.patience", config.early_stopping.patience, 0, integer=True)
