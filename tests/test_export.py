@@ -131,11 +131,95 @@ def test_a_bad_format_or_thread_count_is_refused_naming_it(run, tmp_path, capsys
         "error: the following arguments are required: --ckpt_path, --out (python -m ferlit "
         "export --help lists the options)\n"
     )
-    with pytest.raises(SystemExit):  # no option prefixes
+    with pytest.raises(SystemExit) as exit_:  # no option prefixes
         export("--ckpt", str(path), "--format", "onnx", "--out", str(out))
-    assert capsys.readouterr().err.startswith(
-        "error: the following arguments are required: --ckpt_path"
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: unrecognized arguments: --ckpt {path} (python -m ferlit export --help lists "
+        "the options)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--threads", "1.5"), "--threads 1.5: expected an integer"),
+        (("--benchmark_batch", "many"), "--benchmark_batch many: expected an integer"),
+        (("--benchmark_seconds", "soon"), "--benchmark_seconds soon: expected a number"),
+        (("--benchmark_seconds", ".inf"), "--benchmark_seconds inf: expected 0 or more, finite"),
+        (("--bogus", "1"), "unrecognized arguments: --bogus 1"),
+        (("--overwrite=false",), "argument --overwrite: ignored explicit argument 'false'"),
+    ],
+)
+def test_a_bad_option_value_or_unknown_option_is_refused_naming_it(tmp_path, capsys, args, message):
+    """Refused while parsing (or, for an infinite timing, before the checkpoint is read: it
+    does not exist here), one line naming the option, exit status 2."""
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as exit_:
+        ferlit_main(
+            ["export", "--ckpt_path", "gone.ckpt", "--format", "onnx", "--out", str(out), *args]
+        )
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_help_lists_every_option_with_its_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        ferlit_main(["export", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, help_ in export_module.OPTIONS_HELP.items():
+        assert f"--{name}" in text and help_ in text, name
+    assert "--format {onnx,torchscript}" in text
+    assert "--config CONFIG a YAML file of the options below" in text
+    assert "--print_config" in text
+
+
+def test_options_are_read_from_a_config_file_and_the_command_line_overrides_it(
+    run, tmp_path, capsys
+):
+    path, _ = run
+    out = tmp_path / "model.pt"
+    config = tmp_path / "export.yaml"
+    config.write_text(f"ckpt_path: {path}\nformat: onnx\nout: {out}\nthreads: 1\n")
+    report = export("--config", str(config), "--format", "torchscript")
+    assert report["format"] == "torchscript" and report["out"] == str(out)
+    assert report["engine"].endswith("1 threads")
+    assert read_metadata(out)["input_size"] == 32
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        ferlit_main(["export", "--config", str(config), "--threads", "2", "--print_config"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == (
+        f"ckpt_path: {path}\nformat: onnx\nout: {out}\noverwrite: false\n"
+        "benchmark_batch: 32\nbenchmark_seconds: 3.0\nthreads: 2\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("format: onnx\nout: [\n", "{config}, line 3: not valid YAML text"),
+        ("formt: onnx\n", "{config}: 'formt' is not an export option (ckpt_path, format, out, "),
+        ("- onnx\n", "{config}: expected a mapping of export options (ckpt_path, "),
+        ("format: tflite\n", "--format tflite: expected one of onnx, torchscript"),
+        (None, "{config}: no such file; expected a YAML file of export options"),
+    ],
+)
+def test_a_bad_config_file_is_refused_naming_it(tmp_path, capsys, text, message):
+    config = tmp_path / "export.yaml"
+    if text is not None:
+        config.write_text(text)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as exit_:
+        ferlit_main(["export", "--ckpt_path", "x.ckpt", "--out", str(out), "--config", str(config)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: " + message.format(config=f"--config {config}")
+    )
+    assert not out.exists()
 
 
 def test_an_existing_out_is_replaced_only_with_overwrite_and_only_if_ferlit_wrote_it(

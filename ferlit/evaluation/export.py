@@ -26,10 +26,11 @@ the newer ``torch.export``-based one needs the ``onnxscript`` package, which is 
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
+import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -38,9 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from torch import nn
 
 import ferlit
+from ferlit.cli_values import PARSER_MODE
 from ferlit.errors import ConfigError, FerlitError, WeightsError
 from ferlit.evaluation.inference import checkpoint_file, model_from_checkpoint, read_checkpoint
 from ferlit.io import (
@@ -236,8 +240,8 @@ def export(
         raise ConfigError(f"--benchmark_batch {benchmark_batch}: expected a positive number")
     if threads < 0:
         raise ConfigError(f"--threads {threads}: expected 0 (the runtime's default) or more")
-    if not benchmark_seconds >= 0:
-        raise ConfigError(f"--benchmark_seconds {benchmark_seconds}: expected 0 or more")
+    if not (benchmark_seconds >= 0 and math.isfinite(benchmark_seconds)):  # .inf: timed forever
+        raise ConfigError(f"--benchmark_seconds {benchmark_seconds}: expected 0 or more, finite")
     out = Path(out)
     check_out(out, overwrite)
     checkpoint = checkpoint_file(ckpt_path)
@@ -321,48 +325,118 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose refusals are ConfigErrors: ``error: <message>``, exit 2, as every stage."""
+#: The options of ``python -m ferlit export`` and their help; also the keys a ``--config`` file
+#: may set (each an argument of :func:`export`).
+OPTIONS_HELP = {
+    "ckpt_path": "Checkpoint of python -m ferlit fit, or its run folder (its best checkpoint).",
+    "format": "onnx or torchscript.",
+    "out": "The file to write (model.onnx, model.pt).",
+    "overwrite": "Replace an earlier export at --out.",
+    "benchmark_batch": "Faces per batch when timing (32).",
+    "benchmark_seconds": "Seconds to time the export for (3; 0 = no timing).",
+    "threads": "CPU threads for checking and timing (0 = onnxruntime's or torch's default).",
+}
+HELP_HINT = "(python -m ferlit export --help lists the options)"
 
-    def error(self, message: str):
-        raise ConfigError(f"{message} (python -m ferlit export --help lists the options)")
+
+class ExportConfigFile(ActionConfigFile):
+    """``--config FILE``: a YAML mapping of export options (``format: onnx``), read here so that
+    a missing file, bad YAML (with its line) or a key that is no option is refused naming the
+    file, where jsonargparse's messages name neither file nor line."""
+
+    def __call__(self, parser, cfg, values, option_string=None) -> None:
+        path = Path(values)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "no such file"
+            raise ConfigError(f"--config {path}: {what}; expected a YAML file of export options")
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"--config {path}: cannot be read ({error.strerror})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"--config {path}{where}: not valid YAML text") from None
+        content = {} if content is None else content
+        names = ", ".join(OPTIONS_HELP)
+        if not isinstance(content, dict):
+            raise ConfigError(
+                f"--config {path}: expected a mapping of export options ({names}), "
+                f"got a {type(content).__name__}"
+            )
+        for key in content:
+            if key not in OPTIONS_HELP:
+                raise ConfigError(f"--config {path}: {key!r} is not an export option ({names})")
+        self.apply_config(parser, cfg, self.dest, yaml.safe_dump(content))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+def parser() -> ArgumentParser:
+    """The export's options on jsonargparse, as every stage's (``--config``, ``--print_config``,
+    values read as YAML); refusals raise ``ArgumentError`` (``exit_on_error=False``), which
+    :func:`main` turns into a ConfigError."""
+    p = ArgumentParser(
         prog="python -m ferlit export",
         allow_abbrev=False,  # --ckpt is not --ckpt_path: a prefix is refused, as by every stage
+        exit_on_error=False,
+        parser_mode=PARSER_MODE,
         description="export: the model of a checkpoint as ONNX or TorchScript, input "
         "normalisation included (uint8 RGB faces N x S x S x 3 in, probabilities N x C out); "
         "checked against PyTorch and timed on the CPU.",
     )
     p.add_argument(
-        "--ckpt_path",
-        required=True,
-        help="Checkpoint of python -m ferlit fit, or its run folder (its best checkpoint).",
+        "--config",
+        action=ExportConfigFile,
+        help="a YAML file of the options below, keys without -- (format: onnx; paths relative "
+        "to the folder the command runs in); options after --config override it",
     )
-    p.add_argument("--format", required=True, help="onnx or torchscript.")
-    p.add_argument("--out", required=True, help="The file to write (model.onnx, model.pt).")
-    p.add_argument("--overwrite", action="store_true", help="Replace an earlier export at --out.")
-    p.add_argument(
-        "--benchmark_batch", type=int, default=32, help="Faces per batch when timing (32)."
-    )
-    p.add_argument(
-        "--benchmark_seconds",
-        type=float,
-        default=3.0,
-        help="Seconds to time the export for (3; 0 = no timing).",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for checking and timing (0 = onnxruntime's or torch's default).",
-    )
+    h = OPTIONS_HELP
+    p.add_argument("--ckpt_path", type=str, required=True, help=h["ckpt_path"])
+    p.add_argument("--format", choices=FORMATS, required=True, help=h["format"])
+    p.add_argument("--out", type=str, required=True, help=h["out"])
+    p.add_argument("--overwrite", action="store_true", help=h["overwrite"])
+    p.add_argument("--benchmark_batch", type=int, default=32, help=h["benchmark_batch"])
+    p.add_argument("--benchmark_seconds", type=float, default=3.0, help=h["benchmark_seconds"])
+    p.add_argument("--threads", type=int, default=0, help=h["threads"])
     return p
+
+
+#: jsonargparse's words for a value's type, in a refusal.
+_KINDS = {"int": "an integer", "float": "a number"}
+
+
+def refusal(p: ArgumentParser, error: Exception) -> ConfigError:
+    """jsonargparse's refusal as a ConfigError naming the option as typed (``--threads``, where
+    jsonargparse says ``Parser key "threads"``) and what was expected. The patterns are the
+    wordings of argparse (choices, required options) and jsonargparse 4.x (a value of the wrong
+    type, from the command line or ``--config``); a refusal worded otherwise is passed on as it
+    is, with the pointer to ``--help``."""
+    message = " ".join(str(error).split())  # jsonargparse breaks and indents its lines
+    choice = re.fullmatch(r"argument --(\w+): invalid choice: '(.*)' \(choose from .*\)", message)
+    choice = choice or re.fullmatch(r'Parser key "(\w+)": \'(.*)\' not among choices .*', message)
+    if choice:
+        name, value = choice.groups()
+        allowed = p._option_string_actions[f"--{name}"].choices
+        return ConfigError(f"--{name} {value}: expected one of {', '.join(allowed)}")
+    kind = re.fullmatch(
+        r'Parser key "(\w+)": Expected a <class \'(\w+)\'>\. Got value: (.*)', message
+    )
+    if kind and kind[2] in _KINDS:
+        return ConfigError(f"--{kind[1]} {kind[3]}: expected {_KINDS[kind[2]]} {HELP_HINT}")
+    required = re.fullmatch(r"the following arguments are required: (.*)", message)
+    if required:
+        names = ", ".join("--" + n.lstrip("-") for n in required[1].split(", "))
+        message = f"the following arguments are required: {names}"
+    message = re.sub(r'^Parser key "(\w+)":', r"--\1:", message)
+    return ConfigError(f"{message} {HELP_HINT}")
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """``python -m ferlit export``; returns :func:`export`'s report."""
-    options = parser().parse_args(sys.argv[1:] if args is None else args)
-    return export(**vars(options))
+    p = parser()
+    try:
+        options = p.parse_args(sys.argv[1:] if args is None else args)
+    except ArgumentError as error:
+        raise refusal(p, error) from None
+    options = options.as_dict()
+    options.pop("config", None)
+    return export(**options)
