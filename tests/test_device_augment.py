@@ -311,6 +311,20 @@ def test_batches_are_pinned_only_for_a_cuda_trainer(tiny_sample, monkeypatch):
     assert dm.val_dataloader().pin_memory is torch.cuda.is_available()
 
 
+def test_pin_memory_false_pins_no_augmentation_plan_either(tiny_sample, monkeypatch):
+    """``data.pin_memory false`` (page-locked memory is scarce, e.g. a container's ulimit -l)
+    holds for the plan riding the batch too: it was pinned for every CUDA batch regardless."""
+    pinned = []
+    monkeypatch.setattr(AugmentationPlan, "pin_memory", lambda plan: pinned.append(plan) or plan)
+    dm = make_datamodule(tiny_sample, pin_memory=False, augment_on="device")
+    dm.setup("fit")
+    dm.trainer = fake_trainer(device="cuda")
+    assert dm.train_dataloader().pin_memory is False
+    batch = [faces(2), torch.zeros(2, dtype=torch.long), torch.arange(2), torch.zeros(2)]
+    assert isinstance(dm.on_before_batch_transfer(batch, 0)[4], AugmentationPlan)
+    assert pinned == []
+
+
 def test_workers_deliver_unaugmented_faces_with_augment_on_device(tiny_sample):
     dm = make_datamodule(tiny_sample, augment_on="device")
     dm.setup("fit")

@@ -796,15 +796,15 @@ class ExpressionDataModule(pl.LightningDataModule):
         they would make every step wait for the device. A list of ints is left where it is by the
         batch transfer. The augmentation plan (``DeviceAugmentation.plan``: flips, factors and
         each jitter step's rows, from the batch's sample numbers and the sampler's epoch) is
-        appended as a 5th element, pinned when the trainer's device is CUDA, so Lightning's own
-        transfer moves it without blocking and ``on_after_batch_transfer`` applies it with no
-        host synchronisation (issue 17).
+        appended as a 5th element, pinned like the batch (``data.pin_memory`` and a CUDA
+        trainer), so Lightning's own transfer moves it without blocking and
+        ``on_after_batch_transfer`` applies it with no host synchronisation (issue 17).
         """
         if isinstance(batch, list | tuple) and len(batch) > 3 and torch.is_tensor(batch[3]):
             batch = [*batch[:3], batch[3].tolist(), *batch[4:]]
         if self._augments_on_device(batch):
             plan = self.device_augmentation.plan(batch[2], self._augmentation_epoch())
-            if self._device_is_cuda():
+            if self.hparams.pin_memory and self._device_is_cuda():  # as _loader's batches
                 plan = plan.pin_memory()
             batch = [*batch, plan]
         return batch
