@@ -204,7 +204,8 @@ def test_options_are_read_from_a_config_file_and_the_command_line_overrides_it(
         ("format: onnx\nout: [\n", "{config}, line 3: not valid YAML text"),
         ("formt: onnx\n", "{config}: 'formt' is not an export option (ckpt_path, format, out, "),
         ("- onnx\n", "{config}: expected a mapping of export options (ckpt_path, "),
-        ("format: tflite\n", "--format tflite: expected one of onnx, torchscript"),
+        ("format: tflite\n", "--format tflite (from {config}): expected one of onnx, "),
+        ("threads: many\n", "--threads many (from {config}): expected an integer"),
         (None, "{config}: no such file; expected a YAML file of export options"),
     ],
 )
@@ -329,3 +330,21 @@ def test_torchscript_threads_are_given_back_to_the_process(run, tmp_path):
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_bad_value_in_a_config_file_names_it_though_the_option_is_typed_after_it(
+    tmp_path, capsys
+):
+    """The file's values are checked as it is read, before ``--threads 3`` replaces them."""
+    config = tmp_path / "export.yaml"
+    config.write_text("threads: many\n")
+    argv = ["export", "--ckpt_path", "x.ckpt", "--format", "onnx", "--out", "m.onnx"]
+    with pytest.raises(SystemExit) as exit_:
+        ferlit_main([*argv, "--config", str(config), "--threads", "3"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: --threads many (from --config {config}): expected an integer"
+    )
+    with pytest.raises(SystemExit):
+        ferlit_main([*argv, "--config", str(config), "--threads=many"])
+    assert capsys.readouterr().err.startswith("error: --threads many: expected an integer")

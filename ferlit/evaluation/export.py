@@ -404,7 +404,20 @@ def parser() -> ArgumentParser:
 _KINDS = {"int": "an integer", "float": "a number"}
 
 
-def refusal(p: ArgumentParser, error: Exception) -> ConfigError:
+def _from_config(name: str, value: str, argv: list[str]) -> str:
+    """`` (from --config FILE)`` when ``value`` of option ``name`` was not typed on the command
+    line ``argv`` but a ``--config`` was given: it came from that file (or one of them, which
+    the message names). A file's values are checked when it is read, before a ``--name`` after
+    it replaces them, so the value, not the option, tells where it came from."""
+    pairs = list(zip(argv, argv[1:], strict=False))
+    pairs += [tuple(a.split("=", 1)) for a in argv if a.startswith("--") and "=" in a]
+    files = [v for o, v in pairs if o == "--config"]
+    if not files or any(o == f"--{name}" and v == value for o, v in pairs):
+        return ""
+    return f" (from --config {', '.join(files)})"
+
+
+def refusal(p: ArgumentParser, error: Exception, argv: list[str] = ()) -> ConfigError:
     """jsonargparse's refusal as a ConfigError naming the option as typed (``--threads``, where
     jsonargparse says ``Parser key "threads"``) and what was expected. The patterns are the
     wordings of argparse (choices, required options) and jsonargparse 4.x (a value of the wrong
@@ -416,12 +429,14 @@ def refusal(p: ArgumentParser, error: Exception) -> ConfigError:
     if choice:
         name, value = choice.groups()
         allowed = p._option_string_actions[f"--{name}"].choices
-        return ConfigError(f"--{name} {value}: expected one of {', '.join(allowed)}")
+        where = _from_config(name, value, list(argv))
+        return ConfigError(f"--{name} {value}{where}: expected one of {', '.join(allowed)}")
     kind = re.fullmatch(
         r'Parser key "(\w+)": Expected a <class \'(\w+)\'>\. Got value: (.*)', message
     )
     if kind and kind[2] in _KINDS:
-        return ConfigError(f"--{kind[1]} {kind[3]}: expected {_KINDS[kind[2]]} {HELP_HINT}")
+        where = _from_config(kind[1], kind[3], list(argv))
+        return ConfigError(f"--{kind[1]} {kind[3]}{where}: expected {_KINDS[kind[2]]} {HELP_HINT}")
     required = re.fullmatch(r"the following arguments are required: (.*)", message)
     if required:
         names = ", ".join("--" + n.lstrip("-") for n in required[1].split(", "))
@@ -432,11 +447,11 @@ def refusal(p: ArgumentParser, error: Exception) -> ConfigError:
 
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """``python -m ferlit export``; returns :func:`export`'s report."""
-    p = parser()
+    p, argv = parser(), list(sys.argv[1:] if args is None else args)
     try:
-        options = p.parse_args(sys.argv[1:] if args is None else args)
+        options = p.parse_args(argv)
     except ArgumentError as error:
-        raise refusal(p, error) from None
+        raise refusal(p, error, argv) from None
     options = options.as_dict()
     options.pop("config", None)
     return export(**options)
