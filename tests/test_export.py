@@ -148,6 +148,7 @@ def test_a_bad_format_or_thread_count_is_refused_naming_it(run, tmp_path, capsys
         (("--benchmark_seconds", "soon"), "--benchmark_seconds soon: expected a number"),
         (("--benchmark_seconds", ".inf"), "--benchmark_seconds inf: expected 0 or more, finite"),
         (("--bogus", "1"), "unrecognized arguments: --bogus 1"),
+        (("--threads", "100000"), "--threads 100000: more than this machine's"),
         (("--overwrite=false",), "argument --overwrite: ignored explicit argument 'false'"),
     ],
 )

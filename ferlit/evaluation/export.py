@@ -240,6 +240,12 @@ def export(
         raise ConfigError(f"--benchmark_batch {benchmark_batch}: expected a positive number")
     if threads < 0:
         raise ConfigError(f"--threads {threads}: expected 0 (the runtime's default) or more")
+    cores = os.cpu_count() or 1
+    if threads > cores:  # a typo (100000) would start that many threads, each slowing the rest
+        raise ConfigError(
+            f"--threads {threads}: more than this machine's {cores} CPUs; expected 0 (the "
+            f"runtime's default) to {cores}"
+        )
     if not (benchmark_seconds >= 0 and math.isfinite(benchmark_seconds)):  # .inf: timed forever
         raise ConfigError(f"--benchmark_seconds {benchmark_seconds}: expected 0 or more, finite")
     out = Path(out)
@@ -334,7 +340,8 @@ OPTIONS_HELP = {
     "overwrite": "Replace an earlier export at --out.",
     "benchmark_batch": "Faces per batch when timing (32).",
     "benchmark_seconds": "Seconds to time the export for (3; 0 = no timing).",
-    "threads": "CPU threads for checking and timing (0 = onnxruntime's or torch's default).",
+    "threads": "CPU threads for checking and timing (0 = onnxruntime's or torch's default; at most "
+    "this machine's CPU count).",
 }
 HELP_HINT = "(python -m ferlit export --help lists the options)"
 
