@@ -118,6 +118,29 @@ def test_train_loss_still_shows_beside_the_bar(tiny_sample, tmp_path):
     assert items["train/loss"] == pytest.approx(float(cli.trainer.callback_metrics["train/loss"]))
 
 
+@pytest.mark.parametrize(
+    "bar",
+    ["lightning.pytorch.callbacks.TQDMProgressBar", "lightning.pytorch.callbacks.RichProgressBar"],
+)
+def test_train_loss_still_shows_beside_a_bar_the_user_chose(tiny_sample, tmp_path, bar):
+    """Only ferlit's bar reads ``train/loss`` itself (once a second); Lightning's own bars, which
+    a user may pick (``--trainer.callbacks+=...TQDMProgressBar``, e.g. for plain SLURM logs),
+    show the ``prog_bar`` values only: the loss stays one of them there (read after every
+    micro-batch: the cost of that bar)."""
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        *("--trainer.max_steps", "2", "--trainer.enable_progress_bar", "true"),
+        f"--trainer.callbacks+={bar}",
+    )
+    cli = main(args, run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    chosen = cli.trainer.progress_bar_callback
+    assert type(chosen).__name__ == bar.rsplit(".", 1)[1]
+    items = chosen.get_metrics(cli.trainer, cli.model)
+    assert items["train/loss"] == pytest.approx(float(cli.trainer.callback_metrics["train/loss"]))
+
+
 @pytest.mark.parametrize("precision", ["bf16-true", "16-true", "64-true"])
 def test_true_precisions_train_and_validate(tiny_sample, tmp_path, precision, caplog):
     """The whole model cast to one dtype: the normalisation follows it (uint8 0-255 are exact

@@ -35,6 +35,7 @@ from ferlit.models.checkpoints import (
     preprocessing_record,
 )
 from ferlit.training.callbacks.finetuning import BackboneFreeze
+from ferlit.training.callbacks.progress import StepProgressBar
 from ferlit.training.divergence import DivergenceWatch
 from ferlit.training.schedule import (
     StepSchedule,
@@ -132,6 +133,9 @@ class ExpressionModule(pl.LightningModule):
         self.tta = "none"
         #: Stops a run whose loss is NaN or infinite, without a host sync per step.
         self.divergence = DivergenceWatch()
+        #: Whether ``train/loss`` is a ``prog_bar`` value: only for a bar other than ferlit's
+        #: (set at the start of training; see ``training_step``).
+        self._loss_on_bar = False
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -161,9 +165,10 @@ class ExpressionModule(pl.LightningModule):
         # the device: ferlit.training.divergence); the hooks below read the last one.
         where = f"optimizer step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         self.divergence.push(loss, where)
-        # Not prog_bar: Lightning would read it on the host after every micro-batch (a wait for
-        # the GPU); StepProgressBar reads it from callback_metrics at most once a second.
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        # Not prog_bar under ferlit's bar: Lightning would read it on the host after every
+        # micro-batch (a wait for the GPU); StepProgressBar reads it from callback_metrics at most
+        # once a second. Lightning's own bars (a user's choice) show prog_bar values only.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=self._loss_on_bar)
         if self._logs_this_step():
             # The rates of the optimizer step this batch is part of (schedule and freezing
             # applied). A Python number logged becomes a tensor made on the device, a blocking
@@ -224,6 +229,8 @@ class ExpressionModule(pl.LightningModule):
         # The sanity check's few batches must not leak into the first real validation.
         self.val_criterion.reset()
         self.val_loss.reset()
+        bar = self.trainer.progress_bar_callback
+        self._loss_on_bar = bar is not None and not isinstance(bar, StepProgressBar)
 
     def on_validation_start(self) -> None:
         self.divergence.flush()  # never score (and keep as best) weights a NaN step spoiled
