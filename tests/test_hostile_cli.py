@@ -43,6 +43,10 @@ def test_an_option_prefix_is_refused_by_every_command(tmp_path, capsys):
         bench(["--work_d", str(tmp_path)])
     assert stop.value.code == 2
     assert capsys.readouterr().err.endswith(f"error: unrecognized arguments: --work_d {tmp_path}\n")
+    with pytest.raises(SystemExit) as stop:
+        stage(["export", "--ckpt", str(tmp_path), "--format", "onnx", "--out", "m.onnx"])
+    assert stop.value.code == 2
+    assert f"error: unrecognized arguments: --ckpt {tmp_path}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
