@@ -149,6 +149,8 @@ def test_a_bad_format_or_thread_count_is_refused_naming_it(run, tmp_path, capsys
         (("--benchmark_seconds", ".inf"), "--benchmark_seconds inf: expected 0 or more, finite"),
         (("--bogus", "1"), "unrecognized arguments: --bogus 1"),
         (("--threads", "100000"), "--threads 100000: more than this machine's"),
+        (("--benchmark_batch", "1000000"), "--benchmark_batch 1000000: expected 1 to 1024"),
+        (("--benchmark_batch", "0"), "--benchmark_batch 0: expected 1 to 1024"),
         (("--overwrite=false",), "argument --overwrite: ignored explicit argument 'false'"),
     ],
 )

@@ -90,6 +90,11 @@ class FaceClassifier(nn.Module):
         return torch.softmax(self.net(faces.permute(0, 3, 1, 2)).float(), dim=1)
 
 
+#: The largest ``--benchmark_batch``: SE-ResNet-50's inference activations at 112x112 are a few
+#: MB a face, so 1,024 faces already take GBs; throughput stops growing long before.
+MAX_BENCHMARK_BATCH = 1024
+
+
 def check_faces(size: int, n: int = CHECK_FACES, seed: int = 0) -> np.ndarray:
     """The faces an export is checked and timed on: seeded uniform uint8 images (N, S, S, 3)."""
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
@@ -236,8 +241,12 @@ def export(
     this process's ``torch.set_num_threads``)."""
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: expected one of {', '.join(FORMATS)}")
-    if benchmark_batch < 1:
-        raise ConfigError(f"--benchmark_batch {benchmark_batch}: expected a positive number")
+    if not 1 <= benchmark_batch <= MAX_BENCHMARK_BATCH:
+        raise ConfigError(
+            f"--benchmark_batch {benchmark_batch}: expected 1 to {MAX_BENCHMARK_BATCH} (the "
+            "timing needs no larger batch, and its activations grow with it: a batch of 10^6 "
+            "faces would need tens of GB)"
+        )
     if threads < 0:
         raise ConfigError(f"--threads {threads}: expected 0 (the runtime's default) or more")
     cores = os.cpu_count() or 1
