@@ -477,3 +477,22 @@ def test_a_folder_that_cannot_be_listed_is_named_not_passed_over(tmp_path, write
     assert [s.name for s in skipped] == ["locked"]
     with pytest.raises(DataError, match=r"locked: cannot list this folder: Permission denied"):
         list_media(tmp_path / "locked", [])  # the folder given itself: an error
+
+
+def test_a_video_whose_frames_have_too_many_pixels_is_not_decoded(tmp_path, monkeypatch):
+    """The frame size a video declares is checked before a frame is decoded, against the limit
+    images have (lowered here so that a small video stands for an 8K+ one)."""
+    path = tmp_path / "big.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    assert list_media(path)[0].frames == 3
+    monkeypatch.setattr("ferlit.data.images.MAX_IMAGE_PIXELS", 64 * 48 - 1)
+    decoded = []
+    monkeypatch.setattr(cv2.VideoCapture, "grab", lambda self: decoded.append(1) or False)
+    with pytest.raises(
+        DataError, match=r"big\.avi: cannot read video: its frames are 64x48 pixels"
+    ):
+        list_media(path)
+    assert decoded == []

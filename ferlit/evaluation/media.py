@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ferlit.data import images
 from ferlit.data.images import read_image
 from ferlit.errors import DataError, DataWarning
 
@@ -106,10 +107,19 @@ def _kind(path: Path) -> MediaKind | None:
 
 
 def _video_info(path: Path) -> tuple[int, float | None]:
-    """``(frame count, fps)`` a video declares; ``DataError`` if OpenCV cannot open it or it
-    holds no frame."""
+    """``(frame count, fps)`` a video declares; ``DataError`` if OpenCV cannot open it, its
+    frames have more pixels than images may (``ferlit.data.images.MAX_IMAGE_PIXELS``) or it holds
+    no frame."""
     capture = _open_video(path)
     try:
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > images.MAX_IMAGE_PIXELS:  # checked before a frame is decoded
+            raise DataError(
+                f"{path}: cannot read video: its frames are {width}x{height} pixels (width x "
+                f"height), over ferlit's limit of {images.MAX_IMAGE_PIXELS:,} pixels a frame "
+                "(8192x8192, as for images): not decoded"
+            )
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         fps = capture.get(cv2.CAP_PROP_FPS)
         if count <= 0:  # streams without an index: count by decoding (grab skips the conversion)
