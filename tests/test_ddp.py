@@ -171,3 +171,57 @@ def test_ddp_evaluation_equals_the_single_process_one(tiny_sample, ddp_fit, tmp_
     _, confusion = single_process_validation(tiny_sample, checkpoint)
     assert report["labelled_frames"] == tiny_sample.manifest["affwild2"]["val"]["samples"]
     assert report["raw"]["confusion"] == confusion.tolist()
+
+
+#: A callback making one rank's loss NaN at one micro-batch (from 1), for ``--trainer.callbacks``.
+NAN_ON_ONE_RANK = """
+import lightning.pytorch as pl
+
+class NaNOnRank(pl.Callback):
+    def __init__(self, rank: int = 1, micro_batch: int = 2):
+        self.rank, self.micro_batch, self.seen = rank, micro_batch, 0
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seen += 1
+        if trainer.global_rank == self.rank and self.seen == self.micro_batch:
+            cls = type(module)
+            module.loss = lambda logits, labels: cls.loss(module, logits, labels) * float("nan")
+        else:
+            module.__dict__.pop("loss", None)
+"""
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tiny_sample, tmp_path):
+    """A loss that turns NaN in one process only (its share of the batch) spoils every rank's
+    weights through the gradients' all-reduce. Every rank stops at the same point with the
+    message, exit 2: a rank that stopped alone left the other waiting in the next all-reduce
+    (a gloo 'Connection closed by peer' traceback; on NCCL a hang until its timeout)."""
+    (tmp_path / "nan_on_rank.py").write_text(NAN_ON_ONE_RANK)
+    out = tmp_path / "runs"
+    args = [
+        *data_args(tiny_sample),
+        *("--model.backbone", "seresnet18", "--model.input_size", "32"),
+        *("--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "layers": [1, 1, 1, 1]}'),
+        *("--data.batch_size", "4", "--trainer.accelerator", "cpu"),
+        *("--trainer.devices", "2", "--trainer.strategy", "ddp"),
+        *("--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"),
+        *("--trainer.max_steps", "6", "--val_every_n_steps", "3"),
+        *("--trainer.logger", "lightning.pytorch.loggers.CSVLogger"),
+        *("--trainer.logger.save_dir", str(out), "--trainer.logger.name", "ddp"),
+        *("--trainer.default_root_dir", str(out), "--trainer.callbacks+=nan_on_rank.NaNOnRank"),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "ferlit.fit", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert "error: the training loss became nan at optimizer step 1 (epoch 0, batch 1)" in (
+        result.stderr
+    )
+    other = "became NaN or infinite in another process at optimizer step 1 (epoch 0, batch 1)"
+    assert f"error: the training loss {other}" in result.stderr
+    assert not list(out.rglob("*.ckpt"))  # the first validation (step 3) never came

@@ -15,13 +15,22 @@ appeared at. The last flag is read before anything can keep the weights it may h
 before every validation, checkpoint save and the end of training
 (:class:`~ferlit.training.module.ExpressionModule`'s hooks call :meth:`DivergenceWatch.flush`).
 On a CPU the copy is immediate and no event is needed.
+
+In a distributed run (DDP) the flag is and-ed over the processes before the copy (an all-reduce
+of one integer, queued on the device like the gradients' own): a loss that turns NaN in one
+process (its share of the batch) spoils every process's weights through the gradients'
+all-reduce, and every process must stop at the same point; one stopping alone left the others
+waiting in their next collective (gloo: a "Connection closed by peer" traceback; NCCL: a hang
+until its timeout).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ferlit.errors import TrainingDiverged
 
@@ -48,7 +57,7 @@ class DivergenceWatch:
             TrainingDiverged: the previous micro-batch's loss was NaN or infinite.
         """
         loss = loss.detach()
-        finite = torch.isfinite(loss)
+        finite = _in_every_process(torch.isfinite(loss))
         ready = None
         if finite.is_cuda:
             host = torch.empty((), dtype=torch.bool, pin_memory=True)
@@ -79,8 +88,24 @@ class DivergenceWatch:
         if pending.ready is not None:
             pending.ready.synchronize()
         if not bool(pending.finite):
+            value = pending.loss.item()  # this process's: finite if another's was not
+            what = "NaN or infinite in another process" if math.isfinite(value) else value
             raise TrainingDiverged(
-                f"the training loss became {pending.loss.item()} at {pending.where}; the "
+                f"the training loss became {what} at {pending.where}; the "
                 "checkpoints written so far are kept — lower model.lr_head / model.lr_backbone "
                 "or check the data"
             )
+
+
+def _in_every_process(finite: torch.Tensor) -> torch.Tensor:
+    """``finite`` (a 0-d bool) and-ed over the processes of a distributed run; itself alone.
+
+    On NCCL the all-reduce is queued on the device and the host does not wait for it; every
+    process calls it at the same point of each training step, before the backward pass whose
+    gradient all-reduces follow it in the same order everywhere.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return finite
+    flag = finite.to(torch.int32)  # gloo and NCCL reduce integers, not every backend bools
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return flag.bool()
