@@ -242,3 +242,52 @@ def test_transformer_engine_precision_is_refused_naming_the_option(
         "narrow for FP8 (multiples of 16); use bf16-mixed\n"
     ) in err  # README's bad-input row
     assert "Traceback" not in err
+
+
+class OverflowWeightsAt(pl.Callback):
+    """After the ``micro_batch``-th micro-batch (from 1), one weight is infinite: an optimizer
+    step that overflowed (fp16's 65504 under ``16-true``, a huge learning rate) from a finite
+    loss and finite gradients."""
+
+    def __init__(self, micro_batch: int) -> None:
+        self.micro_batch = micro_batch
+        self.seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.micro_batch:
+            with torch.no_grad():
+                pl_module.net.backbone.get_classifier().weight[0, 0] = float("inf")
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validation-follows", "save-follows"])
+def test_weights_an_optimizer_step_overflowed_are_never_validated_or_saved(
+    tiny_sample, tmp_path, capsys, validate
+):
+    """The loss read late covers a NaN loss; an optimizer step can also overflow the weights
+    from a finite loss, and the next loss to show it comes after a validation or save. Both
+    check the weights themselves (one read on the host each, as rare as they are)."""
+    cadence = (
+        ("--val_every_n_steps", "2")
+        if validate
+        else ("--val_every_n_steps", "100", "--checkpoint.last_every_n_steps", "2")
+    )
+    spoil = ["--trainer.callbacks+=test_gpu_path.OverflowWeightsAt"]
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        *("--trainer.max_steps", "6", *cadence, *spoil, "--trainer.callbacks.micro_batch", "4"),
+    )
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    printed = capsys.readouterr()
+    assert (
+        "error: the weights are no longer finite after optimizer step 4; the checkpoints written "
+        "so far are kept — lower model.lr_head / model.lr_backbone or check the data\n"
+    ) in printed.err  # README's bad-input row
+    assert "validation at step 4" not in printed.out
+    for path in tmp_path.rglob("*.ckpt"):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        assert state["global_step"] == 2
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values()), path

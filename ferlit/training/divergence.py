@@ -26,6 +26,7 @@ until its timeout).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -109,3 +110,27 @@ def _in_every_process(finite: torch.Tensor) -> torch.Tensor:
     flag = finite.to(torch.int32)  # gloo and NCCL reduce integers, not every backend bools
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return flag.bool()
+
+
+def check_weights(module: torch.nn.Module, step: int) -> None:
+    """Stop when a weight or buffer of ``module`` is NaN or infinite, after ``step`` optimizer
+    steps.
+
+    :class:`DivergenceWatch` reads the loss; an optimizer step can also overflow the weights
+    from a finite loss and finite gradients (a huge learning rate; float16 stops at 65504 under
+    ``16-true``), and the loss that shows it comes a micro-batch later, after the validation
+    that would score the spoiled weights (infinite logits predict one class: a "best" score)
+    and the checkpoint that would keep them. One read on the host, made before each validation,
+    save and the end of training only.
+
+    Raises:
+        TrainingDiverged: a weight or buffer is not finite.
+    """
+    tensors = [
+        t for t in itertools.chain(module.parameters(), module.buffers()) if t.is_floating_point()
+    ]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise TrainingDiverged(
+            f"the weights are no longer finite after optimizer step {step}; the checkpoints "
+            "written so far are kept — lower model.lr_head / model.lr_backbone or check the data"
+        )

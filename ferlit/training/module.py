@@ -36,7 +36,7 @@ from ferlit.models.checkpoints import (
 )
 from ferlit.training.callbacks.finetuning import BackboneFreeze
 from ferlit.training.callbacks.progress import StepProgressBar
-from ferlit.training.divergence import DivergenceWatch
+from ferlit.training.divergence import DivergenceWatch, check_weights
 from ferlit.training.schedule import (
     StepSchedule,
     check_model_options,
@@ -194,6 +194,7 @@ class ExpressionModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         self.divergence.flush()
+        check_weights(self, self.global_step)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -234,6 +235,8 @@ class ExpressionModule(pl.LightningModule):
 
     def on_validation_start(self) -> None:
         self.divergence.flush()  # never score (and keep as best) weights a NaN step spoiled
+        if self.trainer.state.fn == "fit":  # nor weights an optimizer step overflowed
+            check_weights(self, self.global_step)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels, _ = batch
@@ -408,10 +411,11 @@ class ExpressionModule(pl.LightningModule):
         a trained model carries its normalisation, whatever options or files built it.
 
         Raises:
-            TrainingDiverged: the last training step's loss was not finite (no checkpoint of the
-                weights it spoiled is written).
+            TrainingDiverged: the last training step's loss, or a weight, was not finite (no
+                checkpoint of the weights it spoiled is written).
         """
         self.divergence.flush()
+        check_weights(self, self.global_step)
         checkpoint.setdefault(FERLIT_KEY, {})["preprocessing"] = preprocessing_record(
             self.net.preprocessing
         )
