@@ -620,6 +620,9 @@ def bench_pipeline(work: Path, scale: Scale, workers: int, quiet: bool) -> dict[
     if cuda:
         batch, steps = (GPU_TRAIN_BATCH, GPU_TRAIN_STEPS) if scale is FULL else (8, 2)
         name = torch.cuda.get_device_name(device)
+        # As fit (experiments/trainer/cafarelli2020.yaml, benchmark: true): cuDNN times its
+        # convolution algorithms in the untimed warm-up steps and keeps the fastest.
+        torch.backends.cudnn.benchmark = True
     else:
         batch, steps = scale.train_batch, 1
         name = _cpu_name()

@@ -226,6 +226,7 @@ def test_paper_config_parses_with_every_number(capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["val_every_n_steps"] == 3920
     assert config["trainer"]["accumulate_grad_batches"] == 4
+    assert config["trainer"]["benchmark"] is True  # cuDNN's fastest algorithms for 112x112
     assert config["data"]["batch_size"] == 64
     model = config["model"]
     assert model["backbone"] == "legacy_seresnet50"
