@@ -82,6 +82,23 @@ def test_validate_refuses_data_of_another_class_count(run, capsys):
     assert err.endswith("but --data.num_classes is 8; use --data.num_classes 7\n")
 
 
+@pytest.mark.parametrize("stage", ["validate", "predict"])
+def test_transformer_engine_precision_is_refused_by_every_stage(run, tmp_path, capsys, stage):
+    """Fit refuses it naming the option; validate and predict ended in Lightning's
+    ModuleNotFoundError traceback (no transformer_engine package)."""
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                *(stage, "--ckpt_path", str(run), "--trainer.precision", "transformer-engine"),
+                *(("--out", str(tmp_path / "out")) if stage == "predict" else ()),
+            ]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: trainer.precision transformer-engine: Transformer Engine's FP8" in err
+    assert "Traceback" not in err
+
+
 def test_predict_scores_the_validation_split_as_validate_does(run, tmp_path, capsys):
     """The evaluation's raw criterion (every face frame predicted, the labelled ones scored) is
     validate's (the training metric over the whole validation split)."""

@@ -168,6 +168,8 @@ class StageCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         """The Trainer; a value Lightning refuses (an unknown accelerator, ``devices 0``...) is a
         ``ConfigError`` quoting Lightning's message, not its traceback."""
+        trainer_options = self._get(self.config_init, "trainer", default={}) or {}
+        check_precision({**trainer_options, **kwargs}.get("precision"))
         try:
             return super().instantiate_trainer(**kwargs)
         except FerlitError:
@@ -351,6 +353,22 @@ class FerlitCLI(StageCLI):
 MAX_SEED = 2**32 - 1
 
 
+def check_precision(precision: object) -> None:
+    """Refuse Transformer Engine's precisions (every stage: ``fit``, ``validate``, ``predict``).
+
+    Lightning's TransformerEnginePrecision swaps nn.Linear (and LayerNorm) for FP8 layers; FP8
+    GEMMs need dimensions divisible by 16 (NVIDIA/TransformerEngine#1422), and the only Linear of
+    an SE-ResNet is the 7- or 8-way classifier. Without the package it was a raw
+    ``ModuleNotFoundError``.
+    """
+    if str(precision).startswith("transformer-engine"):
+        raise ConfigError(
+            f"trainer.precision {precision}: Transformer Engine's FP8 replaces Linear "
+            "layers only, and the one of ferlit's convolutional networks, the 7- or 8-way "
+            "classifier, is too narrow for FP8 (multiples of 16); use bf16-mixed"
+        )
+
+
 def check_trainer_options(config: Namespace) -> None:
     """Refuse Trainer values that would end in a traceback from
     Lightning (for some only once the data is indexed), naming the option; ``seed_everything``
@@ -382,15 +400,7 @@ def check_trainer_options(config: Namespace) -> None:
                 )
     if trainer.gradient_clip_val is not None:
         check_number("trainer.gradient_clip_val", trainer.gradient_clip_val, 0)
-    if str(trainer.precision).startswith("transformer-engine"):
-        # Lightning's TransformerEnginePrecision swaps nn.Linear (and LayerNorm) for FP8 layers;
-        # FP8 GEMMs need dimensions divisible by 16 (NVIDIA/TransformerEngine#1422), and the
-        # only Linear of an SE-ResNet is the 7- or 8-way classifier.
-        raise ConfigError(
-            f"trainer.precision {trainer.precision}: Transformer Engine's FP8 replaces Linear "
-            "layers only, and the one of ferlit's convolutional networks, the 7- or 8-way "
-            "classifier, is too narrow for FP8 (multiples of 16); use bf16-mixed"
-        )
+    check_precision(trainer.precision)
     # ferlit's checkpoint and early stopping callbacks are built after the data is indexed
     check_number("checkpoint.save_top_k", config.checkpoint.save_top_k, -1, integer=True)
     check_number("early_stopping.patience", config.early_stopping.patience, 0, integer=True)
