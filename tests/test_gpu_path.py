@@ -291,3 +291,18 @@ def test_weights_an_optimizer_step_overflowed_are_never_validated_or_saved(
         state = torch.load(path, map_location="cpu", weights_only=False)
         assert state["global_step"] == 2
         assert all(torch.isfinite(v).all() for v in state["state_dict"].values()), path
+
+
+def test_a_module_validated_first_then_fits_in_the_same_process():
+    """A notebook validates a model, then trains it further: the metrics' states reset under
+    Lightning's inference mode were inference tensors, and fit's sanity check ended in
+    "Inplace update to inference tensor outside InferenceMode"."""
+    generator = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    loader = DataLoader(TensorDataset(images, torch.arange(8) % 7, torch.arange(8)), batch_size=2)
+    module = tiny_module(lr_head=0.01, lr_backbone=0.01)
+    (before,) = _trainer().validate(module, loader, verbose=False)
+    _trainer(max_steps=2, num_sanity_val_steps=1, limit_val_batches=2).fit(module, loader, loader)
+    assert module.global_step == 2
+    (after,) = _trainer().validate(module, loader, verbose=False)
+    assert math.isfinite(before["val/loss"]) and math.isfinite(after["val/loss"])

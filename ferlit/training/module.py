@@ -188,6 +188,11 @@ class ExpressionModule(pl.LightningModule):
         # before) is no business of the next fit's sanity check, nor of a validate or predict
         # of weights loaded back into this module since (a notebook's retry).
         self.divergence.clear()
+        # A validate before (a notebook's) left the metrics' states as inference-mode tensors
+        # (reset under torch.inference_mode); fit's sanity check, run without it, could not
+        # update them in place ("Inplace update to inference tensor"). Fresh ones, made here.
+        self.val_criterion.reset()
+        self.val_loss.reset()
 
     def on_train_epoch_end(self) -> None:
         self.divergence.flush()  # before the epoch's checkpoint
