@@ -32,6 +32,23 @@ def test_no_training_data(tiny_sample):
         data.train_index  # noqa: B018
 
 
+def test_fit_with_only_frames_dir_names_it_not_use_affwild2_train(tmp_path, capsys, monkeypatch):
+    """No data folder but data.frames_dir: the sample data is off, and the refusal said
+    'data.use_affwild2_train is false', an option the user never set (README "Bad input")."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["--data.frames_dir", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: no training data: data.affwild2_dir and data.expw_dir are not set, and with "
+        "data.frames_dir set (unlabelled faces, for predict only) ferlit's sample data is not "
+        "used either; leave data.frames_dir unset, or give the data folders"
+    ) in err
+    assert "use_affwild2_train" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder left
+
+
 def test_a_negative_last_every_n_steps(tiny_sample, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(fit_args(tiny_sample, tmp_path, "--checkpoint.last_every_n_steps", "-1"))

@@ -625,9 +625,16 @@ class ExpressionDataModule(pl.LightningDataModule):
         if self._train_index is None:
             hp = self.hparams
             names = self.part_names("train")
-            if not names:
+            if not names and not hp.use_affwild2_train:
                 raise ConfigError(
                     "no training data: data.use_affwild2_train is false and data.expw_dir is not set"
+                )
+            if not names:  # no data folder, and data.frames_dir turned the sample data off
+                raise ConfigError(
+                    "no training data: data.affwild2_dir and data.expw_dir are not set, and "
+                    "with data.frames_dir set (unlabelled faces, for predict only) ferlit's "
+                    "sample data is not used either; leave data.frames_dir unset, or give "
+                    "the data folders"
                 )
             parts = [self.part(name)[1] for name in names]
             if "expw" in names:
