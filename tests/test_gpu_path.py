@@ -161,8 +161,10 @@ def test_true_precisions_train_and_validate(tiny_sample, tmp_path, precision, ca
     rows = validations(cli)
     assert [int(r["step"]) for r in rows] == [2]
     assert math.isfinite(float(rows[0]["val/loss"]))
-    warned = "pre-trained layers may not change at all" in caplog.text
+    # lr_backbone 0.01 (tiny_run_args) is no fine-tuning rate: no claim the backbone is frozen
+    warned = "at model.lr_backbone 0.01 the smallest updates are lost" in caplog.text
     assert warned == (precision != "64-true")
+    assert "may not change at all" not in caplog.text
 
 
 def test_channels_last_reaches_the_first_convolution_after_device_augmentation(
@@ -306,3 +308,20 @@ def test_a_module_validated_first_then_fits_in_the_same_process():
     assert module.global_step == 2
     (after,) = _trainer().validate(module, loader, verbose=False)
     assert math.isfinite(before["val/loss"]) and math.isfinite(after["val/loss"])
+
+
+def test_half_weights_warn_that_a_fine_tuning_backbone_may_not_change(
+    tiny_sample, tmp_path, caplog
+):
+    """At the paper's 1e-6 every backbone update is far below bf16's 2^-8 of a weight."""
+    args = fit_args(
+        tiny_sample,
+        tmp_path,
+        *("--trainer.precision", "bf16-true", "--model.lr_backbone", "1e-6"),
+        *("--trainer.max_steps", "1", "--val_every_n_steps", "1"),
+    )
+    main(args)
+    assert (
+        "rounds away an SGD update smaller than ~4e-03 of a weight: at model.lr_backbone 1e-06, "
+        "a fine-tuning rate, the backbone may not change at all"
+    ) in caplog.text

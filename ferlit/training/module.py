@@ -223,12 +223,23 @@ class ExpressionModule(pl.LightningModule):
         )
         precision = str(self.trainer.precision)
         if precision in HALF_WEIGHTS:
+            from ferlit.training.cli import FINE_TUNING_LR  # imported: cli imports this module
+
+            lr = self.hparams.lr_backbone
+            # Only a fine-tuning rate makes every backbone update that small; the sample
+            # config's from-scratch 0.05 loses only the smallest ones (it said "the pre-trained
+            # layers may not change at all" there too).
+            effect = (
+                f"at model.lr_backbone {lr:g}, a fine-tuning rate, the backbone may not change "
+                "at all"
+                if lr < FINE_TUNING_LR
+                else f"at model.lr_backbone {lr:g} the smallest updates are lost"
+            )
             rank_zero_info(
                 f"warning: trainer.precision {precision} keeps the weights themselves in "
                 f"{HALF_WEIGHTS[precision]}, which rounds away an SGD update smaller than "
-                f"~{EPSILON[precision]:.0e} of a weight: at model.lr_backbone "
-                f"{self.hparams.lr_backbone} the pre-trained layers may not change at all; "
-                "bf16-mixed (float32 weights, bf16 arithmetic) is the usual choice"
+                f"~{EPSILON[precision]:.0e} of a weight: {effect}; bf16-mixed (float32 weights, "
+                "bf16 arithmetic) is the usual choice"
             )
 
     def on_train_start(self) -> None:
