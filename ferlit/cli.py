@@ -101,6 +101,7 @@ class CheckpointCLI(StageCLI):
             ExpressionDataModule,
             save_config_callback=None,
             trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=False,  # nothing is drawn at random (refused if given)
             run=False,
             args=args,
             auto_configure_optimizers=False,
@@ -135,6 +136,12 @@ class CheckpointCLI(StageCLI):
         recorded["image_size"] = self.state["hyper_parameters"]["input_size"]
         parser.set_defaults({f"data.{k}": v for k, v in recorded.items() if k in known})
         super().parse_arguments(parser, args)
+        if self.config.get("seed_everything") is not False:  # 0 == False, so "is not"
+            raise ConfigError(
+                f"--seed_everything {self.config.seed_everything}: not used by {self.stage}, "
+                "which draws nothing at random (no augmentation, the model in eval mode); "
+                "leave it out"
+            )
         first = os.environ.get("LOCAL_RANK", "0") == "0"  # said once, not per DDP process
         for key in ("affwild2_dir", "expw_dir", "packed_dir"):  # run on another machine
             folder = recorded.get(key)

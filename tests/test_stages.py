@@ -99,6 +99,22 @@ def test_transformer_engine_precision_is_refused_by_every_stage(run, tmp_path, c
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("stage", ["validate", "predict"])
+def test_seed_everything_is_refused_by_the_checkpoint_stages(run, tmp_path, capsys, stage):
+    """validate and predict draw nothing at random: --seed_everything was accepted and had no
+    effect (and without it Lightning warned 'No seed found, seed set to 0' on every run)."""
+    out = ("--out", str(tmp_path / "out")) if stage == "predict" else ()
+    with pytest.raises(SystemExit) as stop:
+        main([stage, "--ckpt_path", str(run), "--seed_everything", "3", *out])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"error: --seed_everything 3: not used by {stage}, which draws nothing at random (no "
+        "augmentation, the model in eval mode); leave it out\n"
+    )
+    assert "Traceback" not in err
+
+
 def test_predict_scores_the_validation_split_as_validate_does(run, tmp_path, capsys):
     """The evaluation's raw criterion (every face frame predicted, the labelled ones scored) is
     validate's (the training metric over the whole validation split)."""
