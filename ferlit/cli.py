@@ -414,6 +414,7 @@ class PredictCLI(CheckpointCLI):
             )
         self.window = c.smooth if c.smooth == "auto" else check_window(c.smooth)
         self.kernels = smoothing_kernels(self.window, c.smooth_kernel)
+        self.check_auto_has_validation()
         self.out = Path(c.out)
         self.submission_folder = Path(c.submission) if c.submission else None
         reads = [
@@ -422,6 +423,29 @@ class PredictCLI(CheckpointCLI):
         reads.append(("--videos_dir", c.videos_dir))
         check_destinations(self.out, self.submission_folder, c.overwrite, reads)
         self.submission_form = check_submission_options(submission_options(c))
+
+    def check_auto_has_validation(self) -> None:
+        """``--smooth auto`` over ``data.frames_dir`` picks the window on the Aff-Wild2
+        validation split, which needs ``data.affwild2_dir`` (or a pack): refused here, before
+        the frames are read, naming the folder to give. A checkpoint of the sample data records
+        no folder (frames alone never read the sample data), so the message names the sample's."""
+        hp = self.datamodule.hparams
+        if self.window != "auto" or hp.frames_dir is None or hp.affwild2_dir or hp.packed_dir:
+            return
+        recorded = self.state.get("datamodule_hyper_parameters") or {}
+        hint = ""
+        if all(recorded.get(k) is None for k in ("affwild2_dir", "expw_dir", "packed_dir")):
+            from ferlit.data.sample import default_sample_dir
+
+            hint = (
+                " (the checkpoint was trained on ferlit's sample data: --data.affwild2_dir "
+                f"{default_sample_dir() / 'affwild2'})"
+            )
+        raise ConfigError(
+            "--smooth auto: chooses the window on the Aff-Wild2 validation split, and "
+            f"data.affwild2_dir is not set; give --data.affwild2_dir{hint}, or a window "
+            "(--smooth 15)"
+        )
 
 
 def submission_options(config) -> Any:

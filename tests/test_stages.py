@@ -115,6 +115,36 @@ def test_seed_everything_is_refused_by_the_checkpoint_stages(run, tmp_path, caps
     assert "Traceback" not in err
 
 
+def test_smooth_auto_over_frames_of_a_sample_checkpoint_names_the_folder_to_give(
+    train_and_save, write_jpeg, tmp_path, capsys, monkeypatch
+):
+    """A checkpoint of the sample data records no data folder; --smooth auto over
+    --data.frames_dir said 'data.affwild2_dir is not set: the affwild2_val part ... needs it'
+    after the checks, naming no folder. Refused before any frame is read, naming the sample's."""
+    import numpy as np
+
+    monkeypatch.setenv("FERLIT_SAMPLE_DIR", str(tmp_path / "sample"))
+    ckpt = tmp_path / "sample.ckpt"
+    train_and_save(ckpt)
+    write_jpeg(tmp_path / "test/cropped_aligned/v/00001.jpg", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                *("predict", "--ckpt_path", str(ckpt), "--smooth", "auto"),
+                *("--data.frames_dir", str(tmp_path / "test"), "--out", str(tmp_path / "out")),
+            ]
+        )
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "error: --smooth auto: chooses the window on the Aff-Wild2 validation split, and "
+        "data.affwild2_dir is not set; give --data.affwild2_dir (the checkpoint was trained on "
+        f"ferlit's sample data: --data.affwild2_dir {tmp_path / 'sample' / 'affwild2'}), or a "
+        "window (--smooth 15)\n"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sample").exists()
+
+
 def test_predict_scores_the_validation_split_as_validate_does(run, tmp_path, capsys):
     """The evaluation's raw criterion (every face frame predicted, the labelled ones scored) is
     validate's (the training metric over the whole validation split)."""
