@@ -29,6 +29,12 @@ def test_an_option_prefix_is_refused_by_every_command(tmp_path, capsys):
     assert stop.value.code == 2
     assert "run: python -m ferlit fit --help\n" in err
     assert err.endswith("error: unrecognized arguments: --trainer.max_step 3\n")
+    # one usage line, not every option's (~120 lines above the error)
+    assert err.splitlines()[-3:-1] == [
+        "usage: python -m ferlit fit [options]",
+        "tip: For details of accepted options run: python -m ferlit fit --help",
+    ]
+    assert err.count("usage:") == 1 and "--trainer.accelerator" not in err
     with pytest.raises(SystemExit) as stop:
         stage(["validate", "--ckpt_path", str(tmp_path), "--data.num_work", "0"])
     assert stop.value.code == 2

@@ -188,8 +188,20 @@ class StageCLI(LightningCLI):
         """The parser, reading a value ``None`` as null (W&B sweeps; ``ferlit.cli_values``).
 
         Options are matched whole: argparse's default, a unique prefix standing for an option,
-        let a typo such as ``--trainer.max_step 3`` set ``trainer.max_steps`` unseen."""
-        return super().init_parser(**{"parser_mode": PARSER_MODE, "allow_abbrev": False, **kwargs})
+        let a typo such as ``--trainer.max_step 3`` set ``trainer.max_steps`` unseen.
+
+        A refusal prints one usage line, not the ~120 lines of every option's usage jsonargparse
+        prints before it (the error line was lost below them); ``--help`` still lists them all.
+        """
+        parser = super().init_parser(
+            **{"parser_mode": PARSER_MODE, "allow_abbrev": False, **kwargs}
+        )
+
+        def print_usage(file=None) -> None:
+            (file or sys.stdout).write(f"usage: {parser.prog} [options]\n")
+
+        parser.print_usage = print_usage
+        return parser
 
 
 def with_progress_bar(config: Namespace, class_path: str = RICH_PROGRESS_BAR) -> None:
