@@ -59,7 +59,7 @@ from ferlit.data.sample import CLASS_FREQUENCIES, SampleData, write_sample_data
 from ferlit.data.samplers import EpochShuffleSampler
 from ferlit.data.transforms import Augmentation
 from ferlit.data.workers import exit_with_parent
-from ferlit.errors import ConfigError, FerlitError, quiet_closed_stdout, user_message
+from ferlit.errors import ConfigError, FerlitError, counted, quiet_closed_stdout, user_message
 from ferlit.expressions import EXPW_TO_ABAW
 from ferlit.io import atomic_write, check_creatable
 
@@ -494,14 +494,10 @@ def _cpu_name() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 name = line.split(":", 1)[1].strip()
-                return f"{name}, {_plural(torch.get_num_threads(), 'thread')}"
+                return f"{name}, {counted(torch.get_num_threads(), 'thread')}"
     except OSError:
         pass
-    return f"CPU, {_plural(torch.get_num_threads(), 'thread')}"
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    return f"CPU, {counted(torch.get_num_threads(), 'thread')}"
 
 
 # -- the whole pipeline (--gpu) ------------------------------------------------------------------
@@ -691,7 +687,7 @@ def pipeline_report(result: dict[str, Any], workers: int) -> list[str]:
     lines = [
         f"Whole training pipeline, SE-ResNet-50 at {IMAGE_SIZE}x{IMAGE_SIZE} on "
         f"{result['device']}: packed sample data, {workers} workers, batch {result['batch']}, "
-        f"{_plural(result['steps'], 'timed step')}",
+        f"{counted(result['steps'], 'timed step')}",
         f"  loader only, augmentation on cpu      {rate(result['loader']['cpu'])}",
         f"  loader only, augmentation on device   {rate(result['loader']['device'])}"
         "   (workers copy; flip + jitter left to the device)",
@@ -773,7 +769,7 @@ def report(loaders: dict, index: dict, training: dict, workers: int, batch: int)
     lines += [
         "",
         f"Training step, SE-ResNet-50 at {IMAGE_SIZE}x{IMAGE_SIZE} on {training['device']} "
-        f"(batch {training['batch']}, {_plural(training['steps'], 'step')})",
+        f"(batch {training['batch']}, {counted(training['steps'], 'step')})",
         f"  fp32                              {rate(training['fp32'])}",
     ]
     if training["bf16"] is not None:

@@ -37,6 +37,7 @@ from ferlit.data.datamodule import ExpressionDataModule
 from ferlit.errors import (
     ConfigError,
     FerlitError,
+    counted,
     user_message,
 )
 from ferlit.evaluation.evaluate import (
@@ -541,10 +542,12 @@ def predict_input(cli: PredictCLI) -> Any:
         overwrite=c.overwrite,
     )
     faces = int(table["face"].sum())
+    frames = table.drop_duplicates(["media", "frame"]).shape[0]
+    tracks = int(table.loc[table["face"]].drop_duplicates(["media", "track"]).shape[0])
     Console().print(
-        f"{table['media'].nunique()} media, {table.drop_duplicates(['media', 'frame']).shape[0]} "
-        f"frames, {faces} faces in {int(table.loc[table['face']].drop_duplicates(['media', 'track']).shape[0])} "
-        f"tracks: {len(written)} files written to {c.out}",
+        f"{table['media'].nunique()} media, {counted(frames, 'frame')}, "
+        f"{counted(faces, 'face')} in {counted(tracks, 'track')}: "
+        f"{counted(len(written), 'file')} written to {c.out}",
         soft_wrap=True,
         highlight=False,
     )

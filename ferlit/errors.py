@@ -110,3 +110,8 @@ def user_message(error: FerlitError) -> str:
     origin = text.splitlines()[0].removeprefix("Caught ").rstrip(".")
     origin = origin.split(" ", 1)[1] if origin.startswith(f"{type(error).__name__} ") else origin
     return f"{text[where + len(marker) :].strip()} (raised {origin})" if where >= 0 else text
+
+
+def counted(n: int, noun: str) -> str:
+    """``"1 thread"``, ``"2 threads"``: a count and its noun, plural by adding s."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

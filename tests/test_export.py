@@ -62,7 +62,7 @@ def test_onnx_export_matches_pytorch_for_batches_of_1_and_5(run, tmp_path, capsy
     )
     printed = capsys.readouterr().out
     assert "max |probability difference| to PyTorch" in printed
-    assert "on CPU, 1 threads: " in printed and " faces/s (32x32 faces, batches of 4)" in printed
+    assert "on CPU, 1 thread: " in printed and " faces/s (32x32 faces, batches of 4)" in printed
     assert report["max_abs_diff"] <= 1e-4 and report["format"] == "onnx"
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["faces"]
@@ -189,7 +189,7 @@ def test_options_are_read_from_a_config_file_and_the_command_line_overrides_it(
     config.write_text(f"ckpt_path: {path}\nformat: onnx\nout: {out}\nthreads: 1\n")
     report = export("--config", str(config), "--format", "torchscript")
     assert report["format"] == "torchscript" and report["out"] == str(out)
-    assert report["engine"].endswith("1 threads")
+    assert report["engine"].endswith("1 thread")
     assert read_metadata(out)["input_size"] == 32
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:

@@ -234,7 +234,7 @@ def test_the_command_writes_the_table_plot_and_annotated_video(
         ]
     )
     printed = capsys.readouterr().out
-    assert "1 media, 10 frames, 8 faces in 1 tracks" in printed
+    assert "1 media, 10 frames, 8 faces in 1 track: " in printed
 
     # a second run into the same folder needs --overwrite, and then replaces only ferlit's files
     capsys.readouterr()

@@ -45,7 +45,7 @@ from torch import nn
 
 import ferlit
 from ferlit.cli_values import PARSER_MODE
-from ferlit.errors import ConfigError, FerlitError, WeightsError
+from ferlit.errors import ConfigError, FerlitError, WeightsError, counted
 from ferlit.evaluation.inference import checkpoint_file, model_from_checkpoint, read_checkpoint
 from ferlit.io import (
     OUTPUTS_MANIFEST,
@@ -182,7 +182,9 @@ class Runner:
                 data, options, providers=["CPUExecutionProvider"]
             )
             self.engine = f"onnxruntime {onnxruntime.__version__} on CPU, " + (
-                f"{threads} threads" if threads else f"its default threads ({os.cpu_count()} CPUs)"
+                counted(threads, "thread")
+                if threads
+                else f"its default threads ({os.cpu_count()} CPUs)"
             )
         else:
             with warnings.catch_warnings():
@@ -190,7 +192,10 @@ class Runner:
                 self.module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
             if threads:
                 torch.set_num_threads(threads)
-            self.engine = f"torch.jit {torch.__version__} on CPU, {torch.get_num_threads()} threads"
+            self.engine = (
+                f"torch.jit {torch.__version__} on CPU, "
+                f"{counted(torch.get_num_threads(), 'thread')}"
+            )
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
         if self.form == "onnx":
